@@ -1,0 +1,411 @@
+"""One Config for the whole system: CLI, KFP components, PyTorchJobs, checkpoints, export, serving.
+
+Design choices:
+- Plain nested dataclasses, one per stage (data, validation, tokenizer, model, train, align,
+  serve), every field with a comment. No module declares hyperparameters of its own: they read
+  them from here, so a checkpoint that saves its Config can be rebuilt anywhere.
+- Strict loading. An unknown key, a value of the wrong type or out of range raises
+  `ConfigError` naming the dotted key (``model.n_layers``), never a silent default: a typo in a
+  YAML file sent to a cluster must fail at submit time, not after an hour of training.
+- Presets (`tiny` for tests, `small` for the 2-core demo, `base` for GPU nodes) are overrides
+  on top of the dataclass defaults, kept in this file so they are reviewed with the fields.
+- Dotted overrides from the CLI (``--set model.d_model=128``) parse the value as YAML, so
+  ``true``, ``1e-3`` and ``[1, 2]`` mean what they say.
+- `fingerprint()` is a hash of the canonical JSON: artifacts record it, serving compares it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from onerec.io import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, or its value has the wrong type or is out of range."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["kuairand", "beauty", "microlens", "synthetic"] = "kuairand"  # which loader
+    data_dir: str = "data/kuairand-pure"  # folder of the dataset (shipped sample by default)
+    max_seq_len: int = 50  # short-term history length kept per user (most recent items)
+    max_long_seq_len: int = 256  # lifelong history length before compression to fixed tokens
+    max_pos_seq_len: int = 50  # positive-feedback (long view, like) history length
+    test_days: int = 2  # KuaiRand temporal split: the last N days are held out
+    synthetic_users: int = 200  # synthetic generator: number of users
+    synthetic_items: int = 300  # synthetic generator: number of videos
+    synthetic_events: int = 5000  # synthetic generator: number of impressions
+    seed: int = 0  # seed for sampling and the synthetic generator
+
+    def validate(self, p: str) -> None:
+        for name in ("max_seq_len", "max_long_seq_len", "max_pos_seq_len", "synthetic_users",
+                     "synthetic_items", "synthetic_events"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.test_days >= 0, f"{p}.test_days", "must be >= 0")
+
+
+@dataclass
+class ValidationConfig:
+    max_click_rate_shift: float = 0.05  # drift: |click rate - reference| above this fails
+    max_tag_kl: float = 0.10  # drift: KL(tag distribution || reference) above this fails
+    max_watch_ratio_quantile_shift: float = 0.15  # drift: per-quantile absolute shift limit
+    watch_ratio_quantiles: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
+    max_watch_ratio: float = 50.0  # range: watch ratio above this is corrupt (loops are ~5)
+    max_future_ms: int = 3_600_000  # freshness: events may be at most this far past "now"
+    max_age_days: float | None = None  # freshness: newest event must be this recent (None: off)
+    min_rows: int = 1  # a batch with fewer events fails
+    sample_unexpected: int = 5  # how many offending values each failure shows
+
+    def validate(self, p: str) -> None:
+        for name in ("max_click_rate_shift", "max_tag_kl", "max_watch_ratio_quantile_shift",
+                     "max_watch_ratio"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(all(0.0 < q < 1.0 for q in self.watch_ratio_quantiles),
+               f"{p}.watch_ratio_quantiles", "each quantile must be in (0, 1)")
+        _check(self.max_age_days is None or self.max_age_days > 0, f"{p}.max_age_days",
+               "must be > 0 or null")
+        _check(self.min_rows >= 0, f"{p}.min_rows", "must be >= 0")
+
+
+@dataclass
+class TokenizerConfig:
+    levels: int = 3  # L: semantic-ID levels, coarse to fine
+    codebook_size: int = 256  # K: codes per level
+    balanced: bool = True  # cap cluster sizes so codes are used evenly
+    kmeans_iters: int = 20  # k-means iterations per level
+    content_dim: int = 64  # dimension of the content part of item embeddings
+    collab_dim: int = 32  # dimension of the collaborative (co-engagement) part
+    refit_drift_threshold: float = 0.2  # relative reconstruction-error increase that forces a refit
+    seed: int = 0  # k-means seed
+
+    def validate(self, p: str) -> None:
+        for name in ("levels", "codebook_size", "kmeans_iters", "content_dim", "collab_dim"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.codebook_size >= 2, f"{p}.codebook_size", "must be >= 2")
+        _check(self.refit_drift_threshold > 0, f"{p}.refit_drift_threshold", "must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["encoder_decoder", "lazy_decoder"] = "encoder_decoder"  # OneRec-V2 switch
+    d_model: int = 128  # hidden size
+    n_heads: int = 4  # attention heads
+    n_encoder_layers: int = 2  # encoder depth
+    n_decoder_layers: int = 2  # decoder depth
+    n_experts: int = 4  # E: experts in each MoE feed-forward
+    top_k_experts: int = 2  # k: experts each token is routed to
+    expert_hidden: int = 256  # hidden size of one expert
+    n_long_tokens: int = 8  # lifelong sequence compressed to this many learned-query tokens
+    dropout: float = 0.1  # dropout in attention and feed-forward
+    balance_loss_weight: float = 0.01  # weight of the MoE load-balancing loss
+
+    # derived (not read from YAML)
+    head_dim: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.head_dim = self.d_model // self.n_heads if self.n_heads > 0 else 0
+
+    def validate(self, p: str) -> None:
+        for name in ("d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "n_experts",
+                     "top_k_experts", "expert_hidden", "n_long_tokens"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.d_model % self.n_heads == 0, f"{p}.d_model",
+               f"must be divisible by n_heads={self.n_heads}")
+        _check(self.top_k_experts <= self.n_experts, f"{p}.top_k_experts",
+               f"must be <= n_experts={self.n_experts}")
+        _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)")
+        _check(self.balance_loss_weight >= 0, f"{p}.balance_loss_weight", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256  # requests per step
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 100  # linear warmup, then cosine decay
+    max_steps: int = 2000  # optimizer steps
+    grad_clip: float = 1.0  # max gradient norm
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used on CUDA only
+    checkpoint_every: int = 500  # steps between atomic checkpoints
+    log_every: int = 50  # steps between log lines
+    seed: int = 0  # seed for init and data order
+
+    def validate(self, p: str) -> None:
+        for name in ("batch_size", "max_steps", "checkpoint_every", "log_every"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.lr > 0, f"{p}.lr", "must be > 0")
+        _check(self.weight_decay >= 0, f"{p}.weight_decay", "must be >= 0")
+        _check(self.warmup_steps >= 0, f"{p}.warmup_steps", "must be >= 0")
+        _check(self.grad_clip > 0, f"{p}.grad_clip", "must be > 0")
+
+
+@dataclass
+class AlignConfig:
+    group_size: int = 8  # G: videos sampled per user for group-normalised advantages
+    clip_eps: float = 0.2  # PPO ratio clip epsilon
+    early_clip_delta: float = 0.1  # ECPO delta for negative advantages
+    ntp_loss_weight: float = 0.5  # weight of the next-token loss mixed into ECPO
+    lr: float = 1e-4  # learning rate of the alignment phase
+    steps: int = 200  # alignment optimizer steps
+
+    def validate(self, p: str) -> None:
+        _check(self.group_size >= 2, f"{p}.group_size", "must be >= 2")
+        _check(self.clip_eps > 0, f"{p}.clip_eps", "must be > 0")
+        _check(self.early_clip_delta >= 0, f"{p}.early_clip_delta", "must be >= 0")
+        _check(self.ntp_loss_weight >= 0, f"{p}.ntp_loss_weight", "must be >= 0")
+        _check(self.lr > 0, f"{p}.lr", "must be > 0")
+        _check(self.steps > 0, f"{p}.steps", "must be > 0")
+
+
+@dataclass
+class ServeConfig:
+    beam_width: int = 32  # default beam width of generation
+    max_beam_width: int = 512  # requests asking for more are refused (400)
+    top_n: int = 10  # videos returned by default
+    max_top_n: int = 100  # requests asking for more are refused (400)
+    max_request_seq_len: int = 1024  # longest user sequence a request may carry
+    host: str = "127.0.0.1"  # local ModelServer address
+    http_port: int = 8080  # Open Inference Protocol REST port
+    grpc_port: int = 8081  # Open Inference Protocol gRPC port
+
+    def validate(self, p: str) -> None:
+        for name in ("beam_width", "max_beam_width", "top_n", "max_top_n", "max_request_seq_len"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.beam_width <= self.max_beam_width, f"{p}.beam_width",
+               f"must be <= max_beam_width={self.max_beam_width}")
+        _check(self.top_n <= self.max_top_n, f"{p}.top_n", f"must be <= max_top_n={self.max_top_n}")
+        for name in ("http_port", "grpc_port"):
+            _check(0 < getattr(self, name) < 65536, f"{p}.{name}", "must be a TCP port (1-65535)")
+
+
+@dataclass
+class Config:
+    """The whole system's settings. Build with `Config.from_preset`, `from_file` or `from_dict`."""
+
+    preset: str = "small"  # the preset this config started from (informational)
+    data: DataConfig = field(default_factory=DataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- checks -------------------------------------------------------------------------------
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.validate(f.name)
+        _check(self.preset in PRESETS, "preset", f"must be one of {sorted(PRESETS)}")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return _build(cls, d, prefix="")
+
+    @classmethod
+    def from_preset(cls, name: str = "small", overrides: list[str] | None = None) -> Config:
+        if name not in PRESETS:
+            raise ConfigError(f"preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        d = _deep_merge({"preset": name}, PRESETS[name])
+        for ov in overrides or []:
+            _apply_override(d, ov)
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+        base = PRESETS.get(d.get("preset", "small"), {})
+        d = _deep_merge(base, d)
+        for ov in overrides or []:
+            _apply_override(d, ov)
+        return cls.from_dict(d)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, preset: str | None = None,
+             overrides: list[str] | None = None) -> Config:
+        """CLI entry: a file if given, else a preset (default `small`), then overrides."""
+        if path is not None:
+            cfg = cls.from_file(path, overrides)
+            if preset is not None and preset != cfg.preset:
+                raise ConfigError(f"preset: --preset {preset} conflicts with {path} ({cfg.preset})")
+            return cfg
+        return cls.from_preset(preset or "small", overrides)
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(Path(path), self.to_yaml())
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# -- presets -------------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # tests: seconds on one core
+    "tiny": {
+        "data": {"max_seq_len": 8, "max_long_seq_len": 16, "max_pos_seq_len": 8,
+                 "synthetic_users": 50, "synthetic_items": 60, "synthetic_events": 1000},
+        "tokenizer": {"levels": 3, "codebook_size": 8, "kmeans_iters": 5,
+                      "content_dim": 16, "collab_dim": 8},
+        "model": {"d_model": 32, "n_heads": 2, "n_encoder_layers": 1, "n_decoder_layers": 1,
+                  "n_experts": 2, "top_k_experts": 1, "expert_hidden": 64, "n_long_tokens": 2,
+                  "dropout": 0.0},
+        "train": {"batch_size": 16, "max_steps": 20, "warmup_steps": 2,
+                  "checkpoint_every": 10, "log_every": 5},
+        "align": {"group_size": 4, "steps": 5},
+        "serve": {"beam_width": 8, "max_beam_width": 64, "top_n": 5},
+    },
+    # the demo: minutes on 2 CPU cores (the dataclass defaults)
+    "small": {},
+    # GPU nodes
+    "base": {
+        "data": {"max_seq_len": 100, "max_long_seq_len": 1024, "max_pos_seq_len": 100},
+        "tokenizer": {"codebook_size": 1024, "kmeans_iters": 30, "content_dim": 128,
+                      "collab_dim": 64},
+        "model": {"d_model": 512, "n_heads": 8, "n_encoder_layers": 4, "n_decoder_layers": 4,
+                  "n_experts": 8, "top_k_experts": 2, "expert_hidden": 2048,
+                  "n_long_tokens": 32},
+        "train": {"batch_size": 1024, "max_steps": 50_000, "warmup_steps": 1000,
+                  "precision": "bf16", "checkpoint_every": 2000, "log_every": 100},
+        "align": {"group_size": 32, "steps": 5000},
+        "serve": {"beam_width": 512},
+    },
+}
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _apply_override(d: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. model.d_model=64")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {override!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+    node = d
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(d).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"{key}: unknown key (known keys: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in d.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - guarded by the checks above
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, prefix=f"{key}.")
+    if origin is Literal:
+        choices = get_args(tp)
+        _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            _check(type(None) in args, key, "must not be null")
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin in (list, typing.List):  # noqa: UP006
+        _check(isinstance(value, list), key, f"must be a list, got {value!r}")
+        (item_tp,) = get_args(tp) or (Any,)
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key,
+               f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported field type {tp}")  # pragma: no cover
+
+
+def _to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, list):
+        return [_to_dict(v) for v in obj]
+    return obj
