@@ -83,10 +83,22 @@ def log_files(data_dir: str | Path) -> list[Path]:
 
 
 def read_events(data_dir: str | Path, files: list[Path] | None = None) -> pd.DataFrame:
-    """Concatenate the impression logs in file-name (= time) order."""
+    """The impression logs as one time-ordered stream.
+
+    Each log file is a time-ordered stream; consecutive files may overlap by a few hours (the
+    exports cut days in local time), so time-ordered files are merged by a stable sort on
+    `time_ms`. A file that is itself out of order is concatenated as is, so that data
+    validation reports it instead of a sort hiding it.
+    """
     files = files if files is not None else log_files(data_dir)
     frames = [_read_parquet(f) for f in files]
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if len(frames) == 1:
+        return frames[0]
+    events = pd.concat(frames, ignore_index=True)
+    ordered = all("time_ms" in f.columns and f["time_ms"].is_monotonic_increasing for f in frames)
+    if ordered:
+        events = events.sort_values("time_ms", kind="stable", ignore_index=True)
+    return events
 
 
 def read_items(data_dir: str | Path) -> pd.DataFrame:
@@ -126,19 +138,25 @@ def load(data_dir: str | Path) -> Dataset:
     return conform_tables(read_tables(data_dir))
 
 
-def clean_events(events: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+def clean_events(events: pd.DataFrame, seen: pd.DataFrame | None = None,
+                 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The sample's cleaning rules. Returns the cleaned log and how many rows each rule dropped.
 
     1. Events whose video duration is unknown (logged as 0) are dropped: watch ratio and
        duration-aware rewards are undefined for them (0.7% of the raw log).
     2. Repeated (user, video, time) keys keep their first row: 92% of them are byte-identical
        copies of an export artefact, the rest differ only in derived columns (1.3%).
+       Keys already in `seen` (the earlier log files: consecutive exports overlap) count too.
     """
     counts = {"input": len(events)}
     ev = events[events["duration_ms"].fillna(0) > 0]
     counts["dropped_unknown_duration"] = counts["input"] - len(ev)
     before = len(ev)
     ev = ev.drop_duplicates(list(EVENT_KEY), keep="first")
+    if seen is not None and len(seen):
+        key = list(EVENT_KEY)
+        dup = ev[key].merge(seen[key].drop_duplicates(), on=key, how="left", indicator=True)
+        ev = ev[(dup["_merge"] == "left_only").to_numpy()]
     counts["dropped_duplicate_key"] = before - len(ev)
     counts["output"] = len(ev)
     return ev.reset_index(drop=True), counts
@@ -150,9 +168,11 @@ def prepare_sample(src: str | Path, dst: str | Path) -> dict[str, dict[str, int]
     dst.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict[str, int]] = {}
     keep = list(EVENT_COLUMNS) + list(EVENT_EXTRA)
+    seen: list[pd.DataFrame] = []
     for f in log_files(src):
         raw = _read_parquet(f)
-        ev, counts = clean_events(raw)
+        ev, counts = clean_events(raw, pd.concat(seen) if seen else None)
+        seen.append(ev[list(EVENT_KEY)])
         ev = ev[[c for c in keep if c in ev.columns]]
         with atomic_path(dst / f.name, suffix=".parquet") as tmp:
             ev.to_parquet(tmp, index=False, compression="zstd")

@@ -1,0 +1,5 @@
+"""`python -m onerec` runs the CLI."""
+
+from onerec.cli import main
+
+main()

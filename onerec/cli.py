@@ -1,0 +1,202 @@
+"""The `onerec` command line: one entry point for every stage, thin over the library.
+
+Each command builds one `Config` (``--config FILE`` or ``--preset NAME``, then ``--set a.b=v``
+overrides) and calls into `onerec`; KFP components call the same functions. Errors a user can
+fix (bad config key, missing or corrupt file) print one red line and exit 2; a failed data
+validation exits 1; nothing is written on either path.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from onerec.config import Config, ConfigError
+from onerec.data.schema import DataError
+
+app = typer.Typer(
+    name="onerec",
+    help="OneRec on Kubernetes: an end-to-end generative recommender with continuous training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show and check the one Config.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: summaries and the shipped sample.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_DATA = Path("data/kuairand-pure")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Config YAML file.")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", "-p",
+                                               help="Preset: tiny, small (default) or base.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s",
+                                                  help="Dotted override, e.g. model.d_model=64.")]
+
+
+def fail(msg: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    return typer.Exit(code)
+
+
+def load_config(config: Path | None, preset: str | None, overrides: list[str] | None) -> Config:
+    try:
+        return Config.load(config, preset, overrides or [])
+    except ConfigError as e:
+        raise fail(f"config: {e}") from None
+
+
+# -- config ---------------------------------------------------------------------------------------
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved Config as YAML (with its fingerprint)."""
+    cfg = load_config(config, preset, set_)
+    sys.stdout.write(cfg.to_yaml())
+    sys.stdout.write(f"# fingerprint: {cfg.fingerprint()}\n")
+
+
+@config_app.command("save")
+def config_save(out: Annotated[Path, typer.Argument(help="Where to write the YAML.")],
+                config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None) -> None:
+    """Write the resolved Config to a YAML file (atomically)."""
+    cfg = load_config(config, preset, set_)
+    cfg.save(out)
+    console.print(f"wrote {out} (fingerprint {cfg.fingerprint()})")
+
+
+# -- data -----------------------------------------------------------------------------------------
+@data_app.command("summary")
+def data_summary(data_dir: Annotated[Path, typer.Argument()] = DEFAULT_DATA) -> None:
+    """Rows, users, videos and feedback rates of a KuaiRand-layout folder."""
+    from onerec.data import kuairand
+
+    try:
+        ds = kuairand.load(data_dir)
+    except DataError as e:
+        raise fail(str(e)) from None
+    table = Table(title=f"{data_dir}")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for k, v in ds.summary().items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(table)
+
+
+@data_app.command("prepare-sample")
+def data_prepare_sample(
+    src: Annotated[Path, typer.Argument(help="The shared KuaiRand-Pure folder.")],
+    dst: Annotated[Path, typer.Argument(help="Where the sample goes.")] = DEFAULT_DATA,
+) -> None:
+    """Rebuild the shipped KuaiRand sample from the shared copy (cleaning documented there)."""
+    from onerec.data import kuairand
+
+    try:
+        report = kuairand.prepare_sample(src, dst)
+    except DataError as e:
+        raise fail(str(e)) from None
+    console.print_json(json.dumps(report))
+
+
+# -- validate -------------------------------------------------------------------------------------
+def run_validation(data_dir: Path, cfg: Config, reference: Path | None, out: Path | None,
+                   quiet: bool = False) -> bool:
+    """Validate a folder, print the summary, write the report. Raises typer.Exit on bad input."""
+    from onerec import validation
+
+    ref_path = reference if reference is not None else data_dir / "reference.json"
+    try:
+        ref = validation.load_reference(ref_path) if ref_path.exists() else None
+        if reference is not None and ref is None:
+            raise DataError(f"missing file: {reference}")
+        t0 = time.perf_counter()
+        with console.status(f"validating {data_dir} with Great Expectations ..."):
+            report = validation.validate_folder(data_dir, cfg, reference=ref)
+        elapsed = time.perf_counter() - t0
+    except DataError as e:
+        raise fail(str(e)) from None
+    if out is not None:
+        json_path, md_path = validation.write_report(report, out)
+    if not quiet:
+        table = Table(title=f"data validation: {data_dir} ({elapsed:.1f} s)")
+        for col in ("suite", "result", "expectations", "failed"):
+            table.add_column(col)
+        for name, s in report.suites.items():
+            ok = "[green]pass[/]" if s["success"] else "[red]FAIL[/]"
+            table.add_row(name, ok, str(s["evaluated"]), str(s["failed"]))
+        console.print(table)
+        if ref is None:
+            console.print("[yellow]no reference snapshot: drift checks skipped[/]")
+        for f in report.failures:
+            console.print(f"[red]x[/] {f.message}", highlight=False)
+        if out is not None:
+            console.print(f"report: {json_path}  summary: {md_path}")
+    return report.success
+
+
+@app.command()
+def validate(
+    data_dir: Annotated[Path, typer.Argument(help="KuaiRand-layout folder.")] = DEFAULT_DATA,
+    reference: Annotated[Path | None, typer.Option(
+        help="Reference snapshot JSON for drift checks [default: DATA_DIR/reference.json "
+             "when present].")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for report.json and summary.md.")] =
+        Path("runs/validation"),
+    write_reference: Annotated[Path | None, typer.Option(
+        help="Instead of validating, write a reference snapshot of DATA_DIR here.")] = None,
+    config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
+) -> None:
+    """Validate impression logs, item and user features (Great Expectations): schema, nulls,
+    ranges, duplicates, time order, freshness, unknown ids, drift. Exit 1 when a suite fails."""
+    cfg = load_config(config, preset, set_)
+    if write_reference is not None:
+        from onerec import validation
+
+        try:
+            ref = validation.reference_from_folder(data_dir, cfg)
+        except DataError as e:
+            raise fail(str(e)) from None
+        validation.save_reference(ref, write_reference)
+        console.print(f"wrote reference snapshot {write_reference}")
+        return
+    if not run_validation(data_dir, cfg, reference, out):
+        raise typer.Exit(1)
+
+
+# -- demo -----------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="KuaiRand-layout folder.")] = DEFAULT_DATA,
+    out: Annotated[Path, typer.Option(help="Run folder for reports.")] = Path("runs/demo"),
+    config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
+) -> None:
+    """The main job on the shipped data. Today: validate the data and summarise it; each stage
+    (codebook, pretraining, alignment, export, serving) joins as it lands."""
+    cfg = load_config(config, preset, set_)
+    console.rule("[bold]OneRec demo")
+    console.print(f"config: preset={cfg.preset} fingerprint={cfg.fingerprint()}")
+    data_summary(data_dir)
+    console.rule("1. data validation")
+    ok = run_validation(data_dir, cfg, None, out / "validation")
+    if not ok:
+        raise fail("data validation failed: the run stops here (nothing trains on bad data)", 1)
+    console.rule("[green]done")
+    console.print(f"run folder: {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
