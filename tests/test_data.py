@@ -22,7 +22,7 @@ def test_shipped_sample_conforms_to_the_event_schema(shipped):
     ev = shipped.events
     assert list(ev.columns) == list(EVENT_COLUMNS)
     assert {c: str(t) for c, t in ev.dtypes.items()} == EVENT_COLUMNS
-    assert len(ev) == 90_140 + 128_736
+    assert len(ev) == 90_140 + 128_736 == 218_876
     assert ev["time_ms"].is_monotonic_increasing
     assert not ev.duplicated(["user_id", "video_id", "time_ms"]).any()
     assert (ev["duration_ms"] > 0).all()
