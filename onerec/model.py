@@ -1,0 +1,276 @@
+"""The OneRec generator: a multi-scale user encoder and a MoE decoder over semantic IDs.
+
+Following OneRec (arXiv 2506.13695, section 3):
+- Encoder (multi-scale user modelling). The context is a sequence of tokens from four
+  pathways, each with its own segment embedding: static user features (one token), the
+  short-term sequence (most recent videos, with positions), the positive-feedback sequence
+  (long views and likes), and the lifelong sequence compressed to `n_long_tokens` tokens by
+  learned-query attention pooling (a QFormer-style pooler: fixed cost however long the history).
+  A history video is embedded as its item-id embedding plus the sum of its semantic-ID code
+  embeddings, so rare videos share statistics with their semantic neighbours.
+- Decoder. Input BOS + the first L-1 codes of the target's semantic ID; causal self-attention,
+  cross-attention to the encoder output, and a Mixture-of-Experts feed-forward (`onerec.moe`).
+  Level l has its own output head over its K_l codes (levels have separate vocabularies).
+- `arch: lazy_decoder` (OneRec-V2) skips the encoder stack: the context embeddings are used
+  directly as cross-attention keys/values, so almost all compute goes to the decoder.
+
+Compute compression (OneRec's "one encoder pass serves all targets of a request"): `forward`
+takes `target_req`, the request index of each target, and gathers the encoder output for each
+target instead of re-encoding the request per target.
+
+Attention is written out (not nn.MultiheadAttention) so the fast generator can cache decoder
+keys/values and share cross-attention keys/values across beams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onerec.config import ModelConfig
+from onerec.moe import MoEFeedForward
+
+
+@dataclass
+class Batch:
+    """A training or inference batch of B requests and T targets (T >= B with compression).
+
+    user: (B,) user feature bucket; short, pos: (B, S) / (B, P) item indices (0 = padding),
+    most recent last; long: (B, G) item indices; target_codes: (T, L) semantic IDs;
+    target_req: (T,) index in [0, B) of each target's request.
+    """
+
+    user: torch.Tensor
+    short: torch.Tensor
+    pos: torch.Tensor
+    long: torch.Tensor
+    target_codes: torch.Tensor | None = None
+    target_req: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(None if t is None else t.to(device) for t in (
+            self.user, self.short, self.pos, self.long, self.target_codes, self.target_req)))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q and kv inputs (self- or cross-attention)."""
+
+    def __init__(self, *, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, d) -> (B, h, N, d/h)
+        b, n, d = x.shape
+        return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)
+
+    def project_kv(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv(kv).chunk(2, dim=-1)
+        return self.split(k), self.split(v)
+
+    def attend(self, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        q = self.split(self.q(q_in))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        b, h, n, dh = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, n, h * dh))
+
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, mask: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        k, v = self.project_kv(kv_in)
+        return self.attend(q_in, k, v, mask, causal)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, *, d_model: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(d_model=cfg.d_model, n_heads=cfg.n_heads, dropout=cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.ff = FeedForward(d_model=cfg.d_model, hidden=cfg.expert_hidden, dropout=cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.drop(self.attn(h, h, mask))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm1 = nn.LayerNorm(d)
+        self.self_attn = Attention(d_model=d, n_heads=cfg.n_heads, dropout=cfg.dropout)
+        self.norm2 = nn.LayerNorm(d)
+        self.cross_attn = Attention(d_model=d, n_heads=cfg.n_heads, dropout=cfg.dropout)
+        self.norm3 = nn.LayerNorm(d)
+        self.moe = MoEFeedForward(d_model=d, hidden=cfg.expert_hidden, n_experts=cfg.n_experts,
+                                  top_k=cfg.top_k_experts, dropout=cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mem_kv: tuple[torch.Tensor, torch.Tensor],
+                mem_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.norm1(x)
+        x = x + self.drop(self.self_attn(h, h, causal=True))
+        x = x + self.drop(self.cross_attn.attend(self.norm2(x), *mem_kv, mem_mask))
+        y, balance = self.moe(self.norm3(x))
+        return x + self.drop(y), balance
+
+
+class OneRec(nn.Module):
+    """Encoder-decoder generator of semantic IDs.
+
+    item_codes: (n_items + 1, L) semantic ID of each item index (row 0: padding);
+    vocab_sizes: K_l per level; n_user_buckets: size of the user-feature vocabulary.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, item_codes: torch.Tensor, vocab_sizes: list[int],
+                 n_user_buckets: int = 1, max_seq_len: int = 50, max_pos_len: int = 50) -> None:
+        super().__init__()
+        if item_codes.dim() != 2 or item_codes.shape[1] != len(vocab_sizes):
+            raise ValueError(f"item_codes must be (n_items + 1, L={len(vocab_sizes)}), "
+                             f"got {tuple(item_codes.shape)}")
+        self.cfg = cfg
+        d = cfg.d_model
+        self.levels = len(vocab_sizes)
+        self.vocab_sizes = list(vocab_sizes)
+        self.register_buffer("item_codes", item_codes.long().clone())
+        offsets = torch.tensor([0, *torch.tensor(vocab_sizes).cumsum(0).tolist()[:-1]])
+        self.register_buffer("code_offsets", offsets)
+        n_codes = int(sum(vocab_sizes))
+        # context embeddings
+        self.item_emb = nn.Embedding(item_codes.shape[0], d, padding_idx=0)
+        self.code_emb = nn.Embedding(n_codes, d)  # shared by context and decoder tokens
+        self.user_emb = nn.Embedding(max(1, n_user_buckets), d)
+        self.segment_emb = nn.Embedding(4, d)  # user, short, positive, lifelong
+        self.short_pos = nn.Embedding(max_seq_len, d)
+        self.pos_pos = nn.Embedding(max_pos_len, d)
+        self.long_queries = nn.Parameter(torch.randn(cfg.n_long_tokens, d) * 0.02)
+        self.long_pool = Attention(d_model=d, n_heads=cfg.n_heads, dropout=cfg.dropout)
+        self.encoder = nn.ModuleList(
+            EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers if cfg.arch == "encoder_decoder"
+                                             else 0))
+        self.enc_norm = nn.LayerNorm(d)
+        # decoder
+        self.bos = nn.Parameter(torch.randn(d) * 0.02)
+        self.level_emb = nn.Embedding(self.levels, d)
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        self.dec_norm = nn.LayerNorm(d)
+        self.heads = nn.ModuleList(nn.Linear(d, k) for k in vocab_sizes)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    # -- encoder ------------------------------------------------------------------------------
+    def embed_items(self, items: torch.Tensor) -> torch.Tensor:
+        """(..., N) item indices -> (..., N, d): item id + sum of semantic-ID code embeddings."""
+        codes = self.item_codes[items] + self.code_offsets  # (..., N, L)
+        e = self.item_emb(items) + self.code_emb(codes).sum(-2)
+        return e * (items > 0).unsqueeze(-1)
+
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> memory (B, M, d) and key-padding mask (B, M), True = attend."""
+        b = batch.short.shape[0]
+        dev = batch.short.device
+        user = (self.user_emb(batch.user) + self.segment_emb.weight[0]).unsqueeze(1)
+        s = batch.short.shape[1]
+        short = (self.embed_items(batch.short) + self.short_pos.weight[-s:]
+                 + self.segment_emb.weight[1])
+        p = batch.pos.shape[1]
+        pos = self.embed_items(batch.pos) + self.pos_pos.weight[-p:] + self.segment_emb.weight[2]
+        long_items = self.embed_items(batch.long)
+        long_mask = (batch.long > 0)
+        # learned-query pooling; an empty lifelong history attends to a zero token
+        long_mask = torch.cat([long_mask, torch.ones(b, 1, dtype=torch.bool, device=dev)], 1)
+        long_items = torch.cat([long_items, torch.zeros(b, 1, long_items.shape[-1],
+                                                        device=dev)], 1)
+        q = self.long_queries.unsqueeze(0).expand(b, -1, -1)
+        long = self.long_pool(q, long_items, long_mask[:, None, None, :]) + self.segment_emb.weight[3]
+        x = torch.cat([user, short, pos, long], dim=1)
+        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=dev), batch.short > 0,
+                          batch.pos > 0,
+                          torch.ones(b, long.shape[1], dtype=torch.bool, device=dev)], dim=1)
+        attn_mask = mask[:, None, None, :]
+        for layer in self.encoder:
+            x = layer(x, attn_mask)
+        return self.enc_norm(x), mask
+
+    # -- decoder ------------------------------------------------------------------------------
+    def decoder_inputs(self, prefix: torch.Tensor) -> torch.Tensor:
+        """(N, l) code prefix -> (N, l + 1, d) decoder input: BOS then the prefix codes."""
+        n, length = prefix.shape
+        bos = self.bos.expand(n, 1, -1)
+        if length == 0:
+            x = bos
+        else:
+            x = torch.cat([bos, self.code_emb(prefix + self.code_offsets[:length])], dim=1)
+        return x + self.level_emb.weight[: length + 1]
+
+    def decode(self, prefix: torch.Tensor, memory: torch.Tensor, mem_mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the decoder on (N, l) prefixes against (N, M, d) memory -> hidden (N, l+1, d)."""
+        x = self.decoder_inputs(prefix)
+        attn_mask = mem_mask[:, None, None, :]
+        balance = x.new_zeros(())
+        for layer in self.decoder:
+            kv = layer.cross_attn.project_kv(memory)
+            x, bl = layer(x, kv, attn_mask)
+            balance = balance + bl
+        return self.dec_norm(x), balance
+
+    def level_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        return self.heads[level](hidden)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Teacher-forced next-token loss on the targets' semantic IDs."""
+        assert batch.target_codes is not None
+        memory, mask = self.encode(batch)
+        req = batch.target_req if batch.target_req is not None else torch.arange(
+            memory.shape[0], device=memory.device)
+        memory, mask = memory[req], mask[req]  # one encoder pass per request
+        codes = batch.target_codes
+        hidden, balance = self.decode(codes[:, :-1], memory, mask)
+        losses = [F.cross_entropy(self.heads[lv](hidden[:, lv]), codes[:, lv])
+                  for lv in range(self.levels)]
+        ntp = torch.stack(losses).mean()
+        balance = balance / max(1, len(self.decoder))
+        return {"loss": ntp + self.cfg.balance_loss_weight * balance, "ntp_loss": ntp,
+                "balance_loss": balance, "level_losses": torch.stack(losses).detach()}
+
+    def expert_load(self) -> torch.Tensor:
+        """(n_decoder_layers, E) share of routed tokens per expert in the latest forward."""
+        return torch.stack([layer.moe.last_load for layer in self.decoder])
+
+    def num_params(self, active: bool = False) -> int:
+        """Parameter count; `active` counts only top-k of E experts (compute-relevant)."""
+        total = sum(p.numel() for p in self.parameters())
+        if not active:
+            return total
+        per_expert = sum(p.numel() for p in self.decoder[0].moe.experts[0].parameters())
+        inactive = (self.cfg.n_experts - self.cfg.top_k_experts) * per_expert * len(self.decoder)
+        return total - inactive

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from onerec.beam_search import PrefixIndex, beam_search, codes_to_items
+from onerec.config import Config
+from onerec.model import Batch, OneRec
+
+
+def tiny_model(arch="encoder_decoder", vocab=(4, 3, 2), n_items=20, seed=0):
+    torch.manual_seed(seed)
+    cfg = Config.from_preset("tiny", [f"model.arch={arch}"]).model
+    codes = torch.stack([torch.randint(0, k, (n_items,)) for k in vocab], 1)
+    codes = torch.cat([torch.zeros(1, len(vocab), dtype=torch.long), codes])
+    return OneRec(cfg, item_codes=codes, vocab_sizes=list(vocab), n_user_buckets=5,
+                  max_seq_len=8, max_pos_len=8)
+
+
+def random_batch(model, b=3, t=None, s=8, p=8, g=16):
+    n = model.item_codes.shape[0]
+    t = t or b
+    short = torch.randint(0, n, (b, s))
+    short[0, :3] = 0  # padding on the left
+    return Batch(user=torch.randint(0, 5, (b,)), short=short, pos=torch.randint(0, n, (b, p)),
+                 long=torch.randint(0, n, (b, g)),
+                 target_codes=model.item_codes[torch.randint(1, n, (t,))],
+                 target_req=torch.randint(0, b, (t,)))
+
+
+@pytest.mark.parametrize("arch", ["encoder_decoder", "lazy_decoder"])
+def test_forward_shapes_and_finite_loss(arch):
+    model = tiny_model(arch)
+    batch = random_batch(model, b=3, t=7)
+    memory, mask = model.encode(batch)
+    m = 1 + 8 + 8 + model.cfg.n_long_tokens
+    assert memory.shape == (3, m, model.cfg.d_model) and mask.shape == (3, m)
+    out = model(batch)
+    assert out["loss"].shape == () and torch.isfinite(out["loss"])
+    assert out["level_losses"].shape == (3,)
+    assert model.expert_load().shape == (1, model.cfg.n_experts)
+
+
+def test_lazy_decoder_has_no_encoder_layers():
+    assert len(tiny_model("lazy_decoder").encoder) == 0
+    assert len(tiny_model("encoder_decoder").encoder) == 1
+
+
+def test_compute_compression_equals_encoding_each_target_separately():
+    model = tiny_model().eval()
+    batch = random_batch(model, b=2, t=5)
+    grouped = model(batch)["ntp_loss"]
+    req = batch.target_req
+    expanded = Batch(user=batch.user[req], short=batch.short[req], pos=batch.pos[req],
+                     long=batch.long[req], target_codes=batch.target_codes)
+    torch.testing.assert_close(grouped, model(expanded)["ntp_loss"])
+
+
+def test_padding_items_do_not_change_the_encoding():
+    model = tiny_model().eval()
+    batch = random_batch(model, b=1)
+    short2 = batch.short.clone()
+    short2[0, :3] = 0
+    batch.short = short2
+    a, _ = model.encode(batch)
+    item_emb_before = model.item_emb.weight[0].clone()
+    with torch.no_grad():
+        model.item_emb.weight[0].add_(5.0)  # the padding row must be ignored
+    b, _ = model.encode(batch)
+    torch.testing.assert_close(a[:, 1 + 3:], b[:, 1 + 3:])
+    assert torch.equal(model.embed_items(torch.zeros(1, 2, dtype=torch.long)),
+                       torch.zeros(1, 2, model.cfg.d_model))
+    with torch.no_grad():
+        model.item_emb.weight[0].copy_(item_emb_before)
+
+
+def test_loss_falls_when_fitting_a_fixed_batch():
+    model = tiny_model()
+    batch = random_batch(model, b=4, t=8)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        loss = model(batch)["loss"]
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.5 * first
+
+
+def exhaustive_top(model, batch, n):
+    memory, mask = model.encode(batch)
+    all_codes = torch.tensor(list(itertools.product(*(range(k) for k in model.vocab_sizes))))
+    results = []
+    for u in range(memory.shape[0]):
+        mem = memory[u:u + 1].expand(len(all_codes), -1, -1)
+        mm = mask[u:u + 1].expand(len(all_codes), -1)
+        hidden, _ = model.decode(all_codes[:, :-1], mem, mm)
+        lp = sum(model.level_logits(hidden[:, lv], lv).log_softmax(-1)
+                 .gather(1, all_codes[:, lv:lv + 1]).squeeze(1) for lv in range(model.levels))
+        best = lp.topk(n).indices
+        results.append((all_codes[best], lp[best]))
+    return results
+
+
+@torch.no_grad()
+def test_beam_search_with_a_full_beam_equals_exhaustive_search():
+    model = tiny_model(vocab=(4, 3, 2)).eval()
+    batch = random_batch(model, b=3)
+    codes, scores = beam_search(model, batch, beam_width=24, top_n=5)
+    for u, (ex_codes, ex_scores) in enumerate(exhaustive_top(model, batch, 5)):
+        torch.testing.assert_close(scores[u], ex_scores, rtol=1e-4, atol=1e-5)
+        assert torch.equal(codes[u], ex_codes)
+
+
+@torch.no_grad()
+def test_constrained_decoding_never_emits_an_illegal_id():
+    model = tiny_model(vocab=(5, 5, 5), n_items=12).eval()
+    index = PrefixIndex(model.item_codes, model.vocab_sizes)
+    legal = {tuple(r) for r in model.item_codes[1:].tolist()}
+    batch = random_batch(model, b=4)
+    codes, scores = beam_search(model, batch, beam_width=16, top_n=16, index=index)
+    finite = torch.isfinite(scores)
+    assert finite.sum() > 0
+    for sid, ok in zip(codes.view(-1, 3).tolist(), finite.view(-1).tolist(), strict=True):
+        if ok:
+            assert tuple(sid) in legal
+    items, legality = codes_to_items(codes, scores, index, top_n=10)
+    assert legality == [1.0] * 4
+    assert all(1 <= i < model.item_codes.shape[0] for row in items for i in row)
+    # unconstrained: a random model generates some IDs no item has (legality < 1)
+    codes, scores = beam_search(model, batch, beam_width=16, top_n=16)
+    _, free_legality = codes_to_items(codes, scores, index, top_n=10)
+    assert min(free_legality) < 1.0
+
+
+def test_prefix_index_allows_exactly_the_prefixes_of_real_items():
+    codes = torch.tensor([[0, 0, 0], [1, 2, 0], [1, 2, 1], [3, 0, 1]])
+    index = PrefixIndex(codes, [4, 3, 2])  # row 0 is padding: items are rows 1..3
+    assert index.allowed(torch.zeros(0, dtype=torch.long)).tolist() == [False, True, False, True]
+    assert index.allowed(torch.tensor([1])).tolist() == [False, False, True]
+    assert index.allowed(torch.tensor([1, 2])).tolist() == [True, True]
+    assert index.allowed(torch.tensor([2])).tolist() == [False, False, False]
+    assert index.items((3, 0, 1)) == [3]
+
+
+def test_bad_item_codes_shape_is_rejected():
+    cfg = Config.from_preset("tiny").model
+    with pytest.raises(ValueError, match="item_codes"):
+        OneRec(cfg, item_codes=torch.zeros(5, 2, dtype=torch.long), vocab_sizes=[4, 4, 4])
