@@ -48,6 +48,7 @@ class DataConfig:
     max_long_seq_len: int = 256  # lifelong history length before compression to fixed tokens
     max_pos_seq_len: int = 50  # positive-feedback (long view, like) history length
     test_days: int = 2  # KuaiRand temporal split: the last N days are held out
+    request_gap_ms: int = 60_000  # impressions of a user within this window form one request
     synthetic_users: int = 200  # synthetic generator: number of users
     synthetic_items: int = 300  # synthetic generator: number of videos
     synthetic_events: int = 5000  # synthetic generator: number of impressions
@@ -58,6 +59,7 @@ class DataConfig:
                      "synthetic_items", "synthetic_events"):
             _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
         _check(self.test_days >= 0, f"{p}.test_days", "must be >= 0")
+        _check(self.request_gap_ms >= 0, f"{p}.request_gap_ms", "must be >= 0")
 
 
 @dataclass

@@ -1,0 +1,240 @@
+"""Streaming pretraining: next-token prediction on the targets' semantic IDs.
+
+A flat, readable loop (torchtune-style recipe) over `RequestStream` batches:
+- AdamW, linear warmup then cosine decay, gradient-norm clipping, bf16 autocast on CUDA;
+- MoE load-balancing loss added with `model.balance_loss_weight`, per-expert load logged;
+- atomic checkpoints (`onerec.io.atomic_dir`) holding weights, optimizer, scheduler, the
+  stream position, RNG states, the Config and the codebook fingerprint, so a run killed with
+  `kill -9` resumes with the same weights and the same next batch;
+- DDP under torchrun (gloo on CPU, nccl on CUDA): every rank reads the same global batch of
+  requests and keeps its strided share, so the global batch does not depend on world size;
+- logs loss, samples/s, tokens/s and MFU. MFU = model FLOPs / peak, where on CPU the peak is a
+  float32 matmul throughput measured in the same run (no datasheet number to trust there).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from onerec.config import Config
+from onerec.io import atomic_dir
+from onerec.model import OneRec
+from onerec.stream import Requests, RequestStream, collate
+
+CKPT_NAME = "checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or was made with another codebook or Config."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    wall_s: float = 0.0
+    watermark_ms: int = 0
+
+
+def measure_peak_flops(device: torch.device, n: int = 512, repeats: int = 5) -> float:
+    """Matmul FLOP/s on this device, measured now (the MFU denominator on CPU)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    g = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (dropout) alone
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    (a @ b).sum().item()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        (a @ b).sum().item()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def model_flops(model: OneRec, n_requests: int, n_targets: int, context_len: int) -> float:
+    """Training FLOPs (forward + backward = 6 x params x tokens) of one step, active experts."""
+    enc = sum(p.numel() for p in model.encoder.parameters())
+    dec = model.num_params(active=True) - enc - sum(
+        p.numel() for m in (model.item_emb, model.code_emb, model.user_emb) for p in m.parameters())
+    return 6.0 * (enc * n_requests * context_len + dec * n_targets * model.levels)
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+    return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_model(cfg: Config, item_codes: torch.Tensor, vocab_sizes: list[int],
+                n_user_buckets: int = 1) -> OneRec:
+    torch.manual_seed(cfg.train.seed)
+    return OneRec(cfg.model, item_codes=item_codes, vocab_sizes=vocab_sizes,
+                  n_user_buckets=n_user_buckets, max_seq_len=cfg.data.max_seq_len,
+                  max_pos_len=cfg.data.max_pos_seq_len)
+
+
+def save_checkpoint(out_dir: Path, *, model: OneRec, opt: torch.optim.Optimizer, step: int,
+                    stream: RequestStream, cfg: Config, codebook_fingerprint: str,
+                    n_user_buckets: int, extra: dict[str, Any] | None = None) -> Path:
+    dest = out_dir / CKPT_NAME
+    with atomic_dir(dest) as tmp:
+        torch.save({
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+            "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(),
+            "vocab_sizes": model.vocab_sizes, "n_user_buckets": n_user_buckets,
+        }, tmp / "state.pt")
+        cfg.save(tmp / "config.yaml")
+        meta = {"step": step, "codebook_fingerprint": codebook_fingerprint,
+                "config_fingerprint": cfg.fingerprint(), "watermark_ms": stream.watermark_ms,
+                **(extra or {})}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    return dest
+
+
+def load_checkpoint(path: Path, codebook_fingerprint: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint folder; refuse one trained with another codebook."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        state = torch.load(path / "state.pt", weights_only=False)
+        cfg = Config.from_file(path / "config.yaml")
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {e.filename}") from None
+    except Exception as e:  # corrupt pickle / JSON
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+    if codebook_fingerprint is not None and meta["codebook_fingerprint"] != codebook_fingerprint:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with codebook {meta['codebook_fingerprint']}, "
+            f"refusing codebook {codebook_fingerprint}")
+    return {"meta": meta, "state": state, "config": cfg}
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: list[int],
+          out_dir: str | Path, *, codebook_fingerprint: str = "", n_user_buckets: int = 1,
+          resume: bool = True, max_steps: int | None = None, init_from: OneRec | None = None,
+          log: Any = None, shuffle_window: int = 4096, stop_after: int | None = None,
+          ) -> tuple[OneRec, TrainResult]:
+    """Train (or resume) on `reqs`. Returns the model and a TrainResult.
+
+    `max_steps` overrides cfg.train.max_steps; `stop_after` ends this call early after that
+    many steps (the schedule still spans max_steps: used to simulate a crash in tests).
+    `init_from` warm-starts from another model's weights (continuous training).
+    """
+    out_dir = Path(out_dir)
+    rank, world = _dist_info()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    total_steps = max_steps or cfg.train.max_steps
+    model = build_model(cfg, item_codes, vocab_sizes, n_user_buckets)
+    if init_from is not None:
+        model.load_state_dict(init_from.state_dict())
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                            weight_decay=cfg.train.weight_decay)
+    stream = RequestStream(reqs, cfg.train.batch_size, seed=cfg.train.seed,
+                           shuffle_window=shuffle_window)
+    step = 0
+    ckpt = out_dir / CKPT_NAME
+    if resume and (ckpt / "meta.json").exists():
+        loaded = load_checkpoint(ckpt, codebook_fingerprint)
+        model.load_state_dict(loaded["state"]["model"])
+        opt.load_state_dict(loaded["state"]["optimizer"])
+        stream.load_state_dict(loaded["state"]["stream"])
+        torch.set_rng_state(loaded["state"]["torch_rng"])
+        step = loaded["state"]["step"]
+    ddp_model: torch.nn.Module = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+    writer = None
+    if rank == 0:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out_dir / "tb"))
+        except ImportError:  # tensorboard is the `train` extra
+            writer = None
+    peak = measure_peak_flops(device)
+    context_len = 1 + reqs.short.shape[1] + reqs.pos.shape[1] + cfg.model.n_long_tokens
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if device.type == "cuda" and cfg.train.precision == "bf16" else None)
+    history: list[dict[str, float]] = []
+    t_start = time.perf_counter()
+    t_log, samples, tokens, flops = time.perf_counter(), 0, 0, 0.0
+    steps_this_call = 0
+    loss_val = float("nan")
+    model.train()
+    while step < total_steps:
+        idx = stream.next_indices()
+        idx = idx[rank::world]
+        batch = collate(reqs, idx, item_codes).to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        if autocast is not None:
+            with autocast:
+                out = ddp_model(batch)
+        else:
+            out = ddp_model(batch)
+        out["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        step += 1
+        steps_this_call += 1
+        loss_val = float(out["loss"].detach())
+        n_t = int(batch.target_codes.shape[0])
+        samples += n_t * world
+        tokens += (len(idx) * context_len + n_t * model.levels) * world
+        flops += model_flops(model, len(idx), n_t, context_len) * world
+        if step % cfg.train.log_every == 0 or step == total_steps:
+            dt = time.perf_counter() - t_log
+            rec = {"step": step, "loss": loss_val, "ntp_loss": float(out["ntp_loss"].detach()),
+                   "balance_loss": float(out["balance_loss"].detach()), "lr": lr_at(step - 1, cfg),
+                   "grad_norm": float(grad_norm), "samples_per_s": samples / dt,
+                   "tokens_per_s": tokens / dt, "mfu": flops / dt / (peak * world),
+                   "expert_load_max": float(model.expert_load().max())}
+            history.append(rec)
+            if rank == 0:
+                if writer is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+                if log is not None:
+                    log(rec)
+            t_log, samples, tokens, flops = time.perf_counter(), 0, 0, 0.0
+        if rank == 0 and (step % cfg.train.checkpoint_every == 0 or step == total_steps):
+            save_checkpoint(out_dir, model=model, opt=opt, step=step, stream=stream, cfg=cfg,
+                            codebook_fingerprint=codebook_fingerprint,
+                            n_user_buckets=n_user_buckets)
+        if stop_after is not None and steps_this_call >= stop_after:
+            break
+    if writer is not None:
+        writer.close()
+    result = TrainResult(steps=step, final_loss=loss_val, history=history,
+                         checkpoint=ckpt if ckpt.exists() else None,
+                         wall_s=time.perf_counter() - t_start, watermark_ms=stream.watermark_ms)
+    return model, result
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
