@@ -384,6 +384,8 @@ def _failure(suite: str, r, sample_n: int) -> Failure:
     sample = _jsonable(list(res.get("partial_unexpected_list") or [])[:sample_n])
     if err is not None:
         observed = f"error: {err}"
+    elif cfg.type == "expect_column_to_exist":
+        observed = "column missing"
     elif "unexpected_count" in res:
         n = res.get("element_count")
         pct = res.get("unexpected_percent")
@@ -421,6 +423,8 @@ def _run_suite(ctx, gx, source, name: str, df: pd.DataFrame, expectations: list,
     result = batch.validate(suite, result_format={"result_format": "SUMMARY",
                                                   "partial_unexpected_count": max(sample_n, 1)})
     failures = [_failure(name, r, sample_n) for r in result.results if not r.success]
+    # a missing column first: the errors of the expectations on it follow from it
+    failures.sort(key=lambda f: f.expectation != "expect_column_to_exist")
     summary = {"success": not failures, "evaluated": len(result.results),
                "failed": len(failures), "elapsed_s": round(time.perf_counter() - t0, 3)}
     return summary, failures
