@@ -414,7 +414,7 @@ def _failure(suite: str, r, sample_n: int) -> Failure:
 
 
 def _run_suite(ctx, gx, source, name: str, df: pd.DataFrame, expectations: list,
-               sample_n: int) -> tuple[dict[str, Any], list[Failure]]:
+               sample_n: int) -> tuple[dict[str, Any], list[Failure], Any]:
     t0 = time.perf_counter()
     asset = source.add_dataframe_asset(name=name)
     batch = asset.add_batch_definition_whole_dataframe(f"{name}_all").get_batch(
@@ -427,7 +427,24 @@ def _run_suite(ctx, gx, source, name: str, df: pd.DataFrame, expectations: list,
     failures.sort(key=lambda f: f.expectation != "expect_column_to_exist")
     summary = {"success": not failures, "evaluated": len(result.results),
                "failed": len(failures), "elapsed_s": round(time.perf_counter() - t0, 3)}
-    return summary, failures
+    return summary, failures, result
+
+
+_DRIFT_STATS = {"expect_column_mean_to_be_between": "click_rate",
+                "expect_column_kl_divergence_to_be_less_than": "tag_kl",
+                "expect_column_quantile_values_to_be_between": "watch_ratio_quantiles"}
+
+
+def _drift_observed(result) -> dict[str, Any]:
+    """The measured drift statistics (also when they pass), for the report's stats."""
+    out: dict[str, Any] = {}
+    for r in result.results:
+        key = _DRIFT_STATS.get(r.expectation_config.type)
+        if key is None or _exception_message(r) is not None:
+            continue
+        ov = (r.result or {}).get("observed_value")
+        out[key] = ov.get("values") if isinstance(ov, dict) else ov
+    return out
 
 
 def validate_tables(raw: RawTables, cfg: Config, reference: dict | None = None, *,
@@ -459,10 +476,13 @@ def validate_tables(raw: RawTables, cfg: Config, reference: dict | None = None, 
 
     suites: dict[str, dict[str, Any]] = {}
     failures: list[Failure] = []
+    drift_observed: dict[str, Any] = {}
     for name, (df, exps) in runs.items():
-        summary, fails = _run_suite(ctx, gx, source, name, df, exps, sample_n)
+        summary, fails, result = _run_suite(ctx, gx, source, name, df, exps, sample_n)
         suites[name] = summary
         failures += fails
+        if name == "drift":
+            drift_observed = _drift_observed(result)
     if reference is None:
         suites["drift"] = {"success": True, "evaluated": 0, "failed": 0, "elapsed_s": 0.0,
                            "skipped": True}
@@ -482,6 +502,7 @@ def validate_tables(raw: RawTables, cfg: Config, reference: dict | None = None, 
         stats["reference_created_at"] = reference.get("created_at", "")
         stats["reference_rows"] = reference.get("rows")
         stats["reference_click_rate"] = round(float(reference["click_rate"]), 6)
+        stats["drift_observed"] = drift_observed
     stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
     return ValidationReport(success=not failures, suites=suites, failures=failures,
                             stats=_jsonable(stats))

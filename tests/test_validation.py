@@ -79,6 +79,9 @@ def test_shipped_data_passes_every_suite_including_drift(full_report, raw_full):
     for name, s in full_report.suites.items():
         assert s["success"] and s["failed"] == 0 and s["evaluated"] > 0, name
     assert full_report.stats["events_rows"] == len(raw_full.events) > 200_000
+    drift = full_report.stats["drift_observed"]
+    assert set(drift) == {"click_rate", "tag_kl", "watch_ratio_quantiles"}
+    assert 0 <= drift["tag_kl"] <= Config().validation.max_tag_kl
 
 
 def test_shipped_reference_is_the_first_log_only(shipped_reference, cfg):
