@@ -72,6 +72,9 @@ class ValidationConfig:
     max_future_ms: int = 3_600_000  # freshness: events may be at most this far past "now"
     max_age_days: float | None = None  # freshness: newest event must be this recent (None: off)
     min_rows: int = 1  # a batch with fewer events fails
+    # drift: total reference weight given to tags the reference never saw, so a new tag raises
+    # the KL divergence (by about its share x log(share / this)) instead of making it infinite
+    tag_unseen_weight: float = 0.001
     sample_unexpected: int = 5  # how many offending values each failure shows
 
     def validate(self, p: str) -> None:
@@ -83,6 +86,7 @@ class ValidationConfig:
         _check(self.max_age_days is None or self.max_age_days > 0, f"{p}.max_age_days",
                "must be > 0 or null")
         _check(self.min_rows >= 0, f"{p}.min_rows", "must be >= 0")
+        _check(0.0 <= self.tag_unseen_weight < 1.0, f"{p}.tag_unseen_weight", "must be in [0, 1)")
 
 
 @dataclass
