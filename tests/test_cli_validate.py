@@ -69,7 +69,8 @@ def test_write_reference_then_validate_against_it(tmp_path):
     ref = tmp_path / "ref.json"
     res = runner.invoke(app, ["validate", str(data), "--write-reference", str(ref)])
     assert res.exit_code == 0, res.output
-    assert "click_rate" in json.loads(ref.read_text()) or json.loads(ref.read_text())
+    snapshot = json.loads(ref.read_text())
+    assert 0.0 < snapshot["click_rate"] < 1.0 and snapshot["tag_distribution"]
     res = runner.invoke(app, ["validate", str(data), "--reference", str(ref),
                               "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
