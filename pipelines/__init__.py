@@ -1,0 +1,1 @@
+"""The continuous-training pipeline and the cluster objects it launches (kfp, kubernetes)."""
