@@ -177,8 +177,15 @@ def side_feature_blocks(df: pd.DataFrame, state: dict[str, Any]) -> list[np.ndar
     author = df["author_id"].to_numpy(np.int64) if "author_id" in df else np.zeros(n, np.int64)
     author_block = np.zeros((n, AUTHOR_BUCKETS + 1), np.float32)
     author_block[np.arange(n), _author_hash(author)] = 1.0
-    _, inv, cnt = np.unique(author, return_inverse=True, return_counts=True)
-    author_block[:, -1] = np.log1p(cnt[inv])
+    uniq, inv, cnt = np.unique(author, return_inverse=True, return_counts=True)
+    if "author_ids" not in state:  # item count per author, as fitted (unseen authors: local)
+        state["author_ids"], state["author_counts"] = uniq, cnt
+    known, fitted = state["author_ids"], state["author_counts"]
+    count = cnt[inv]
+    if known.size:
+        pos = np.minimum(np.searchsorted(known, author), known.size - 1)
+        count = np.where(known[pos] == author, fitted[pos], count)
+    author_block[:, -1] = np.log1p(count)
 
     dur = pd.to_numeric(df.get("duration_ms", pd.Series(np.nan, index=df.index)),
                         errors="coerce").to_numpy(np.float64)
