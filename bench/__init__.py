@@ -1,0 +1,1 @@
+"""Benchmarks that print tables (quality, speed); never part of `make test`."""
