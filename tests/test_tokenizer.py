@@ -268,3 +268,27 @@ def test_microlens_catalogue_has_a_title_per_item():
     cat = load_catalogue("microlens", SHARED / "microlens")
     assert len(cat) == 5312
     assert cat.texts is not None and sum(bool(t.strip()) for t in cat.texts) > 5000
+
+
+def test_cli_refresh_encodes_new_videos_and_keeps_old_ids(tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    src = REPO / "data" / "kuairand-pure"
+    before = tmp_path / "before"
+    shutil.copytree(src, before)
+    items = pd.read_parquet(src / "video_features.parquet")
+    items.iloc[:7000].to_parquet(before / "video_features.parquet")  # 583 videos not yet uploaded
+    runner, out = CliRunner(), tmp_path / "cb"
+    base = ["tokenize", "--preset", "tiny", "--dataset", "kuairand", "--out", str(out),
+            "--set", "tokenizer.refit_drift_threshold=100"]
+    r = runner.invoke(_app(), [*base, "--data-dir", str(before)])
+    assert r.exit_code == 0, r.output
+    old = Codebook.load(out)
+    r = runner.invoke(_app(), [*base, "--data-dir", str(src), "--refresh"])
+    assert r.exit_code == 0, r.output
+    assert "encoded 583 new item(s)" in r.output
+    new = Codebook.load(out)
+    assert new.n_items == 7583 and new.version == 1 and new.revision == 1
+    assert np.array_equal(new.semantic_ids_of(old.item_ids), old.semantic_ids)
