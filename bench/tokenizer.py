@@ -8,7 +8,9 @@ skipped with a message when absent): builds item embeddings once (timed separate
 encoder dominates), then fits RQ-Kmeans `--runs` times on content+collab and reports the median
 fit time, utilisation per level, collision rate, relative reconstruction error, max items per
 semantic ID; and the collision rates of a fit on the content part alone (what the
-collaborative part buys) and of an unbalanced fit (what balancing buys). Prints a rich table and the same table in Markdown.
+collaborative part buys) and of an unbalanced fit (what balancing buys). Then a refresh run on
+KuaiRand by upload date: fit on the videos uploaded before the last day, encode the last day's
+videos with the current centroids, report drift and the decision, and compare with a refit. Prints a rich table and the same table in Markdown.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from onerec.config import Config
-from onerec.tokenizer.build import fit_codebook
+from onerec.tokenizer.build import fit_codebook, measure_drift
 from onerec.tokenizer.embeddings import ItemEmbedder, load_catalogue
+from onerec.tokenizer.metrics import code_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {
@@ -63,6 +66,36 @@ def bench_one(key: str, cfg: Config, runs: int, console: Console) -> list[str] |
             str(m["items_per_id_max"])]
 
 
+def bench_refresh(cfg: Config, console: Console) -> list[str]:
+    """KuaiRand, by upload date: fit on videos uploaded before the last day, refresh with it."""
+    cat = load_catalogue("kuairand", DATASETS["kuairand"][1])
+    date = cat.features["upload_date"].to_numpy()
+    old_ids, new_ids = cat.item_ids[date < date.max()], cat.item_ids[date == date.max()]
+    embedder = ItemEmbedder(cfg.tokenizer)
+    emb = embedder.fit_transform(cat.subset(old_ids), progress=False)
+    cb = fit_codebook(emb.vectors(), emb.item_ids, cfg.tokenizer)
+    t0 = time.perf_counter()
+    x_new = embedder.transform(cat, new_ids, progress=False).vectors()
+    drift = measure_drift(cb, x_new, cfg.tokenizer.refit_drift_threshold)
+    ext = cb.extended(new_ids, cb.encode(x_new))
+    refresh_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    full = ItemEmbedder(cfg.tokenizer).fit_transform(cat, progress=False)
+    refit = fit_codebook(full.vectors(), full.item_ids, cfg.tokenizer)
+    refit_s = time.perf_counter() - t0
+    coll = code_metrics(ext.codes, ext.codebook_size)["collision_rate"]
+    console.print(f"refresh: {len(new_ids)} new videos (upload date {date.max()})")
+    return [str(len(old_ids)), str(len(new_ids)), f"{drift.reconstruction_error_fit:.3f}",
+            f"{drift.reconstruction_error_new:.3f}", f"{drift.drift:+.3f}",
+            "refit" if drift.refit else "keep", f"{coll:.4f}",
+            f"{refit.metrics['collision_rate']:.4f}", f"{refresh_s:.2f}", f"{refit_s:.2f}"]
+
+
+REFRESH_COLUMNS = ["fitted items", "new items", "error fit", "error new", "drift", "decision",
+                   "collisions after refresh", "collisions after refit", "refresh s",
+                   "refit s (embed+fit)"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="fits per dataset (median time)")
@@ -86,6 +119,12 @@ def main() -> None:
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     for r in rows:
+        print("| " + " | ".join(r) + " |")
+    if "kuairand" in args.datasets:
+        r = bench_refresh(cfg, console)
+        print("\nRefresh (KuaiRand-Pure, fit on videos uploaded before the last upload day):")
+        print("| " + " | ".join(REFRESH_COLUMNS) + " |")
+        print("|" + "---|" * len(REFRESH_COLUMNS))
         print("| " + " | ".join(r) + " |")
 
 
