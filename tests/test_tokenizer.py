@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from onerec.config import Config, ConfigError
+from onerec.data.schema import DataError
 from onerec.data.synthetic import make_dataset
 from onerec.tokenizer import rq_kmeans
 from onerec.tokenizer.build import fit_codebook, refresh
@@ -166,6 +167,14 @@ def test_side_feature_embeddings_are_finite_normalised_and_reproducible(syntheti
     assert np.isfinite(e.vectors()).all()
     assert np.allclose(np.linalg.norm(e.content, axis=1), 1.0, atol=1e-5)
     again = emb.transform(synthetic_catalogue, progress=False)  # same space for refresh
+    holes = synthetic_catalogue.features.copy()  # unknown durations and tags stay finite
+    holes.loc[:5, "duration_ms"] = np.nan
+    holes.loc[:5, "tag"] = "unknown"
+    cat = Catalogue("holes", synthetic_catalogue.item_ids, synthetic_catalogue.sequences,
+                    features=holes)
+    assert np.isfinite(ItemEmbedder(tcfg).fit_transform(cat, progress=False).vectors()).all()
+    with pytest.raises(DataError, match="empty catalogue"):
+        ItemEmbedder(tcfg).fit_transform(cat.subset([]), progress=False)
     assert np.allclose(again.content, e.content, atol=1e-5)
     assert np.allclose(again.collab, e.collab, atol=1e-5)
 
