@@ -76,7 +76,8 @@ def bench_refresh(cfg: Config, console: Console) -> list[str]:
     cb = fit_codebook(emb.vectors(), emb.item_ids, cfg.tokenizer)
     t0 = time.perf_counter()
     x_new = embedder.transform(cat, new_ids, progress=False).vectors()
-    drift = measure_drift(cb, x_new, cfg.tokenizer.refit_drift_threshold)
+    drift = measure_drift(cb, x_new, cfg.tokenizer.refit_drift_threshold,
+                          cfg.tokenizer.refit_utilisation_ratio)
     ext = cb.extended(new_ids, cb.encode(x_new))
     refresh_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -87,11 +88,13 @@ def bench_refresh(cfg: Config, console: Console) -> list[str]:
     console.print(f"refresh: {len(new_ids)} new videos (upload date {date.max()})")
     return [str(len(old_ids)), str(len(new_ids)), f"{drift.reconstruction_error_fit:.3f}",
             f"{drift.reconstruction_error_new:.3f}", f"{drift.drift:+.3f}",
+            f"{drift.utilisation_ratio:.2f}",
             "refit" if drift.refit else "keep", f"{coll:.4f}",
             f"{refit.metrics['collision_rate']:.4f}", f"{refresh_s:.2f}", f"{refit_s:.2f}"]
 
 
-REFRESH_COLUMNS = ["fitted items", "new items", "error fit", "error new", "drift", "decision",
+REFRESH_COLUMNS = ["fitted items", "new items", "error fit", "error new", "drift",
+                   "L1 utilisation ratio", "decision",
                    "collisions after refresh", "collisions after refit", "refresh s",
                    "refit s (embed+fit)"]
 

@@ -92,6 +92,7 @@ class TokenizerConfig:
     content_dim: int = 64  # dimension of the content part of item embeddings
     collab_dim: int = 32  # dimension of the collaborative (co-engagement) part
     refit_drift_threshold: float = 0.2  # relative reconstruction-error increase that forces a refit
+    refit_utilisation_ratio: float = 0.5  # refit when new items use < this x the level-1 codes expected
     seed: int = 0  # k-means seed
     balance_slack: float = 1.0  # balanced: a code holds at most ceil(N/K) * slack items (>= 1)
     balance_iters: int = 2  # balanced: assign-under-capacity + centroid-update rounds per level
@@ -106,6 +107,8 @@ class TokenizerConfig:
         _check(self.codebook_size >= 2, f"{p}.codebook_size", "must be >= 2")
         _check(self.refit_drift_threshold > 0, f"{p}.refit_drift_threshold", "must be > 0")
         _check(self.balance_slack >= 1.0, f"{p}.balance_slack", "must be >= 1")
+        _check(0.0 <= self.refit_utilisation_ratio <= 1.0, f"{p}.refit_utilisation_ratio",
+               "must be in [0, 1] (0 turns the utilisation trigger off)")
         _check(self.collab_weight >= 0, f"{p}.collab_weight", "must be >= 0")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -144,6 +145,21 @@ def test_refresh_refits_past_threshold_bumps_version_and_maps_ids(tcfg):
     m = res.mapping
     assert m["n_common"] == 200 and m["n_added"] == 60 and m["n_removed"] == 0
     assert m["mapping"]["17"] == [list(old.semantic_id(17)), list(new.semantic_id(17))]
+
+
+def test_new_items_crowding_into_few_codes_force_a_refit(tcfg):
+    x = clustered(n=200)
+    old = fit_codebook(x, np.arange(200), tcfg)
+    cfg = dataclasses.replace(tcfg, refit_drift_threshold=100.0, refit_utilisation_ratio=0.5)
+    rng = np.random.default_rng(3)
+    spread = clustered(n=60, seed=0)[rng.permutation(60)]  # like the fitted items
+    res = refresh(old, np.arange(200, 260), spread, cfg, lambda: pytest.fail("no refit"))
+    assert not res.refit and res.drift.utilisation_ratio > 0.7
+    blob = (x[0] + 0.01 * rng.normal(size=(60, 16))).astype(np.float32)  # one tight cluster
+    res = refresh(old, np.arange(200, 260), blob, cfg,
+                  lambda: (np.arange(260), np.concatenate([x, blob])))
+    assert res.drift.crowded and res.refit and res.codebook.version == 2
+    assert res.drift.utilisation_ratio < 0.5
 
 
 def test_refresh_with_no_new_items_changes_nothing(tcfg):
@@ -301,3 +317,34 @@ def test_cli_refresh_encodes_new_videos_and_keeps_old_ids(tmp_path):
     new = Codebook.load(out)
     assert new.n_items == 7583 and new.version == 1 and new.revision == 1
     assert np.array_equal(new.semantic_ids_of(old.item_ids), old.semantic_ids)
+
+
+def test_cli_refresh_refits_when_new_videos_drift_and_writes_the_mapping(tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    src = REPO / "data" / "kuairand-pure"
+    before, after = tmp_path / "before", tmp_path / "after"
+    shutil.copytree(src, before)
+    shutil.copytree(src, after)
+    items = pd.read_parquet(src / "video_features.parquet")
+    items.iloc[:7000].to_parquet(before / "video_features.parquet")
+    odd = items.copy()  # the new uploads look like nothing fitted: huge statistics
+    stats = [c for c in odd.columns if c.endswith("_cnt")]
+    odd.loc[7000:, stats] = odd.loc[7000:, stats].astype("float64") * 1e6
+    odd.to_parquet(after / "video_features.parquet")
+    runner, out = CliRunner(), tmp_path / "cb"
+    base = ["tokenize", "--preset", "tiny", "--dataset", "kuairand", "--out", str(out),
+            "--set", "tokenizer.refit_utilisation_ratio=0.0",  # reconstruction drift only
+            "--set", "tokenizer.refit_drift_threshold=0.01"]  # tiny preset: drift is +0.06
+    assert runner.invoke(_app(), [*base, "--data-dir", str(before)]).exit_code == 0
+    old = Codebook.load(out)
+    r = runner.invoke(_app(), [*base, "--data-dir", str(after), "--refresh"])
+    assert r.exit_code == 0, r.output
+    assert "refit" in r.output
+    new = Codebook.load(out)
+    assert new.version == 2 and new.parent_fingerprint == old.fingerprint
+    mapping = json.loads((out / "mapping.json").read_text())
+    assert mapping["n_common"] == 7000 and mapping["n_added"] == 583
+    assert oct(out.stat().st_mode & 0o777) == "0o755"

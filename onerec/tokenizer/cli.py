@@ -79,7 +79,9 @@ def _refresh(cfg: Config, dataset: str, data_dir: Path, out: Path) -> Codebook:
                   config_fingerprint=cfg.fingerprint())
     d = res.drift
     console.print(f"drift {d.drift:+.3f} (new-item error {d.reconstruction_error_new:.4f} vs fit "
-                  f"{d.reconstruction_error_fit:.4f}; threshold {d.threshold})")
+                  f"{d.reconstruction_error_fit:.4f}; threshold {d.threshold}); level-1 "
+                  f"utilisation ratio {d.utilisation_ratio:.2f} (refit below "
+                  f"{d.min_utilisation_ratio})")
     if res.refit:
         arrays, meta = refit_embedder.to_state()
         res.codebook.save(out, extra_arrays={"embedder": arrays},

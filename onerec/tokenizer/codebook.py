@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,11 @@ class Codebook:
                 np.savez(tmp / f"{name}.npz", **arrs)
             for name, obj in (extra_json or {}).items():
                 (tmp / f"{name}.json").write_text(json.dumps(obj, indent=2))
+            # temp names are created private (0700/0600); a codebook is read by other
+            # processes (trainer, server pods under another uid), so publish it world-readable
+            os.chmod(tmp, 0o755)
+            for f in tmp.iterdir():
+                os.chmod(f, 0o644)
         return path
 
     @classmethod
