@@ -10,7 +10,8 @@ fit time, utilisation per level, collision rate, relative reconstruction error, 
 semantic ID; and the collision rates of a fit on the content part alone (what the
 collaborative part buys) and of an unbalanced fit (what balancing buys). Then a refresh run on
 KuaiRand by upload date: fit on the videos uploaded before the last day, encode the last day's
-videos with the current centroids, report drift and the decision, and compare with a refit. Prints a rich table and the same table in Markdown.
+videos with the current centroids, report drift and the decision, and compare with a refit; and
+drift probes (real new videos, the same with absurd statistics, random content). Prints a rich table and the same table in Markdown.
 """
 
 from __future__ import annotations
@@ -93,6 +94,42 @@ def bench_refresh(cfg: Config, console: Console) -> list[str]:
             f"{refit.metrics['collision_rate']:.4f}", f"{refresh_s:.2f}", f"{refit_s:.2f}"]
 
 
+def bench_drift_probes(cfg: Config) -> list[list[str]]:
+    """Which shifts the refresh triggers catch: fit on KuaiRand's first 7,000 videos, then probe
+    with the other 583 as they are, with every *_cnt statistic x 1e6, and with random content."""
+    import numpy as np
+
+    from onerec.tokenizer.embeddings import Catalogue
+
+    t = cfg.tokenizer
+    cat = load_catalogue("kuairand", DATASETS["kuairand"][1])
+    ids = cat.item_ids
+    embedder = ItemEmbedder(t)
+    emb = embedder.fit_transform(cat.subset(ids[:7000]), progress=False)
+    cb = fit_codebook(emb.vectors(), emb.item_ids, t)
+    real = embedder.transform(cat, ids[7000:], progress=False).vectors()
+    odd = cat.features.copy()
+    stats = [c for c in odd.columns if c.endswith("_cnt")]
+    odd.loc[7000:, stats] = odd.loc[7000:, stats].astype("float64") * 1e6
+    odd_cat = Catalogue("odd", cat.item_ids, cat.sequences, features=odd)
+    scaled = embedder.transform(odd_cat, ids[7000:], progress=False).vectors()
+    rand = real.copy()
+    noise = np.random.default_rng(0).normal(size=(len(rand), t.content_dim))
+    rand[:, : t.content_dim] = noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    rows = []
+    for name, x in (("as uploaded", real), ("statistics x 1e6", scaled),
+                    ("random content", rand)):
+        d = measure_drift(cb, x, t.refit_drift_threshold, t.refit_utilisation_ratio)
+        rows.append([name, f"{d.drift:+.3f}", f"{d.utilisation_new[0]:.2f}",
+                     f"{d.expected_codes / cb.codebook_size:.2f}", f"{d.utilisation_ratio:.2f}",
+                     "refit" if d.refit else "keep"])
+    return rows
+
+
+PROBE_COLUMNS = ["583 new videos", "reconstruction drift", "L1 utilisation",
+                 "expected", "ratio", "decision"]
+
+
 REFRESH_COLUMNS = ["fitted items", "new items", "error fit", "error new", "drift",
                    "L1 utilisation ratio", "decision",
                    "collisions after refresh", "collisions after refit", "refresh s",
@@ -129,6 +166,11 @@ def main() -> None:
         print("| " + " | ".join(REFRESH_COLUMNS) + " |")
         print("|" + "---|" * len(REFRESH_COLUMNS))
         print("| " + " | ".join(r) + " |")
+        print("\nDrift probes (KuaiRand-Pure, fit on the first 7,000 videos):")
+        print("| " + " | ".join(PROBE_COLUMNS) + " |")
+        print("|" + "---|" * len(PROBE_COLUMNS))
+        for r in bench_drift_probes(cfg):
+            print("| " + " | ".join(r) + " |")
 
 
 if __name__ == "__main__":
