@@ -33,6 +33,15 @@ data_app = typer.Typer(help="Datasets: summaries and the shipped sample.", no_ar
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
+
+def _register_stages() -> None:
+    from onerec.tokenizer.cli import register as register_tokenize
+
+    register_tokenize(app)
+
+
+_register_stages()
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -180,8 +189,8 @@ def demo(
     out: Annotated[Path, typer.Option(help="Run folder for reports.")] = Path("runs/demo"),
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
-    """The main job on the shipped data. Today: validate the data and summarise it; each stage
-    (codebook, pretraining, alignment, export, serving) joins as it lands."""
+    """The main job on the shipped data: validate it, then build the semantic-ID codebook.
+    Pretraining, alignment, export and serving join as they land."""
     cfg = load_config(config, preset, set_)
     console.rule("[bold]OneRec demo")
     console.print(f"config: preset={cfg.preset} fingerprint={cfg.fingerprint()}")
@@ -190,6 +199,17 @@ def demo(
     ok = run_validation(data_dir, cfg, None, out / "validation")
     if not ok:
         raise fail("data validation failed: the run stops here (nothing trains on bad data)", 1)
+    console.rule("2. semantic IDs (RQ-Kmeans codebook)")
+    from onerec.tokenizer.cli import build_codebook, metrics_table
+    from onerec.tokenizer.codebook import CodebookError
+    from onerec.tokenizer.rq_kmeans import TokenizerError
+
+    try:
+        cb = build_codebook(cfg, "kuairand", data_dir, out / "codebook")
+    except (DataError, TokenizerError, CodebookError) as e:
+        raise fail(f"codebook: {e}") from None
+    console.print(metrics_table(cb.metrics, f"codebook v{cb.version}.{cb.revision}"))
+    console.print(f"codebook {out / 'codebook'} fingerprint {cb.fingerprint}")
     console.rule("[green]done")
     console.print(f"run folder: {out}")
 

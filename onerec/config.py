@@ -98,13 +98,24 @@ class TokenizerConfig:
     content_dim: int = 64  # dimension of the content part of item embeddings
     collab_dim: int = 32  # dimension of the collaborative (co-engagement) part
     refit_drift_threshold: float = 0.2  # relative reconstruction-error increase that forces a refit
+    refit_utilisation_ratio: float = 0.5  # refit when new items use < this x the level-1 codes expected
     seed: int = 0  # k-means seed
+    balance_slack: float = 1.0  # balanced: a code holds at most ceil(N/K) * slack items (>= 1)
+    balance_iters: int = 2  # balanced: assign-under-capacity + centroid-update rounds per level
+    collab_weight: float = 1.0  # scale of the collaborative part relative to the content part
+    collab_window: int = 10  # co-engagement: items within this many positions in a user's history
+    text_batch_size: int = 128  # sentence-embedding batch size for item text
 
     def validate(self, p: str) -> None:
-        for name in ("levels", "codebook_size", "kmeans_iters", "content_dim", "collab_dim"):
+        for name in ("levels", "codebook_size", "kmeans_iters", "content_dim", "collab_dim",
+                     "balance_iters", "collab_window", "text_batch_size"):
             _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
         _check(self.codebook_size >= 2, f"{p}.codebook_size", "must be >= 2")
         _check(self.refit_drift_threshold > 0, f"{p}.refit_drift_threshold", "must be > 0")
+        _check(self.balance_slack >= 1.0, f"{p}.balance_slack", "must be >= 1")
+        _check(0.0 <= self.refit_utilisation_ratio <= 1.0, f"{p}.refit_utilisation_ratio",
+               "must be in [0, 1] (0 turns the utilisation trigger off)")
+        _check(self.collab_weight >= 0, f"{p}.collab_weight", "must be >= 0")
 
 
 @dataclass
