@@ -73,12 +73,16 @@ def _left_pad(seq: Any, width: int) -> np.ndarray:
 
 def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: DataConfig, *,
                          history: pd.DataFrame | None = None, n_user_buckets: int = 1,
-                         positive_only: bool = True) -> Requests:
+                         positive_only: bool = True,
+                         final_state: dict[int, tuple[list[int], list[int], list[int]]] | None = None,
+                         ) -> Requests:
     """Build requests from a time-ordered impression log (the event schema).
 
     item_index maps video id -> item index (1-based); unknown videos are skipped in contexts and
     targets. `history` (KuaiRand user_history: user_id, watch_seq, long_watch_seq, like_seq)
-    seeds the lifelong and positive sequences.
+    seeds the lifelong and positive sequences. If `final_state` is a dict, it receives each
+    user's (short, pos, long) context after the last event: the context of a request made
+    right after the log ends (evaluation on a later test period, serving).
     """
     s_len, p_len, g_len = cfg.max_seq_len, cfg.max_pos_seq_len, cfg.max_long_seq_len
     short: dict[int, deque] = {}
@@ -134,6 +138,9 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
             req[1].append(i)
     for u in sorted(open_req, key=lambda u: open_req[u][0]):
         close(u)
+    if final_state is not None:
+        for u in set(short) | set(pos) | set(long):
+            final_state[u] = (list(short.get(u, ())), list(pos.get(u, ())), list(long.get(u, ())))
     order = np.argsort(np.asarray(out_time, dtype=np.int64), kind="stable")
     reqs = Requests(
         user=np.asarray(out_user, dtype=np.int64), time_ms=np.asarray(out_time, dtype=np.int64),
@@ -164,15 +171,24 @@ def requests_from_sequences(sequences: dict[int, list[int]], cfg: DataConfig, *,
 
 
 def contexts_from_histories(histories: list[list[int]], cfg: DataConfig,
-                            users: list[int] | None = None, n_user_buckets: int = 1) -> Batch:
-    """An inference batch from plain item histories (most recent last)."""
-    s_len = cfg.max_seq_len
-    short = np.stack([_left_pad(h, s_len) for h in histories]) if histories else \
-        np.zeros((0, s_len), dtype=np.int64)
+                            users: list[int] | None = None, n_user_buckets: int = 1,
+                            pos: list[list[int]] | None = None,
+                            long: list[list[int]] | None = None) -> Batch:
+    """An inference batch from plain item histories (most recent last).
+
+    Without `pos` / `long` the batch has one padding column for each (sequence datasets).
+    """
     b = len(histories)
+
+    def stack(seqs: list[list[int]] | None, width: int) -> torch.Tensor:
+        if seqs is None:
+            return torch.zeros(b, 1, dtype=torch.long)
+        arr = np.stack([_left_pad(h, width) for h in seqs]) if b else np.zeros((0, width), np.int64)
+        return torch.from_numpy(arr)
+
     u = np.asarray([x % n_user_buckets for x in users] if users else [0] * b, dtype=np.int64)
-    return Batch(user=torch.from_numpy(u), short=torch.from_numpy(short),
-                 pos=torch.zeros(b, 1, dtype=torch.long), long=torch.zeros(b, 1, dtype=torch.long))
+    return Batch(user=torch.from_numpy(u), short=stack(histories, cfg.max_seq_len),
+                 pos=stack(pos, cfg.max_pos_seq_len), long=stack(long, cfg.max_long_seq_len))
 
 
 def collate(reqs: Requests, idx: np.ndarray, item_codes: torch.Tensor) -> Batch:

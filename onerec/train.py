@@ -133,12 +133,16 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
           out_dir: str | Path, *, codebook_fingerprint: str = "", n_user_buckets: int = 1,
           resume: bool = True, max_steps: int | None = None, init_from: OneRec | None = None,
           log: Any = None, shuffle_window: int = 4096, stop_after: int | None = None,
+          time_budget_s: float | None = None, eval_fn: Any = None, eval_every: int = 0,
           ) -> tuple[OneRec, TrainResult]:
     """Train (or resume) on `reqs`. Returns the model and a TrainResult.
 
     `max_steps` overrides cfg.train.max_steps; `stop_after` ends this call early after that
     many steps (the schedule still spans max_steps: used to simulate a crash in tests).
     `init_from` warm-starts from another model's weights (continuous training).
+    `time_budget_s` stops after that much wall time (a checkpoint is written first);
+    `eval_fn(model, step) -> dict` runs every `eval_every` steps on rank 0 and its result joins
+    the history (model selection happens in the caller).
     """
     out_dir = Path(out_dir)
     rank, world = _dist_info()
@@ -224,7 +228,23 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
             save_checkpoint(out_dir, model=model, opt=opt, step=step, stream=stream, cfg=cfg,
                             codebook_fingerprint=codebook_fingerprint,
                             n_user_buckets=n_user_buckets)
-        if stop_after is not None and steps_this_call >= stop_after:
+        if eval_fn is not None and eval_every and rank == 0 and step % eval_every == 0:
+            model.eval()
+            rec = {"step": step, "wall_s": time.perf_counter() - t_start, **eval_fn(model, step)}
+            model.train()
+            history.append(rec)
+            if log is not None:
+                log(rec)
+        out_of_time = time_budget_s is not None and time.perf_counter() - t_start > time_budget_s
+        if world > 1 and time_budget_s is not None:  # every rank stops at the same step
+            flag = torch.tensor([float(out_of_time)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        if out_of_time and rank == 0 and step % cfg.train.checkpoint_every != 0:
+            save_checkpoint(out_dir, model=model, opt=opt, step=step, stream=stream, cfg=cfg,
+                            codebook_fingerprint=codebook_fingerprint,
+                            n_user_buckets=n_user_buckets)
+        if out_of_time or (stop_after is not None and steps_this_call >= stop_after):
             break
     if writer is not None:
         writer.close()
