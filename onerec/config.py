@@ -2,8 +2,9 @@
 
 Design choices:
 - Plain nested dataclasses, one per stage (data, validation, tokenizer, model, train, align,
-  serve), every field with a comment. No module declares hyperparameters of its own: they read
-  them from here, so a checkpoint that saves its Config can be rebuilt anywhere.
+  serve; sasrec for the baseline), every field with a comment. No module declares
+  hyperparameters of its own: they read them from here, so a checkpoint that saves its Config
+  can be rebuilt anywhere.
 - Strict loading. An unknown key, a value of the wrong type or out of range raises
   `ConfigError` naming the dotted key (``model.n_layers``), never a silent default: a typo in a
   YAML file sent to a cluster must fail at submit time, not after an hour of training.
@@ -212,6 +213,38 @@ class ServeConfig:
 
 
 @dataclass
+class SASRecConfig:
+    """The SASRec baseline (Kang & McAuley 2018) that the generative model is measured against."""
+
+    d_model: int = 64  # item embedding and hidden size
+    n_layers: int = 2  # causal self-attention blocks
+    n_heads: int = 2  # attention heads per block
+    ffn_hidden: int = 256  # hidden size of the position-wise feed-forward
+    max_len: int = 20  # positions the model sees (the TIGER protocol caps histories at 20)
+    dropout: float = 0.3  # dropout on embeddings, attention and feed-forward
+    norm: Literal["pre", "post"] = "pre"  # LayerNorm before (pre-LN) or after each sublayer
+    activation: Literal["gelu", "relu"] = "gelu"  # feed-forward non-linearity
+    batch_size: int = 256  # training sequences per step
+    lr: float = 1e-3  # AdamW learning rate (constant)
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_epochs: int = 200  # passes over the training sequences (an upper bound)
+    eval_every: int = 1  # epochs between validation NDCG@10 checks (when valid data is given)
+    patience: int = 5  # stop after this many checks without a better validation NDCG@10
+    eval_batch_size: int = 1024  # histories scored per batch in `recommend`
+    seed: int = 0  # seed for init, dropout and data order
+
+    def validate(self, p: str) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "ffn_hidden", "max_len", "batch_size",
+                     "max_epochs", "eval_every", "patience", "eval_batch_size"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.d_model % self.n_heads == 0, f"{p}.d_model",
+               f"must be divisible by n_heads={self.n_heads}")
+        _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)")
+        _check(self.lr > 0, f"{p}.lr", "must be > 0")
+        _check(self.weight_decay >= 0, f"{p}.weight_decay", "must be >= 0")
+
+
+@dataclass
 class Config:
     """The whole system's settings. Build with `Config.from_preset`, `from_file` or `from_dict`."""
 
@@ -223,6 +256,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -307,6 +341,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "checkpoint_every": 10, "log_every": 5},
         "align": {"group_size": 4, "steps": 5},
         "serve": {"beam_width": 8, "max_beam_width": 64, "top_n": 5},
+        "sasrec": {"d_model": 16, "n_layers": 1, "n_heads": 1, "ffn_hidden": 32, "max_len": 8,
+                   "dropout": 0.0, "batch_size": 32, "max_epochs": 5, "eval_batch_size": 64},
     },
     # the demo: minutes on 2 CPU cores (the dataclass defaults)
     "small": {},
