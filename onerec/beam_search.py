@@ -2,7 +2,9 @@
 
 This is the plain, obviously-correct path that the fast generator (KV cache, shared
 cross-attention K/V, one exported graph) is checked against:
-- the encoder runs once per user; every step re-runs the decoder on the full prefix;
+- the encoder runs once per user; every step re-runs the decoder on the full prefix (no KV
+  cache); the beams of a user attend to its encoder output as one query block, so
+  cross-attention keys and values are computed once per user and shared, not copied;
 - beams start from BOS and expand level by level (semantic IDs are only L tokens long), keeping
   the `beam_width` best cumulative log-probabilities per user;
 - with a `PrefixIndex`, codes that no real item continues are masked to -inf at every level,
@@ -72,9 +74,7 @@ def beam_search(model: OneRec, batch: Batch, *, beam_width: int, top_n: int,
     for lv in range(model.levels):
         w = prefixes.shape[1]
         flat = prefixes.reshape(b * w, lv)
-        mem = memory.repeat_interleave(w, dim=0)
-        mm = mask.repeat_interleave(w, dim=0)
-        hidden, _ = model.decode(flat, mem, mm)
+        hidden, _ = model.decode(flat, memory, mask, group=w)  # beams share the user's memory
         logp = model.level_logits(hidden[:, -1], lv).log_softmax(-1).view(b, w, -1)
         if index is not None:
             logp = logp.masked_fill(~index.allowed(prefixes), float("-inf"))

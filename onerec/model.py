@@ -127,10 +127,18 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mem_kv: tuple[torch.Tensor, torch.Tensor],
-                mem_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                mem_mask: torch.Tensor, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (N, l, d) with N = B * group sequences; mem_kv: (B, h, M, d/h) each.
+
+        The `group` sequences of one memory row (the beams of one user) attend to it as extra
+        query positions, so its keys and values are shared, never copied per beam.
+        """
         h = self.norm1(x)
         x = x + self.drop(self.self_attn(h, h, causal=True))
-        x = x + self.drop(self.cross_attn.attend(self.norm2(x), *mem_kv, mem_mask))
+        n, length, d = x.shape
+        q = self.norm2(x).reshape(n // group, group * length, d)
+        y = self.cross_attn.attend(q, *mem_kv, mem_mask).reshape(n, length, d)
+        x = x + self.drop(y)
         y, balance = self.moe(self.norm3(x))
         return x + self.drop(y), balance
 
@@ -231,15 +239,18 @@ class OneRec(nn.Module):
             x = torch.cat([bos, self.code_emb(prefix + self.code_offsets[:length])], dim=1)
         return x + self.level_emb.weight[: length + 1]
 
-    def decode(self, prefix: torch.Tensor, memory: torch.Tensor, mem_mask: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the decoder on (N, l) prefixes against (N, M, d) memory -> hidden (N, l+1, d)."""
+    def decode(self, prefix: torch.Tensor, memory: torch.Tensor, mem_mask: torch.Tensor,
+               group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the decoder on (N, l) prefixes -> hidden (N, l+1, d) and the MoE balance loss.
+
+        memory: (N / group, M, d); prefixes [i * group, (i + 1) * group) share memory row i.
+        """
         x = self.decoder_inputs(prefix)
         attn_mask = mem_mask[:, None, None, :]
         balance = x.new_zeros(())
         for layer in self.decoder:
             kv = layer.cross_attn.project_kv(memory)
-            x, bl = layer(x, kv, attn_mask)
+            x, bl = layer(x, kv, attn_mask, group)
             balance = balance + bl
         return self.dec_norm(x), balance
 

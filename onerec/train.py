@@ -48,7 +48,7 @@ class TrainResult:
     watermark_ms: int = 0
 
 
-def measure_peak_flops(device: torch.device, n: int = 512, repeats: int = 5) -> float:
+def measure_peak_flops(device: torch.device, n: int = 1024, repeats: int = 10) -> float:
     """Matmul FLOP/s on this device, measured now (the MFU denominator on CPU)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (dropout) alone

@@ -150,3 +150,14 @@ def test_bad_item_codes_shape_is_rejected():
     cfg = Config.from_preset("tiny").model
     with pytest.raises(ValueError, match="item_codes"):
         OneRec(cfg, item_codes=torch.zeros(5, 2, dtype=torch.long), vocab_sizes=[4, 4, 4])
+
+
+@torch.no_grad()
+def test_beams_sharing_memory_equal_beams_with_copied_memory():
+    model = tiny_model().eval()
+    batch = random_batch(model, b=3)
+    memory, mask = model.encode(batch)
+    prefix = torch.randint(0, 3, (3 * 4, 2)) % torch.tensor([4, 3])
+    shared, _ = model.decode(prefix, memory, mask, group=4)
+    copied, _ = model.decode(prefix, memory.repeat_interleave(4, 0), mask.repeat_interleave(4, 0))
+    torch.testing.assert_close(shared, copied, rtol=1e-5, atol=1e-6)

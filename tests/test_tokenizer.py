@@ -348,3 +348,17 @@ def test_cli_refresh_refits_when_new_videos_drift_and_writes_the_mapping(tmp_pat
     mapping = json.loads((out / "mapping.json").read_text())
     assert mapping["n_common"] == 7000 and mapping["n_added"] == 583
     assert oct(out.stat().st_mode & 0o777) == "0o755"
+
+
+def test_text_embeddings_are_cached_on_disk_by_content(tmp_path, monkeypatch):
+    from onerec.tokenizer.embeddings import encode_texts
+
+    monkeypatch.setenv("ONEREC_CACHE_DIR", str(tmp_path))
+    texts = ["blue shampoo", "red lipstick"]
+    first = encode_texts(texts, progress=False)
+    files = list(tmp_path.glob("*.npy"))
+    assert len(files) == 1
+    np.save(files[0], np.ones_like(first))  # a cached entry is used as is
+    assert np.array_equal(encode_texts(texts, progress=False), np.ones_like(first))
+    other = encode_texts(["something else"], progress=False)
+    assert other.shape == (1, 384) and len(list(tmp_path.glob("*.npy"))) == 2

@@ -1,0 +1,171 @@
+"""Offline quality of OneRec against baselines in the same harness, split and run.
+
+    python -m bench.quality --dataset beauty [--data-dir DIR] [--minutes 60] [--dump-recs F]
+    python -m bench.quality --dataset kuairand [--data-dir data/kuairand-pure] [--minutes 20]
+
+beauty: any folder in the amazon-beauty format (sequential_data.txt, datamaps.json,
+item_text.txt), TIGER leave-one-out, full ranking; prints ours, our SASRec, popularity and the
+published TIGER and SASRec rows side by side, with training wall times.
+kuairand: temporal split (the last `data.test_days` days are the test period), targets are each
+user's positive events (long view or like) in the test period; ours vs popularity vs SASRec
+(trained on each user's clicked-video sequence before the cut).
+
+`--dump-recs FILE` writes each test user's ranked top-10 video ids as JSON lines
+({"user", "target", "recs"}) so other tools can check the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.runtime import reexec_with_tuned_env
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+PUBLISHED = {  # TIGER (NeurIPS 2023), Table 1, Amazon Beauty
+    "TIGER (published)": {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648,
+                          "ndcg@10": 0.0384},
+    "SASRec (published)": {"recall@5": 0.0387, "ndcg@5": 0.0249, "recall@10": 0.0605,
+                           "ndcg@10": 0.0318},
+}
+COLS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+
+
+def _table(title: str, rows: list[tuple[str, dict, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("model")
+    for c in COLS:
+        t.add_column(c.replace("recall", "R").replace("ndcg", "N"), justify="right")
+    t.add_column("train wall", justify="right")
+    for name, m, wall in rows:
+        t.add_row(name, *(f"{m[c]:.4f}" if c in m else "-" for c in COLS), wall)
+    Console().print(t)
+
+
+def _log(rec: dict) -> None:
+    keep = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()
+            if k in ("step", "loss", "samples_per_s", "mfu", "wall_s", "valid_ndcg@10",
+                     "valid_recall@10")}
+    print(json.dumps(keep), flush=True)
+
+
+def run_beauty(args: argparse.Namespace, cfg) -> dict:
+    from onerec.baselines import fit_popularity, train_sasrec
+    from onerec.baselines.sasrec import evaluate_rows
+    from onerec.data.sequences import load_beauty
+    from onerec.evaluate import dump_recs, rank_metrics
+    from onerec.pretrain import run_sequences
+
+    data = load_beauty(args.data_dir or SHARED / "amazon-beauty")
+    split = data.split(max_history=20)
+    out = Path(args.out) / "beauty"
+    res = run_sequences(cfg, data, out, time_budget_s=args.minutes * 60, beam_width=args.beam,
+                        eval_every=args.eval_every, log=_log)
+    rows = [("OneRec (ours)", res["metrics"], f"{res['train_s'] / 60:.1f} min")]
+    pop = fit_popularity(split.train)
+    rows.append(("popularity", rank_metrics(pop.recommend(len(split.test), 10),
+                                            [t for *_, t in split.test]), "-"))
+    if not args.no_sasrec:
+        t0 = time.perf_counter()
+        sas = train_sasrec(split.train, data.n_items, cfg.sasrec, valid=split.valid,
+                           max_minutes=args.sasrec_minutes)
+        rows.append(("SASRec (ours)", evaluate_rows(sas, split.test),
+                     f"{(time.perf_counter() - t0) / 60:.1f} min"))
+    rows += [(k, v, "-") for k, v in PUBLISHED.items()]
+    if args.dump_recs:
+        dump_recs(args.dump_recs, res["recs"])
+    extra = {k: res[k] for k in ("steps", "best_step", "params", "active_params", "codebook",
+                                 "codebook_s", "eval_s")}
+    extra["legality"] = res["metrics"]["legality"]
+    extra["legality_unconstrained"] = res["metrics"]["legality_unconstrained"]
+    return {"rows": rows, "extra": extra, "n_test_users": len(split.test)}
+
+
+def run_kuairand(args: argparse.Namespace, cfg) -> dict:
+    from onerec.baselines import fit_popularity, train_sasrec
+    from onerec.baselines.sasrec import recommend as sasrec_recommend
+    from onerec.evaluate import dump_recs, rank_metrics_multi
+    from onerec.pretrain import run_kuairand as run
+
+    res = run(cfg, args.data_dir or ROOT / "data" / "kuairand-pure", Path(args.out) / "kuairand",
+              time_budget_s=args.minutes * 60, beam_width=args.beam, log=_log)
+    targets = res["targets"]
+    rows = [("OneRec (ours)", res["metrics"], f"{res['train_s'] / 60:.1f} min")]
+    train_ev = res["train_events"]
+    pos = train_ev[(train_ev["long_view"] == 1) | (train_ev["is_like"] == 1)]
+    pop = fit_popularity([pos["video_id"].tolist()])
+    rows.append(("popularity", rank_metrics_multi(pop.recommend(len(targets), 10), targets),
+                 "-"))
+    if not args.no_sasrec:
+        # SASRec over each user's clicked videos before the cut (ids shifted by +1: 0 = pad)
+        clicks = train_ev[train_ev["is_click"] == 1].sort_values("time_ms", kind="stable")
+        seqs = {int(u): [int(v) + 1 for v in g] for u, g in clicks.groupby("user_id")["video_id"]}
+        n_items = int(max(train_ev["video_id"].max(), res["test_events"]["video_id"].max())) + 1
+        t0 = time.perf_counter()
+        sas = train_sasrec({u: s for u, s in seqs.items() if len(s) >= 2}, n_items, cfg.sasrec,
+                           max_minutes=args.sasrec_minutes)
+        hist = [seqs.get(u, []) for u in res["users"]]
+        recs = [[i - 1 for i in r] for r in sasrec_recommend(sas, hist, 10)]
+        rows.append(("SASRec (ours)", rank_metrics_multi(recs, targets),
+                     f"{(time.perf_counter() - t0) / 60:.1f} min"))
+    if args.dump_recs:
+        dump_recs(args.dump_recs, [{"user": u, "target": t, "recs": r} for u, t, r in
+                                   zip(res["users"], targets, res["recs_items"], strict=True)])
+    extra = {k: res[k] for k in ("steps", "params", "n_train_requests", "n_test_users", "eval_s")}
+    extra["legality"] = res["metrics"]["legality"]
+    return {"rows": rows, "extra": extra, "n_test_users": res["n_test_users"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=("beauty", "kuairand"), required=True)
+    ap.add_argument("--data-dir", default=None, help="dataset folder (default: the known one)")
+    ap.add_argument("--minutes", type=float, default=60.0, help="OneRec training budget")
+    ap.add_argument("--sasrec-minutes", type=float, default=10.0, help="SASRec training budget")
+    ap.add_argument("--no-sasrec", action="store_true", help="skip our SASRec baseline")
+    ap.add_argument("--beam", type=int, default=50, help="beam width at test time")
+    ap.add_argument("--eval-every", type=int, default=1000,
+                    help="steps between validation checks (best checkpoint is kept)")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="config override, e.g. model.d_model=256 (repeatable)")
+    ap.add_argument("--out", default="runs/bench-quality", help="run folder")
+    ap.add_argument("--dump-recs", default=None, help="write test recommendations (JSON lines)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    reexec_with_tuned_env("bench.quality", argv)
+
+    import torch
+
+    from onerec.config import Config
+
+    torch.set_num_threads(args.threads)
+    defaults = {"beauty": ["data.max_seq_len=20"], "kuairand": []}[args.dataset]
+    cfg = Config.from_preset(args.preset, defaults + args.overrides)
+    t0 = time.perf_counter()
+    result = (run_beauty if args.dataset == "beauty" else run_kuairand)(args, cfg)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    _table(f"bench.quality --dataset {args.dataset} ({result['n_test_users']} test users, "
+           f"full ranking) {stamp}", result["rows"])
+    print(json.dumps(result["extra"], default=str))
+    print(f"total wall time {(time.perf_counter() - t0) / 60:.1f} min; "
+          f"config fingerprint {cfg.fingerprint()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": result["rows"], **result["extra"],
+                                               "date": stamp, "argv": sys.argv}, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
