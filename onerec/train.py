@@ -48,8 +48,18 @@ class TrainResult:
     watermark_ms: int = 0
 
 
+_PEAK: dict[str, float] = {}
+
+
 def measure_peak_flops(device: torch.device, n: int = 1024, repeats: int = 10) -> float:
-    """Matmul FLOP/s on this device, measured now (the MFU denominator on CPU)."""
+    """Matmul FLOP/s on this device, measured once per process (the MFU denominator on CPU)."""
+    key = f"{device}:{torch.get_num_threads()}"
+    if key not in _PEAK:
+        _PEAK[key] = _matmul_flops(device, n, repeats)
+    return _PEAK[key]
+
+
+def _matmul_flops(device: torch.device, n: int, repeats: int) -> float:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (dropout) alone
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
