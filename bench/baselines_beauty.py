@@ -17,21 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-MALLOC_ENV = {
-    # keep big freed blocks in the heap instead of returning them to the OS on every free
-    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
-    "MALLOC_TRIM_THRESHOLD_": str(4 << 30),
-    "MALLOC_TOP_PAD_": str(1 << 30),
-    # OpenMP threads sleep at barriers instead of spinning: on a shared machine a spinning
-    # thread that lost its core stalls every parallel region (measured 6x slower steps)
-    "OMP_WAIT_POLICY": "PASSIVE",
-}
+from bench.runtime import reexec_with_tuned_env
+
 PUBLISHED = {"recall@5": 0.0387, "ndcg@5": 0.0249, "recall@10": 0.0605, "ndcg@10": 0.0318}
 DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "amazon-beauty"
 
@@ -48,10 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
-    if not args.no_malloc_tuning and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, "-m", "bench.baselines_beauty",
-                                   *(argv if argv is not None else sys.argv[1:])],
-                  {**os.environ, **MALLOC_ENV})
+    if not args.no_malloc_tuning:
+        reexec_with_tuned_env("bench.baselines_beauty", argv)
 
     import torch
 
