@@ -102,8 +102,11 @@ class SequenceBook:
     """All users' sequences; `apply` consumes events and returns the rows that changed.
 
     `history_rows` (offline) collects one row per user per distinct event time and per view that
-    changed, stamped newest event + 1 ms, which is what point-in-time joins need. The online side
-    only needs each user's final row of a batch (`latest_rows`).
+    changed, stamped newest event + 1 ms, which is what point-in-time joins need; plus, for a user
+    seen for the first time, empty rows of every view stamped at the epoch. Feast 0.67's file
+    (dask) offline store drops a training sample altogether when a view holds rows for its user
+    but all after the sample's time; the epoch rows make "no history yet" an explicit empty row.
+    Without `history_rows` it returns each changed user's final rows (what the online store needs).
     """
 
     def __init__(self, cfg: DataConfig) -> None:
@@ -157,6 +160,8 @@ class SequenceBook:
             if t < s.last_ms or (t == s.last_ms and v in s.last_videos):
                 stats.skipped += 1
                 continue
+            if history_rows and s.last_ms < 0:  # a new user: empty rows stamped at the epoch
+                self._emit(u, s, set(VIEWS), rows)
             if history_rows and u in pending and t > s.last_ms:
                 self._emit(u, s, pending.pop(u), rows)
             if t > s.last_ms:

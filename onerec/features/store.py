@@ -145,6 +145,8 @@ def prepare_repo(dest: str | Path, cfg: Config, data: Dataset, *,
     Returns `dest`, ready for `apply_repo`.
     """
     template = Path(cfg.features.repo_template)
+    if not template.is_absolute() and not template.is_dir():  # run from outside the checkout
+        template = Path(__file__).resolve().parents[2] / template
     if not (template / "definitions.py").is_file():
         raise FeaturesError(f"features.repo_template: {template} has no definitions.py")
     dest = Path(dest)
@@ -300,20 +302,36 @@ def feature_service(store: Any, version: str) -> Any:
                             f"{store.repo_path} ({type(e).__name__})") from None
 
 
+def _users_with_rows(repo: Path) -> set[int]:
+    """Users the offline store has sequences for (every one has rows in all three views)."""
+    table = pq.read_table(Path(repo) / OFFLINE / "user_long", columns=["user_id"])
+    return set(table.column("user_id").to_numpy().tolist())
+
+
 def training_features(store: Any, samples: pd.DataFrame, version: str = "v1") -> pd.DataFrame:
     """Point-in-time user features for training samples (columns user_id, time_ms, others kept).
 
     Each sample gets, per view, the newest row stamped at or before its time_ms; rows are
     stamped 1 ms after their newest event, so only events strictly before time_ms count.
     Array features come back as lists ([] where the user had no row yet), in sample order.
+    Users the offline store has never seen skip the join (Feast's dask join fails on a view
+    without a single match) and get empty lists and nulls.
     """
+    service = feature_service(store, version)
     entity = samples.copy()
     entity["event_timestamp"] = pd.to_datetime(entity["time_ms"], unit="ms", utc=True)
     entity["_row"] = np.arange(len(entity))
-    out = store.get_historical_features(entity_df=entity,
-                                        features=feature_service(store, version)).to_df()
+    known = entity["user_id"].isin(_users_with_rows(Path(store.repo_path))).to_numpy()
+    names = [f.name for p in service.feature_view_projections for f in p.features]
+    frames = []
+    if known.any():
+        frames.append(store.get_historical_features(entity_df=entity[known],
+                                                    features=service).to_df())
+    if not known.all():
+        frames.append(entity[~known].assign(**{n: None for n in names}))
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     out = out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
-    for col in out.columns:
+    for col in names:
         if col.endswith(("_ids", "_ratios", "_times_ms")):
             out[col] = [_as_list(v) for v in out[col]]
     return out
