@@ -171,3 +171,22 @@ def test_unknown_service_version_is_a_features_error(world):
 def test_bad_features_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         Config.from_preset("tiny", [override])
+
+
+def test_cli_group_reads_a_user_and_names_a_missing_repo(world, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from onerec.features.cli import register
+
+    app = typer.Typer()
+    register(app)
+    user = world["users"][0]
+    ok = CliRunner().invoke(app, ["features", "get", "--preset", "tiny", "--repo",
+                                  str(world["repo"]), "--user", str(user)])
+    assert ok.exit_code == 0, ok.output
+    assert str(user) in ok.output
+    missing = CliRunner().invoke(app, ["features", "get", "--preset", "tiny", "--repo",
+                                       str(tmp_path / "nope"), "--user", "1"])
+    assert missing.exit_code == 2
+    assert "no feature_store.yaml" in " ".join(missing.output.split())
