@@ -2,7 +2,7 @@
 
 Design choices:
 - Plain nested dataclasses, one per stage (data, validation, tokenizer, model, train, align,
-  serve; sasrec for the baseline), every field with a comment. No module declares
+  serve, features; sasrec for the baseline), every field with a comment. No module declares
   hyperparameters of its own: they read them from here, so a checkpoint that saves its Config
   can be rebuilt anywhere.
 - Strict loading. An unknown key, a value of the wrong type or out of range raises
@@ -245,6 +245,34 @@ class SASRecConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    """The Feast feature repo; sequence lengths are data.max_seq_len / pos / long (not repeated)."""
+
+    repo_template: str = "feature_repo"  # shipped definitions, rendered (never applied) in place
+    repo_dir: str = "runs/feature_repo"  # run folder: rendered repo, registry, stores
+    project: str = "onerec"  # Feast project name
+    registry_path: str = "data/registry.db"  # registry file, relative to repo_dir
+    online_path: str = "data/online_store.db"  # SQLite online store, relative to repo_dir
+    service_version: str = "v1"  # model version: serving reads FeatureService onerec_<this>
+    seed_history: bool = True  # start sequences from KuaiRand's pre-log history (as stream.py)
+    push_batch_events: int = 5000  # stream writer: events applied per online push
+    backfill_events: int = 20_000  # `features apply`: events replayed into the offline store
+
+    def validate(self, p: str) -> None:
+        for name in ("repo_template", "repo_dir", "registry_path", "online_path"):
+            _check(bool(getattr(self, name)), f"{p}.{name}", "must not be empty")
+        for name in ("registry_path", "online_path"):
+            _check(not Path(getattr(self, name)).is_absolute(), f"{p}.{name}",
+                   "must be relative to features.repo_dir")
+        _check(self.project.replace("_", "").isalnum() and not self.project.startswith("_"),
+               f"{p}.project", "must be letters, digits and underscores")
+        _check(self.service_version.startswith("v") and self.service_version[1:].isdigit(),
+               f"{p}.service_version", "must look like v1, v2, ...")
+        _check(self.push_batch_events > 0, f"{p}.push_batch_events", "must be > 0")
+        _check(self.backfill_events >= 0, f"{p}.backfill_events", "must be >= 0")
+
+
+@dataclass
 class Config:
     """The whole system's settings. Build with `Config.from_preset`, `from_file` or `from_dict`."""
 
@@ -257,6 +285,7 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -1,0 +1,192 @@
+"""Feast feature repo: apply, materialize, push, replay, point-in-time training data.
+
+One synthetic dataset (tiny preset: sequences cut at 8 / 8 / 16, so truncation is exercised):
+the first 600 events are backfilled and materialized, the rest streamed through the writer.
+Every expectation comes from `expected_context`, a plain-pandas rebuild of the contexts from
+the raw log, independent of the writer's code.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("feast")
+
+from onerec.config import Config, ConfigError
+from onerec.data.schema import Dataset
+from onerec.data.synthetic import make_dataset
+from onerec.features import (
+    FeaturesError,
+    SequenceBook,
+    StreamWriter,
+    apply_repo,
+    materialize_all,
+    online_user_context,
+    prepare_repo,
+    training_features,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+N_BACKFILL = 600
+
+
+def expected_context(events: pd.DataFrame, user: int, before_ms: float, cfg: Config,
+                     ) -> tuple[list[int], list[int], list[int]]:
+    """(short, pos, long) video ids from events of `user` strictly before `before_ms`."""
+    e = events[(events["user_id"] == user) & (events["time_ms"] < before_ms)]
+    e = e.sort_values("time_ms", kind="stable")
+    short = e.loc[e["is_click"] == 1, "video_id"].tolist()[-cfg.data.max_seq_len:]
+    pos = e.loc[(e["long_view"] == 1) | (e["is_like"] == 1), "video_id"].tolist()
+    return short, pos[-cfg.data.max_pos_seq_len:], e["video_id"].tolist()[-cfg.data.max_long_seq_len:]
+
+
+def parts(repo: Path) -> list[Path]:
+    return sorted((repo / "data" / "offline").rglob("*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def cfg() -> Config:
+    return Config.from_preset("tiny", [f"features.repo_template={ROOT / 'feature_repo'}"])
+
+
+@pytest.fixture(scope="module")
+def ds(cfg: Config) -> Dataset:
+    return make_dataset(cfg.data)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, cfg: Config, ds: Dataset) -> dict:
+    """Backfill + apply + materialize the first events, then stream the rest."""
+    repo = tmp_path_factory.mktemp("features") / "repo"
+    head = Dataset("synthetic", ds.events.iloc[:N_BACKFILL], ds.items, ds.users)
+    prepare_repo(repo, cfg, head)
+    store = apply_repo(repo)
+    materialize_all(store)
+    users = sorted(ds.events["user_id"].unique().tolist())
+    materialized = online_user_context(store, users)
+    stats = StreamWriter(store, cfg).consume_all(ds.events.iloc[N_BACKFILL:], batch_events=150)
+    return {"repo": repo, "store": store, "users": users, "materialized": materialized,
+            "stream_stats": stats}
+
+
+def test_feast_apply_registers_the_repo_in_a_fresh_directory(tmp_path, cfg, ds):
+    repo = tmp_path / "fresh"
+    prepare_repo(repo, cfg, Dataset("synthetic", ds.events.iloc[:50], ds.items, ds.users))
+    feast = Path(sys.executable).with_name("feast")
+    run = subprocess.run([str(feast), "-c", str(repo), "apply"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    listed = subprocess.run([str(feast), "-c", str(repo), "feature-services", "list"],
+                            capture_output=True, text=True, timeout=120)
+    assert {"onerec_v1", "onerec_v2", "video_v1"} <= set(listed.stdout.split())
+    assert (repo / "data" / "registry.db").is_file()
+    assert (repo / "data" / "online_store.db").is_file()
+
+
+def test_materialized_online_contexts_match_the_log(world, cfg, ds):
+    head = ds.events.iloc[:N_BACKFILL]
+    for u in world["users"]:
+        assert world["materialized"][u] == expected_context(head, u, np.inf, cfg), u
+    assert any(len(c[2]) == cfg.data.max_long_seq_len for c in world["materialized"].values())
+
+
+def test_pushed_events_are_read_back_online(world, cfg, ds):
+    assert world["stream_stats"].applied == len(ds.events) - N_BACKFILL
+    ctx = online_user_context(world["store"], world["users"])
+    changed = 0
+    for u in world["users"]:
+        assert ctx[u] == expected_context(ds.events, u, np.inf, cfg), u
+        changed += ctx[u] != world["materialized"][u]
+    assert changed > 0
+
+
+def test_replaying_the_log_changes_nothing_online_or_offline(world, cfg, ds):
+    before_ctx = online_user_context(world["store"], world["users"])
+    before_parts = parts(world["repo"])
+    replay = StreamWriter(world["store"], cfg)  # a restarted writer: state from the store
+    stats = replay.consume_all(ds.events)
+    assert (stats.applied, stats.skipped) == (0, len(ds.events))
+    assert online_user_context(world["store"], world["users"]) == before_ctx
+    assert parts(world["repo"]) == before_parts
+
+
+def test_duplicate_events_in_one_batch_are_applied_once(cfg, ds):
+    ev = ds.events.iloc[:200]
+    once, twice = SequenceBook(cfg.data), SequenceBook(cfg.data)
+    once.apply(ev)
+    stats, _ = twice.apply(pd.concat([ev, ev.iloc[::-1]]))
+    assert stats.skipped == len(ev)
+    assert {u: s.rows(u) for u, s in twice.users.items()} == \
+        {u: s.rows(u) for u, s in once.users.items()}
+
+
+def test_training_features_see_only_events_before_the_sample_time(world, cfg, ds):
+    # samples inside the backfilled period, where the offline store holds later rows too
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(np.arange(100, len(ds.events)), size=30, replace=False))
+    samples = ds.events.iloc[idx][["user_id", "time_ms"]].reset_index(drop=True)
+    got = training_features(world["store"], samples, "v2")
+    assert got["time_ms"].tolist() == samples["time_ms"].tolist()
+    for i, row in samples.iterrows():
+        short, pos, long = expected_context(ds.events, row.user_id, row.time_ms, cfg)
+        assert got.at[i, "recent_video_ids"] == short, i
+        assert got.at[i, "positive_video_ids"] == pos, i
+        assert got.at[i, "long_video_ids"] == long, i
+        times = got.at[i, "recent_times_ms"]
+        assert all(t < row.time_ms for t in times)
+    # one millisecond later the sample's own event is visible: the boundary is exact
+    later = training_features(world["store"], samples.assign(time_ms=samples["time_ms"] + 1))
+    for i, row in samples.iterrows():
+        assert later.at[i, "long_video_ids"] == \
+            expected_context(ds.events, row.user_id, row.time_ms + 1, cfg)[2]
+    assert (later["long_video_ids"] != got["long_video_ids"]).any()
+
+
+def test_unknown_user_gets_empty_sequences(world):
+    assert online_user_context(world["store"], [10**9]) == {10**9: ([], [], [])}
+    known = world["users"][0]
+    got = training_features(world["store"], pd.DataFrame({"user_id": [10**9, known],
+                                                          "time_ms": [2_000_000_000_000] * 2}))
+    assert got["user_id"].tolist() == [10**9, known]
+    assert got.at[0, "long_video_ids"] == [] and got.at[0, "recent_video_ids"] == []
+    assert len(got.at[1, "long_video_ids"]) > 0
+
+
+def test_unknown_service_version_is_a_features_error(world):
+    with pytest.raises(FeaturesError, match="onerec_v9"):
+        training_features(world["store"], pd.DataFrame({"user_id": [0], "time_ms": [0]}), "v9")
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("features.service_version=latest", "features.service_version"),
+    ("features.online_path=/abs/online.db", "features.online_path"),
+    ("features.push_batch_events=0", "features.push_batch_events"),
+])
+def test_bad_features_config_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        Config.from_preset("tiny", [override])
+
+
+def test_cli_group_reads_a_user_and_names_a_missing_repo(world, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from onerec.features.cli import register
+
+    app = typer.Typer()
+    register(app)
+    user = world["users"][0]
+    ok = CliRunner().invoke(app, ["features", "get", "--preset", "tiny", "--repo",
+                                  str(world["repo"]), "--user", str(user)])
+    assert ok.exit_code == 0, ok.output
+    assert str(user) in ok.output
+    missing = CliRunner().invoke(app, ["features", "get", "--preset", "tiny", "--repo",
+                                       str(tmp_path / "nope"), "--user", "1"])
+    assert missing.exit_code == 2
+    assert "no feature_store.yaml" in " ".join(missing.output.split())
