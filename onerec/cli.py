@@ -35,9 +35,11 @@ app.add_typer(data_app, name="data")
 
 
 def _register_stages() -> None:
+    from onerec.features.cli import register as register_features
     from onerec.tokenizer.cli import register as register_tokenize
 
     register_tokenize(app)
+    register_features(app)
 
 
 _register_stages()
