@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from onerec.config import Config
 from onerec.data import kuairand
@@ -159,8 +158,3 @@ def run_kuairand(cfg: Config, data_dir: str | Path, out_dir: str | Path, *,
         "users": users, "targets": [targets[u] for u in users], "recs_items": recs.items,
         "train_events": train_ev, "test_events": test_ev, "history": res.history,
     }
-
-
-def seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -262,9 +260,3 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
                          checkpoint=ckpt if ckpt.exists() else None,
                          wall_s=time.perf_counter() - t_start, watermark_ms=stream.watermark_ms)
     return model, result
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
