@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
+from bench.report import print_table
 from onerec.config import Config
 from onerec.data import kuairand
 from onerec.data.schema import Dataset
@@ -142,16 +142,8 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
         console.print(f"streamed {applied} of {len(stream)} events (the rest at or before a "
                       f"user's watermark); replay applied 0")
 
-    table = Table(title=f"Feast features on KuaiRand-Pure (median of {args.runs} runs)")
-    for c in COLUMNS:
-        table.add_column(c)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(console, f"Feast features on KuaiRand-Pure (median of {args.runs} runs)",
+                COLUMNS, rows, left=COLUMNS)
     return rows
 
 

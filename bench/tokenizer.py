@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
+from bench.report import print_table
 from onerec.config import Config
 from onerec.tokenizer.build import fit_codebook, measure_drift
 from onerec.tokenizer.embeddings import ItemEmbedder, load_catalogue
@@ -150,16 +150,7 @@ def main() -> None:
     console.print(f"preset {args.preset}: L={t.levels} K={t.codebook_size} balanced={t.balanced}"
                   f" iters={t.kmeans_iters} dims {t.content_dim}+{t.collab_dim}")
     rows = [r for k in args.datasets if (r := bench_one(k, cfg, args.runs, console))]
-    table = Table(title="tokenizer (RQ-Kmeans semantic IDs)")
-    for c in COLUMNS:
-        table.add_column(c, justify="left" if c == "dataset" else "right")
-    for r in rows:
-        table.add_row(*r)
-    console.print(table)
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print_table(console, "tokenizer (RQ-Kmeans semantic IDs)", COLUMNS, rows, left=("dataset",))
     if "kuairand" in args.datasets:
         r = bench_refresh(cfg, console)
         print("\nRefresh (KuaiRand-Pure, fit on videos uploaded before the last upload day):")
