@@ -132,6 +132,7 @@ class ModelConfig:
     n_long_tokens: int = 8  # lifelong sequence compressed to this many learned-query tokens
     dropout: float = 0.1  # dropout in attention and feed-forward
     balance_loss_weight: float = 0.01  # weight of the MoE load-balancing loss
+    causal_encoder: bool = False  # short sequence encoded causally: one pass serves every prefix
 
     # derived (not read from YAML)
     head_dim: int = field(default=0, init=False)

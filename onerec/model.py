@@ -16,7 +16,10 @@ Following OneRec (arXiv 2506.13695, section 3):
 
 Compute compression (OneRec's "one encoder pass serves all targets of a request"): `forward`
 takes `target_req`, the request index of each target, and gathers the encoder output for each
-target instead of re-encoding the request per target.
+target instead of re-encoding the request per target. With `causal_encoder` the short
+sequence is stored oldest first and attends causally, so one pass over a user's sequence
+serves every prefix of it: target t sees the encoder outputs of the first `target_len[t]`
+items (the sequence-data analogue: ~7x fewer encoder passes on Amazon Beauty).
 
 Attention is written out (not nn.MultiheadAttention) so the fast generator can cache decoder
 keys/values and share cross-attention keys/values across beams.
@@ -40,7 +43,8 @@ class Batch:
 
     user: (B,) user feature bucket; short, pos: (B, S) / (B, P) item indices (0 = padding),
     most recent last; long: (B, G) item indices; target_codes: (T, L) semantic IDs;
-    target_req: (T,) index in [0, B) of each target's request.
+    target_req: (T,) index in [0, B) of each target's request; target_len: (T,) with a causal
+    encoder, how many of the request's short items (oldest first) the target may see (None: all).
     """
 
     user: torch.Tensor
@@ -49,10 +53,39 @@ class Batch:
     long: torch.Tensor
     target_codes: torch.Tensor | None = None
     target_req: torch.Tensor | None = None
+    target_len: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(None if t is None else t.to(device) for t in (
-            self.user, self.short, self.pos, self.long, self.target_codes, self.target_req)))
+            self.user, self.short, self.pos, self.long, self.target_codes, self.target_req,
+            self.target_len)))
+
+
+def left_align(seq: torch.Tensor) -> torch.Tensor:
+    """(B, S) left-padded rows (most recent last) -> the same items oldest first, padding after."""
+    s = seq.shape[1]
+    n = (seq > 0).sum(1, keepdim=True)
+    slot = torch.arange(s, device=seq.device).unsqueeze(0)
+    src = (slot + s - n).clamp_max(s - 1)
+    return seq.gather(1, src) * (slot < n)
+
+
+def causal_short_mask(m: int, s: int, device: torch.device) -> torch.Tensor:
+    """(M, M) encoder mask, True = attend: short slot j (memory index 1 + j) sees short slots
+    <= j; every query sees the non-short tokens (user, positive, lifelong); non-short tokens do
+    not see the short sequence, so no token carries information from a later item."""
+    idx = torch.arange(m, device=device)
+    is_short = (idx >= 1) & (idx < 1 + s)
+    short_ok = is_short.unsqueeze(1) & (idx.unsqueeze(0) <= idx.unsqueeze(1))
+    return torch.where(is_short.unsqueeze(0), short_ok, torch.ones_like(short_ok))
+
+
+def visible_prefix(m: int, s: int, target_len: torch.Tensor) -> torch.Tensor:
+    """(T, M) memory mask for targets that may see the first `target_len` short items."""
+    idx = torch.arange(m, device=target_len.device).unsqueeze(0)
+    short_slot = idx - 1
+    is_short = (idx >= 1) & (idx < 1 + s)
+    return ~is_short | (short_slot < target_len.unsqueeze(1))
 
 
 class Attention(nn.Module):
@@ -207,8 +240,13 @@ class OneRec(nn.Module):
         dev = batch.short.device
         user = (self.user_emb(batch.user) + self.segment_emb.weight[0]).unsqueeze(1)
         s = batch.short.shape[1]
-        short = (self.embed_items(batch.short) + self.short_pos.weight[-s:]
-                 + self.segment_emb.weight[1])
+        short_items = batch.short
+        if self.cfg.causal_encoder:  # oldest first: slot j holds the j-th item of the history
+            short_items = left_align(batch.short)
+            short = self.embed_items(short_items) + self.short_pos.weight[:s]
+        else:  # most recent last: positions count back from the request
+            short = self.embed_items(short_items) + self.short_pos.weight[-s:]
+        short = short + self.segment_emb.weight[1]
         p = batch.pos.shape[1]
         pos = self.embed_items(batch.pos) + self.pos_pos.weight[-p:] + self.segment_emb.weight[2]
         long_items = self.embed_items(batch.long)
@@ -220,10 +258,12 @@ class OneRec(nn.Module):
         q = self.long_queries.unsqueeze(0).expand(b, -1, -1)
         long = self.long_pool(q, long_items, long_mask[:, None, None, :]) + self.segment_emb.weight[3]
         x = torch.cat([user, short, pos, long], dim=1)
-        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=dev), batch.short > 0,
+        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=dev), short_items > 0,
                           batch.pos > 0,
                           torch.ones(b, long.shape[1], dtype=torch.bool, device=dev)], dim=1)
         attn_mask = mask[:, None, None, :]
+        if self.cfg.causal_encoder:
+            attn_mask = attn_mask & causal_short_mask(x.shape[1], s, dev)
         for layer in self.encoder:
             x = layer(x, attn_mask)
         return self.enc_norm(x), mask
@@ -264,6 +304,8 @@ class OneRec(nn.Module):
         req = batch.target_req if batch.target_req is not None else torch.arange(
             memory.shape[0], device=memory.device)
         memory, mask = memory[req], mask[req]  # one encoder pass per request
+        if self.cfg.causal_encoder and batch.target_len is not None:
+            mask = mask & visible_prefix(mask.shape[1], batch.short.shape[1], batch.target_len)
         codes = batch.target_codes
         hidden, balance = self.decode(codes[:, :-1], memory, mask)
         losses = [F.cross_entropy(self.heads[lv](hidden[:, lv]), codes[:, lv])

@@ -79,7 +79,7 @@ def run_sequences(cfg: Config, data: SequenceData, out_dir: str | Path, *,
     space = ItemSpace.from_codebook(cb)
     index = space.index
     train_seqs = {u: [index[i] for i in s] for u, s in split.train.items()}
-    reqs = requests_from_sequences(train_seqs, cfg.data)
+    reqs = requests_from_sequences(train_seqs, cfg.data, causal=cfg.model.causal_encoder)
     rng = np.random.default_rng(seed)
     valid = [split.valid[i] for i in rng.choice(len(split.valid), min(n_valid, len(split.valid)),
                                                 replace=False)]
@@ -96,7 +96,8 @@ def run_sequences(cfg: Config, data: SequenceData, out_dir: str | Path, *,
     model, res = train(cfg, reqs, space.codes, space.vocab_sizes, out_dir / "train",
                        codebook_fingerprint=cb.fingerprint, resume=False,
                        time_budget_s=time_budget_s, eval_fn=eval_fn if eval_every else None,
-                       eval_every=eval_every, log=log)
+                       eval_every=eval_every, log=log,
+                       shuffle_window=len(reqs))  # no time order in sequence data: full shuffle
     train_s = time.perf_counter() - t1
     if eval_every:
         eval_fn(model, res.steps)

@@ -46,6 +46,7 @@ class Requests:
     long: np.ndarray  # (R, G)
     target_offsets: np.ndarray  # (R + 1,) targets of request r: targets[off[r]:off[r+1]]
     targets: np.ndarray  # (T,) item index of each target
+    target_len: np.ndarray | None = None  # (T,) causal encoder: short items the target sees
 
     def __len__(self) -> int:
         return len(self.user)
@@ -57,10 +58,12 @@ class Requests:
     def select(self, idx: np.ndarray) -> Requests:
         off = self.target_offsets
         counts = off[idx + 1] - off[idx]
-        tgt = np.concatenate([self.targets[off[i]:off[i + 1]] for i in idx]) if len(idx) else \
-            np.zeros(0, dtype=np.int64)
+        pick = (np.concatenate([np.arange(off[i], off[i + 1]) for i in idx]) if len(idx)
+                else np.zeros(0, dtype=np.int64))
         return Requests(self.user[idx], self.time_ms[idx], self.short[idx], self.pos[idx],
-                        self.long[idx], np.concatenate([[0], np.cumsum(counts)]), tgt)
+                        self.long[idx], np.concatenate([[0], np.cumsum(counts)]),
+                        self.targets[pick],
+                        None if self.target_len is None else self.target_len[pick])
 
 
 def _left_pad(seq: Any, width: int) -> np.ndarray:
@@ -153,8 +156,17 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
 
 
 def requests_from_sequences(sequences: dict[int, list[int]], cfg: DataConfig, *,
-                            n_user_buckets: int = 1, min_history: int = 1) -> Requests:
-    """Every prefix of each (training) sequence predicts its next item; no time, no feedback."""
+                            n_user_buckets: int = 1, min_history: int = 1,
+                            causal: bool = False) -> Requests:
+    """Every prefix of each (training) sequence predicts its next item; no time, no feedback.
+
+    With `causal` (a model with `causal_encoder`), one request per window of a user's sequence
+    carries all its next-item targets, each with the number of items it may see (`target_len`);
+    sequences longer than `max_seq_len` + 1 are covered by windows advancing by half a window,
+    so every target still sees at least half a window of history.
+    """
+    if causal:
+        return _causal_requests(sequences, cfg.max_seq_len, n_user_buckets, min_history)
     s_len = cfg.max_seq_len
     users, shorts, targets = [], [], []
     for u, seq in sequences.items():
@@ -168,6 +180,34 @@ def requests_from_sequences(sequences: dict[int, list[int]], cfg: DataConfig, *,
         short=np.asarray(shorts, dtype=np.int64).reshape(r, s_len),
         pos=np.zeros((r, 1), dtype=np.int64), long=np.zeros((r, 1), dtype=np.int64),
         target_offsets=np.arange(r + 1, dtype=np.int64), targets=np.asarray(targets, np.int64))
+
+
+def _causal_requests(sequences: dict[int, list[int]], s_len: int, n_user_buckets: int,
+                     min_history: int) -> Requests:
+    users, shorts, targets, lens, offsets = [], [], [], [], [0]
+    stride = max(1, s_len // 2)
+    for u, seq in sequences.items():
+        n = len(seq)
+        done = min_history - 1  # targets seq[j] for j <= done are covered
+        end = min(n - 1, s_len)  # the window's history is seq[end - s_len: end]
+        while done < n - 1:
+            start = max(0, end - s_len)
+            js = [j for j in range(max(done + 1, start + min_history), end + 1)]
+            if js:
+                users.append(u % n_user_buckets)
+                shorts.append(_left_pad(seq[start:end], s_len))
+                targets.extend(seq[j] for j in js)
+                lens.extend(j - start for j in js)
+                offsets.append(len(targets))
+            done = end
+            end = min(n - 1, end + stride)
+    r = len(users)
+    return Requests(
+        user=np.asarray(users, dtype=np.int64), time_ms=np.arange(r, dtype=np.int64),
+        short=np.asarray(shorts, dtype=np.int64).reshape(r, s_len),
+        pos=np.zeros((r, 1), dtype=np.int64), long=np.zeros((r, 1), dtype=np.int64),
+        target_offsets=np.asarray(offsets, dtype=np.int64),
+        targets=np.asarray(targets, dtype=np.int64), target_len=np.asarray(lens, np.int64))
 
 
 def contexts_from_histories(histories: list[list[int]], cfg: DataConfig,
@@ -199,7 +239,8 @@ def collate(reqs: Requests, idx: np.ndarray, item_codes: torch.Tensor) -> Batch:
         user=torch.from_numpy(sub.user), short=torch.from_numpy(sub.short),
         pos=torch.from_numpy(sub.pos), long=torch.from_numpy(sub.long),
         target_codes=item_codes[torch.from_numpy(sub.targets)],
-        target_req=torch.from_numpy(np.repeat(np.arange(len(sub)), counts)))
+        target_req=torch.from_numpy(np.repeat(np.arange(len(sub)), counts)),
+        target_len=None if sub.target_len is None else torch.from_numpy(sub.target_len))
 
 
 class RequestStream:
