@@ -280,16 +280,22 @@ class OneRec(nn.Module):
         return x + self.level_emb.weight[: length + 1]
 
     def decode(self, prefix: torch.Tensor, memory: torch.Tensor, mem_mask: torch.Tensor,
-               group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+               group: int = 1, memory_index: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the decoder on (N, l) prefixes -> hidden (N, l+1, d) and the MoE balance loss.
 
         memory: (N / group, M, d); prefixes [i * group, (i + 1) * group) share memory row i.
+        With `memory_index` (N,), prefix i reads memory row memory_index[i] (mem_mask is then
+        per prefix): keys and values are projected once per memory row and gathered, so a
+        request with many targets pays for one projection (training's compute compression).
         """
         x = self.decoder_inputs(prefix)
         attn_mask = mem_mask[:, None, None, :]
         balance = x.new_zeros(())
         for layer in self.decoder:
             kv = layer.cross_attn.project_kv(memory)
+            if memory_index is not None:
+                kv = (kv[0][memory_index], kv[1][memory_index])
             x, bl = layer(x, kv, attn_mask, group)
             balance = balance + bl
         return self.dec_norm(x), balance
@@ -303,11 +309,11 @@ class OneRec(nn.Module):
         memory, mask = self.encode(batch)
         req = batch.target_req if batch.target_req is not None else torch.arange(
             memory.shape[0], device=memory.device)
-        memory, mask = memory[req], mask[req]  # one encoder pass per request
+        mask = mask[req]  # one encoder pass (and one K/V projection) per request
         if self.cfg.causal_encoder and batch.target_len is not None:
             mask = mask & visible_prefix(mask.shape[1], batch.short.shape[1], batch.target_len)
         codes = batch.target_codes
-        hidden, balance = self.decode(codes[:, :-1], memory, mask)
+        hidden, balance = self.decode(codes[:, :-1], memory, mask, memory_index=req)
         losses = [F.cross_entropy(self.heads[lv](hidden[:, lv]), codes[:, lv])
                   for lv in range(self.levels)]
         ntp = torch.stack(losses).mean()

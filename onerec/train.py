@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -260,3 +261,22 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
                          checkpoint=ckpt if ckpt.exists() else None,
                          wall_s=time.perf_counter() - t_start, watermark_ms=stream.watermark_ms)
     return model, result
+
+
+@torch.no_grad()
+def heldout_loss(model: OneRec, reqs: Requests, item_codes: torch.Tensor,
+                 batch_size: int = 512) -> float:
+    """Mean next-token loss (nats per semantic-ID token) over every target of `reqs`, in eval
+    mode: the y-axis of the scaling study and a cheap validation signal."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(reqs), batch_size):
+        idx = np.arange(start, min(len(reqs), start + batch_size))
+        batch = collate(reqs, idx, item_codes).to(device)
+        n = int(batch.target_codes.shape[0])
+        total += float(model(batch)["ntp_loss"]) * n
+        count += n
+    model.train(was_training)
+    return total / max(1, count)
