@@ -80,12 +80,18 @@ def model_flops(model: OneRec, n_requests: int, n_targets: int, context_len: int
     return 6.0 * (enc * n_requests * context_len + dec * n_targets * model.levels)
 
 
-def lr_at(step: int, cfg: Config) -> float:
+def lr_at(step: int, cfg: Config, time_frac: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to 0 over the rest of training.
+
+    `time_frac` (elapsed / time budget) lets a wall-clock budget drive the decay: progress is
+    the larger of the step and time fractions, so a run cut by its budget still ends with a
+    decayed learning rate instead of stopping mid-schedule.
+    """
     t = cfg.train
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
     progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-    return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, max(progress, time_frac))))
 
 
 def build_model(cfg: Config, item_codes: torch.Tensor, vocab_sizes: list[int],
@@ -199,8 +205,11 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
         idx = stream.next_indices()
         idx = idx[rank::world]
         batch = collate(reqs, idx, item_codes).to(device)
+        # the time budget drives the schedule on one process (ranks' clocks would disagree)
+        time_frac = ((time.perf_counter() - t_start) / time_budget_s
+                     if time_budget_s and world == 1 else 0.0)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg, time_frac)
         opt.zero_grad(set_to_none=True)
         if autocast is not None:
             with autocast:
@@ -220,7 +229,7 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
         if step % cfg.train.log_every == 0 or step == total_steps:
             dt = time.perf_counter() - t_log
             rec = {"step": step, "loss": loss_val, "ntp_loss": float(out["ntp_loss"].detach()),
-                   "balance_loss": float(out["balance_loss"].detach()), "lr": lr_at(step - 1, cfg),
+                   "balance_loss": float(out["balance_loss"].detach()), "lr": opt.param_groups[0]["lr"],
                    "grad_norm": float(grad_norm), "samples_per_s": samples / dt,
                    "tokens_per_s": tokens / dt, "mfu": flops / dt / (peak * world),
                    "expert_load_max": float(model.expert_load().max())}

@@ -165,3 +165,14 @@ def test_kill_dash_9_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     b = torch.load(clean_dir / "final.pt")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_time_budget_drives_the_cosine_schedule():
+    from onerec.train import lr_at
+
+    cfg = Config.from_preset("tiny", ["train.max_steps=1000", "train.warmup_steps=10",
+                                      "train.lr=1e-3"])
+    assert lr_at(20, cfg) > 0.99e-3  # early in the step schedule
+    assert lr_at(20, cfg, time_frac=0.5) == pytest.approx(0.5e-3)  # half the budget spent
+    assert lr_at(20, cfg, time_frac=1.0) == pytest.approx(0.0)
+    assert lr_at(900, cfg, time_frac=0.1) < 0.1e-3  # steps ahead of time: steps decide
