@@ -61,14 +61,17 @@ def _container(cfg: Config, spec: JobSpec) -> k8s.V1Container:
         name=constants.PYTORCHJOB_CONTAINER,  # the operator looks for "pytorch"
         image=spec.image,
         command=[*spec.command, "--config", f"{CONFIG_MOUNT}/config.yaml"],
-        env=[k8s.V1EnvVar(name="ONEREC_CONFIG_FINGERPRINT", value=cfg.fingerprint())],
+        env=[k8s.V1EnvVar(name="ONEREC_CONFIG_FINGERPRINT", value=cfg.fingerprint()),
+             k8s.V1EnvVar(name="HOME", value="/tmp")],  # caches go to the writable /tmp
         resources=k8s.V1ResourceRequirements(requests=dict(limits), limits=limits),
         volume_mounts=[k8s.V1VolumeMount(name="config", mount_path=CONFIG_MOUNT, read_only=True),
                        k8s.V1VolumeMount(name="data", mount_path="/mnt/onerec"),
-                       k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
+                       k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
+                       k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        # the namespace enforces Pod Security "restricted" (k8s/base/namespace.yaml)
         security_context=k8s.V1SecurityContext(
             run_as_non_root=True, allow_privilege_escalation=False,
-            capabilities=k8s.V1Capabilities(drop=["ALL"])),
+            read_only_root_filesystem=True, capabilities=k8s.V1Capabilities(drop=["ALL"])),
     )
 
 
@@ -85,9 +88,11 @@ def _replica(cfg: Config, spec: JobSpec, replicas: int) -> m.KubeflowOrgV1Replic
             k8s.V1Volume(name="data", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
                 claim_name=spec.data_pvc)),
             k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")),
+            k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
         ],
-        security_context=k8s.V1PodSecurityContext(run_as_user=1000, run_as_group=1000,
-                                                  fs_group=1000),
+        security_context=k8s.V1PodSecurityContext(
+            run_as_non_root=True, run_as_user=1000, run_as_group=1000, fs_group=1000,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
     )
     return m.KubeflowOrgV1ReplicaSpec(
         replicas=replicas, restart_policy="OnFailure",
