@@ -36,10 +36,12 @@ app.add_typer(data_app, name="data")
 
 def _register_stages() -> None:
     from onerec.features.cli import register as register_features
+    from onerec.rollout_cli import register as register_rollout
     from onerec.tokenizer.cli import register as register_tokenize
 
     register_tokenize(app)
     register_features(app)
+    register_rollout(app)
 
 
 _register_stages()
