@@ -1,0 +1,19 @@
+"""Prometheus metrics of the serving path, exposed on KServe's /metrics (the default registry).
+
+Counters, not logs, because an operator alerts on them: a refused model version (the old one
+keeps serving, so nothing else would show it), unknown video ids in histories (a codebook that
+lags the catalogue), cold-start users (a Feast store that lags the stream).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+MODEL_VERSION = Gauge("onerec_model_version", "Model version serving now (-1: none yet)")
+MODEL_VERSION.set(-1)
+SWAPS = Counter("onerec_model_swaps", "Model versions swapped in (the first load counts)")
+REFUSED = Counter("onerec_model_versions_refused",
+                  "Model versions refused (fingerprint mismatch or unloadable)", ["version"])
+UNKNOWN_IDS = Counter("onerec_unknown_video_ids",
+                      "History video ids the serving model does not know (dropped)")
+COLD_START = Counter("onerec_cold_start_users", "Users answered from the cold-start table")

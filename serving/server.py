@@ -1,0 +1,229 @@
+"""The local server: one KServe ModelServer with the transformer and the predictor.
+
+    python -m serving.server --repo runs/model_repo [--feature_repo runs/feature_repo]
+        [--http_port 8080] [--grpc_port 8081] [--config FILE | --preset NAME] [--set k=v ...]
+
+(`onerec serve` calls `main` with the same options.) The parser takes KServe's own ModelServer
+parser as its parent, as KServe's custom-model samples do, so every ModelServer option
+(--workers, --max_threads, --enable_grpc, ...) works here too.
+
+Two models are registered on one server, sharing one `VersionManager`:
+- `<model>`: the transformer (user id -> video ids; `serving.transformer`);
+- `<model>-graph`: the raw graph (`serving.predictor`), what Triton serves in the cluster.
+
+The server answers liveness at once and loads the model in a background thread: the models'
+readiness (`/v2/models/<model>/ready`) turns true only once a version is loaded, as a
+Kubernetes readiness probe expects. A folder watcher (`--poll_interval`) and the repository
+extension's load call (`POST /v2/repository/models/<model>/load`, tritonclient `load_model`)
+swap in newer versions; `GET /onerec/versions` shows the active version and refusals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from onerec.config import Config, ConfigError
+from serving.repository import Expected, VersionRefused, read_cold_start
+from serving.schema import Limits
+
+log = logging.getLogger("onerec.serving")
+STATUS_ROUTE = "/onerec/versions"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kserve import model_server
+
+    p = argparse.ArgumentParser(parents=[model_server.parser], prog="onerec-serve",
+                                description="OneRec on a KServe ModelServer (v2 REST + gRPC).")
+    p.add_argument("--repo", type=Path, required=True,
+                   help="Triton model repository (<repo>/<model>/<version>/model.onnx)")
+    p.add_argument("--feature_repo", type=Path, default=None,
+                   help="rendered Feast repo: read user sequences online (default: none, "
+                        "histories come in the request)")
+    p.add_argument("--config", type=Path, default=None, help="Config YAML (limits: serve.*)")
+    p.add_argument("--preset", default=None, help="tiny | small | base")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="dotted Config override, e.g. serve.max_top_n=50")
+    p.add_argument("--codebook", type=Path, default=None,
+                   help="codebook folder: versions must carry its fingerprint (default: the "
+                        "first version loaded pins it)")
+    p.add_argument("--config_fingerprint", default=None,
+                   help="versions must carry this Config fingerprint (default: first loaded)")
+    p.add_argument("--cold_start", type=Path, default=None,
+                   help="cold-start table JSON (default: <version>/cold_start.json)")
+    p.add_argument("--reranker", default=None,
+                   help="module:function reranking each beam (default: generator order)")
+    p.add_argument("--poll_interval", type=float, default=2.0,
+                   help="seconds between scans for new versions (0: only explicit reload)")
+    p.add_argument("--ort_threads", type=int, default=0,
+                   help="ONNX Runtime intra-op threads (0: its default)")
+    p.set_defaults(model_name=None, http_port=None, grpc_port=None)
+    return p
+
+
+def model_dir_of(repo: Path, name: str | None) -> tuple[str, Path]:
+    """(model name, <repo>/<model>): the one model folder when no name is given."""
+    if name:
+        return name, repo / name
+    models = sorted(p.name for p in repo.iterdir() if p.is_dir()) if repo.is_dir() else []
+    if len(models) > 1:
+        raise ConfigError(f"--repo {repo}: holds {', '.join(models)}; pick one with "
+                          f"--model_name")
+    name = models[0] if models else "onerec"
+    return name, repo / name
+
+
+def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
+    """-> (ModelServer, [transformer, predictor], VersionManager); nothing loaded yet."""
+    from kserve import ModelServer
+    from kserve.model_repository import ModelRepository
+
+    from serving import metrics
+    from serving.predictor import GraphPredictor
+    from serving.transformer import OneRecTransformer, load_reranker
+    from serving.versions import VersionManager
+
+    cfg = Config.load(args.config, args.preset, args.overrides)
+    limits = Limits.from_config(cfg.serve)
+    name, model_dir = model_dir_of(args.repo, args.model_name)
+    codebook_fp = None
+    if args.codebook is not None:
+        from onerec.tokenizer.codebook import Codebook
+
+        codebook_fp = Codebook.load(args.codebook).fingerprint
+    models: list[Any] = []
+
+    def on_swap(old: Any, new: Any) -> None:
+        metrics.MODEL_VERSION.set(new.version)
+        metrics.SWAPS.inc()
+        for m in models:  # load() sets ready (the predictor's cannot re-enter the swap)
+            m.load()
+
+    def on_refuse(version: int, reason: str) -> None:
+        metrics.REFUSED.labels(version=str(version)).inc()
+
+    manager = VersionManager(model_dir, expected=Expected(args.config_fingerprint, codebook_fp),
+                             threads=args.ort_threads, on_swap=on_swap, on_refuse=on_refuse)
+    transformer = OneRecTransformer(
+        name, manager, limits, feature_repo=args.feature_repo,
+        cold_start=read_cold_start(args.cold_start) if args.cold_start else None,
+        reranker=load_reranker(args.reranker), graph_name=f"{name}-graph")
+    predictor = GraphPredictor(f"{name}-graph", manager, limits)
+    models.extend([transformer, predictor])
+
+    class Repository(ModelRepository):
+        """KServe's repository extension: `load` = reload the newest acceptable version."""
+
+        async def load(self, model_name: str) -> bool:
+            # tritonclient's gRPC load_model sends the name in Triton's field 2, which
+            # kserve 0.21's proto reads as field 1 (repository_name): it arrives empty
+            model_name = model_name or transformer.name
+            if self.get_model(model_name) is None:
+                from kserve.errors import ModelNotFound
+
+                raise ModelNotFound(model_name)
+            await asyncio.to_thread(manager.reload)
+            return True
+
+        async def is_model_ready(self, name: str) -> bool:
+            return await super().is_model_ready(name or transformer.name)
+
+    repository = Repository(models_dir=str(model_dir))
+    server = ModelServer(
+        http_port=args.http_port or cfg.serve.http_port,
+        grpc_port=args.grpc_port or cfg.serve.grpc_port,
+        workers=1, max_threads=args.max_threads, max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc, enable_latency_logging=args.enable_latency_logging,
+        registered_models=repository)
+    for m in models:
+        server.register_model(m)
+    return server, models, manager
+
+
+def kserve_shims(server: Any) -> None:
+    """Make kserve 0.21's gRPC RepositoryModelLoad usable (tritonclient `load_model`):
+    - its servicer subscripts the extension's `load()` result, which is None: return the
+      dict the REST endpoint builds itself;
+    - its interceptor reads `ModelNotReady.reason`, which the class lacks, so a refused
+      reload would come back as UNKNOWN without its message.
+    (The empty model name tritonclient's request arrives with is handled in `Repository`.)"""
+    from kserve.errors import ModelNotReady
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+
+    class Extension(ModelRepositoryExtension):
+        async def load(self, model_name: str) -> dict:  # type: ignore[override]
+            await super().load(model_name)
+            return {"name": model_name, "load": True}
+
+    server.model_repository_extension = Extension(model_registry=server.registered_models)
+    if not hasattr(ModelNotReady, "reason"):
+        ModelNotReady.reason = property(lambda self: str(self))  # type: ignore[attr-defined]
+
+
+def add_routes(manager: Any) -> None:
+    """GET /onerec/versions (active version, refusals) and v2-style 400s for bad JSON."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from kserve import model_server
+
+    async def versions() -> dict:
+        return manager.status()
+
+    async def bad_request(_: Any, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [x for x in first.get("loc", ()) if x != "body"]
+        where = (f"character {loc[0]}" if len(loc) == 1 and isinstance(loc[0], int)
+                 else ".".join(str(x) for x in loc))
+        msg = f"malformed request: {first.get('msg', 'invalid body')}"
+        return JSONResponse(status_code=400,
+                            content={"error": f"{msg} at {where}" if where else msg})
+
+    model_server.app.add_api_route(STATUS_ROUTE, versions, methods=["GET"])
+    model_server.app.add_exception_handler(RequestValidationError, bad_request)
+
+
+def load_in_background(models: list[Any], manager: Any, poll_s: float) -> threading.Thread:
+    """The first load off the event loop; then the folder watcher."""
+
+    def run() -> None:
+        try:
+            manager.refresh()
+            for m in models:
+                m.load()
+            if manager.current is None:
+                log.warning("no servable version in %s yet; waiting for one", manager.model_dir)
+        except Exception:
+            log.exception("initial model load failed")
+        manager.watch(poll_s)
+
+    t = threading.Thread(target=run, name="onerec-initial-load", daemon=True)
+    t.start()
+    return t
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sys.argv = [sys.argv[0], *argv]  # kserve.model_server parses sys.argv when imported
+    args = build_parser().parse_args(argv)
+    try:
+        server, models, manager = build(args)
+    except (ConfigError, VersionRefused, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    kserve_logger = logging.getLogger("kserve")
+    log.handlers, log.propagate = list(kserve_logger.handlers), False
+    log.setLevel(logging.INFO)
+    kserve_shims(server)
+    add_routes(manager)
+    load_in_background(models, manager, args.poll_interval)
+    server.start([])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""The transformer: user id in, video ids out (KServe's transformer pattern).
+
+`preprocess` turns a request (schema in `serving.schema`) into the graph's inputs:
+1. checks every input and parameter against the limits (HTTP 400 / gRPC INVALID_ARGUMENT
+   naming the input and the limit);
+2. per user: the histories in the request if it carries any for that user, else the user's
+   three sequences from the Feast online store (`online_user_context`) when a feature repo is
+   configured, else nothing;
+3. maps video ids to the active version's item indices; unknown ids are dropped and counted
+   (`unknown_ids` output, `onerec_unknown_video_ids_total` metric), the most recent ones kept,
+   left-padded to the exported lengths;
+4. a user left with no known video is a cold start: no generation, the cold-start table
+   instead, `cold_start` true.
+
+`predict` runs the graph on the other rows: in-process on the same version snapshot (local
+mode, one ModelServer), or over v2 on a remote predictor (`--predictor_host`, the cluster:
+Triton). `postprocess` maps item indices back to video ids, lets a reranker reorder each beam
+(the hook the reward model plugs into, issue #7; `keep_order` by default), cuts to top-N and
+fills the cold-start rows.
+
+One request uses one `Predictor` snapshot from start to end, so a hot swap between its steps
+cannot mix one version's item table with another's graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import InferInput, InferOutput, InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput, ModelNotReady
+
+from serving import metrics
+from serving.runtime import Predictor
+from serving.schema import (
+    COLD_START,
+    GRAPH_INPUTS,
+    HISTORIES,
+    INPUTS,
+    PADDING,
+    SCORES,
+    UNKNOWN,
+    USER,
+    VIDEO_IDS,
+    Limits,
+    RequestError,
+    check_arrays,
+    check_parameters,
+)
+from serving.v2 import binary_outputs, check_names, input_array, request_parameters
+from serving.versions import VersionManager
+
+# (user_ids (B,), video_ids (B, W), scores (B, W)) -> (video_ids, scores) reordered per row
+Reranker = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def keep_order(user_ids: np.ndarray, video_ids: np.ndarray,
+               scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The default reranker: the generator's beam order."""
+    return video_ids, scores
+
+
+def load_reranker(spec: str | None) -> Reranker:
+    """`package.module:function` -> that callable; None -> keep_order."""
+    if not spec:
+        return keep_order
+    mod, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"--reranker: expected module:function, got {spec!r}")
+    return getattr(importlib.import_module(mod), attr)
+
+
+@dataclass
+class Prepared:
+    """preprocess -> predict: the checked request and the graph inputs of its warm rows."""
+
+    request: InferRequest
+    pred: Predictor  # the version snapshot this request uses throughout
+    user_id: np.ndarray  # (B,)
+    beam_width: int
+    top_n: int
+    cold: np.ndarray  # (B,) bool
+    unknown: np.ndarray  # (B,) int64
+    graph: dict[str, np.ndarray]  # graph inputs of the rows with ~cold
+
+
+@dataclass
+class Generated:
+    prepared: Prepared
+    items: np.ndarray  # (warm rows, W) item indices, 0 = none
+    scores: np.ndarray  # (warm rows, W)
+
+
+def compact(indices: np.ndarray, width: int) -> np.ndarray:
+    """(B, L) item indices with holes (0) -> (B, width): the last `width` known items of each
+    row in order, left-padded with 0."""
+    out = np.zeros((indices.shape[0], width), dtype=np.int64)
+    for i, row in enumerate(indices):
+        kept = row[row > 0][-width:] if width > 0 else row[:0]
+        if len(kept):
+            out[i, width - len(kept):] = kept
+    return out
+
+
+def pad_lists(rows: list[list[int]]) -> np.ndarray:
+    """Video-id lists (oldest first) -> (B, L) left-padded with PADDING."""
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), PADDING, dtype=np.int64)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, width - len(r):] = r
+    return out
+
+
+class OneRecTransformer(Model):
+    """`<name>`: the public recommendation model (see the module docstring)."""
+
+    def __init__(self, name: str, manager: VersionManager, limits: Limits, *,
+                 feature_repo: Path | None = None, cold_start: np.ndarray | None = None,
+                 reranker: Reranker = keep_order, graph_name: str | None = None) -> None:
+        super().__init__(name)
+        self.manager = manager
+        self.limits = limits
+        self.feature_repo = feature_repo
+        self.cold_start_override = cold_start
+        self.reranker = reranker
+        self.graph_name = graph_name or name  # the predictor's model name (remote mode)
+        self.store: Any = None
+        self._feast = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
+        self.ready = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def load(self) -> bool:
+        """Open the Feast store (if configured); ready once a model version is active."""
+        if self.feature_repo is not None and self.store is None:
+            from onerec.features.store import open_store
+
+            self.store = open_store(self.feature_repo)
+        self.ready = self.manager.current is not None
+        return self.ready
+
+    @property
+    def remote(self) -> bool:
+        cfg = self.predictor_config
+        return bool(cfg is not None and cfg.predictor_host)
+
+    def get_input_types(self) -> list[dict]:
+        return [{"name": USER, "datatype": "INT64", "shape": [-1]}] + [
+            {"name": n, "datatype": "INT64", "shape": [-1, -1]} for n in HISTORIES]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": VIDEO_IDS, "datatype": "INT64", "shape": [-1, -1]},
+                {"name": SCORES, "datatype": "FP32", "shape": [-1, -1]},
+                {"name": COLD_START, "datatype": "BOOL", "shape": [-1]},
+                {"name": UNKNOWN, "datatype": "INT64", "shape": [-1]}]
+
+    def validate(self, payload: Any) -> Any:
+        return payload  # checked in preprocess
+
+    # -- preprocess ---------------------------------------------------------------------------
+    def _decode(self, payload: InferRequest) -> tuple[np.ndarray, dict[str, np.ndarray], int,
+                                                       int]:
+        check_names(payload, INPUTS)
+        beam, top_n = check_parameters(request_parameters(payload), self.limits)
+        user = input_array(payload, USER, ndim=1)
+        hist = {n: a for n in HISTORIES
+                if (a := input_array(payload, n, ndim=2, batch=len(user), required=False))
+                is not None}
+        check_arrays(user, hist, self.limits)
+        return user, hist, beam, top_n
+
+    async def _feast_rows(self, users: list[int]) -> dict[int, tuple[list[int], ...]]:
+        if self.store is None or not users:
+            return {}
+        from onerec.features.store import online_user_context
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._feast, online_user_context, self.store, users)
+
+    async def preprocess(self, payload: InferRequest,
+                         headers: dict[str, str] | None = None) -> Prepared:
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput("expected an Open Inference Protocol v2 request "
+                               "(POST /v2/models/<name>/infer)")
+        try:
+            user, hist, beam, top_n = self._decode(payload)
+            pred = self.manager.current
+            if pred is None:
+                raise ModelNotReady(self.name, "no model version loaded yet")
+            pred.graph_for(beam)
+        except RequestError as e:
+            raise InvalidInput(str(e)) from None
+        b = len(user)
+        given = np.zeros(b, dtype=bool)
+        for a in hist.values():
+            given |= (a >= 0).any(axis=1)
+        feast = await self._feast_rows([int(u) for u in user[~given]])
+        unknown = np.zeros(b, dtype=np.int64)
+        graph: dict[str, np.ndarray] = {"user": user}
+        for k, name in enumerate(HISTORIES):
+            req = hist.get(name)
+            rows = [[] for _ in range(b)]
+            for i in range(b):
+                if given[i]:
+                    rows[i] = [] if req is None else req[i][req[i] >= 0].tolist()
+                else:
+                    rows[i] = feast.get(int(user[i]), ([], [], []))[k]
+            idx, unk = pred.to_indices(pad_lists(rows))
+            unknown += unk
+            gname = GRAPH_INPUTS[k + 1]
+            width = pred.lengths.get(gname) or max(1, idx.shape[1])
+            graph[gname] = compact(idx, width)
+        cold = ~np.any([(graph[n] > 0).any(axis=1) for n in GRAPH_INPUTS[1:]], axis=0)
+        metrics.UNKNOWN_IDS.inc(int(unknown.sum()))
+        metrics.COLD_START.inc(int(cold.sum()))
+        warm = {n: np.ascontiguousarray(a[~cold]) for n, a in graph.items()}
+        return Prepared(payload, pred, user, beam, top_n, cold, unknown, warm)
+
+    # -- predict ------------------------------------------------------------------------------
+    async def predict(self, payload: Prepared, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> Generated:
+        p = payload
+        n_warm = len(p.graph["user"])
+        if n_warm == 0:
+            empty = np.zeros((0, p.beam_width))
+            return Generated(p, empty.astype(np.int64), empty.astype(np.float32))
+        if self.remote:
+            items, scores = await self._remote(p, headers)
+        else:
+            loop = asyncio.get_running_loop()
+            items, scores = await loop.run_in_executor(
+                None, p.pred.predict, p.graph["user"], p.graph["short"], p.graph["pos"],
+                p.graph["long"], p.beam_width)
+        return Generated(p, items, scores)
+
+    async def _remote(self, p: Prepared,
+                      headers: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """The cluster path: the graph on a v2 predictor (Triton), over REST or gRPC."""
+        inputs = [InferInput(n, list(p.graph[n].shape), "INT64", data=p.graph[n])
+                  for n in GRAPH_INPUTS]
+        for inp in inputs:
+            inp.set_data_from_numpy(p.graph[inp.name], binary_data=False)
+        req = InferRequest(model_name=self.graph_name, infer_inputs=inputs,
+                           request_id=p.request.id, parameters={"beam_width": p.beam_width})
+        cfg = self.predictor_config
+        if cfg.protocol == "grpc-v2":
+            res = await self._grpc_client.infer(infer_request=req)
+        else:
+            res = await self._http_client.infer(cfg.predictor_base_url, data=req,
+                                                model_name=self.graph_name,
+                                                headers={"Content-Type": "application/json"})
+        out = {o.name: o.as_numpy() for o in res.outputs}
+        version = (res.parameters or {}).get("model_version")
+        if version is not None and int(getattr(version, "int64_param", version)) != p.pred.version:
+            raise ModelNotReady(self.name, f"predictor serves version {version}, transformer "
+                                           f"maps ids with {p.pred.version}: swap in progress")
+        return out["items"].astype(np.int64), out["scores"].astype(np.float32)
+
+    # -- postprocess --------------------------------------------------------------------------
+    async def postprocess(self, result: Generated, headers: dict[str, str] | None = None,
+                          response_headers: dict[str, str] | None = None) -> InferResponse:
+        p = result.prepared
+        b, n = len(p.user_id), p.top_n
+        video = np.full((b, n), PADDING, dtype=np.int64)
+        score = np.zeros((b, n), dtype=np.float32)
+        warm = np.flatnonzero(~p.cold)
+        if len(warm):
+            vids = p.pred.to_videos(result.items)
+            sc = np.where(vids >= 0, result.scores, 0.0).astype(np.float32)
+            vids, sc = self.reranker(p.user_id[warm], vids, sc)
+            k = min(n, vids.shape[1])
+            video[warm, :k], score[warm, :k] = vids[:, :k], sc[:, :k]
+        table = self.cold_start_override if self.cold_start_override is not None \
+            else p.pred.cold_start
+        if p.cold.any() and table is not None:
+            k = min(n, len(table))
+            video[np.ix_(p.cold, np.arange(k))] = table[:k]
+        outputs = [InferOutput(VIDEO_IDS, [b, n], "INT64", data=video),
+                   InferOutput(SCORES, [b, n], "FP32", data=score),
+                   InferOutput(COLD_START, [b], "BOOL", data=p.cold.copy()),
+                   InferOutput(UNKNOWN, [b], "INT64", data=p.unknown)]
+        params = {"model_version": p.pred.version, "beam_width": p.beam_width, "top_n": n}
+        return InferResponse(response_id=p.request.id or "", model_name=self.name,
+                             infer_outputs=outputs, model_version=str(p.pred.version),
+                             parameters=params,
+                             use_binary_outputs=binary_outputs(p.request),
+                             requested_outputs=p.request.request_outputs)

@@ -1,0 +1,174 @@
+"""Hot swap: which model version serves, and how a new one replaces it without a dropped request.
+
+Design choices:
+- Requests never take a lock: each reads `manager.current` once (one attribute read, atomic in
+  CPython) and uses that `Predictor` for id mapping, generation and the reverse mapping, so an
+  in-flight request finishes on the version it started on. A swap builds the new session off
+  to the side and then replaces the reference; the old session is freed when its last request
+  drops it.
+- Loads are serialised by one lock (the folder watcher and an explicit reload may race), and a
+  scan looks only at versions newer than the active one, newest first, so an older folder can
+  never roll the server back by accident.
+- Fingerprints are pinned: those given at start (`Expected`), else the first version loaded.
+  A version whose Config or codebook fingerprint differs is refused with a reason, logged,
+  counted (`on_refuse`), and kept in `status()`; the active version keeps serving. A refused
+  folder is retried only if its manifest changes.
+- An incomplete folder (no manifest, graph or item table yet) is not refused, just not listed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from serving.repository import (
+    MANIFEST,
+    Expected,
+    Manifest,
+    VersionRefused,
+    check_manifest,
+    list_versions,
+)
+from serving.runtime import Predictor, load_version
+
+log = logging.getLogger("onerec.serving")
+
+
+@dataclass
+class Refusal:
+    version: int
+    reason: str
+    at: float  # unix time
+    manifest_mtime: float
+
+
+class VersionManager:
+    """Loads versions of <repo>/<model>, swaps the active one atomically, remembers refusals."""
+
+    def __init__(self, model_dir: Path, *, expected: Expected | None = None, threads: int = 0,
+                 on_swap: Callable[[Predictor | None, Predictor], None] | None = None,
+                 on_refuse: Callable[[int, str], None] | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.expected = expected or Expected()
+        self.threads = threads
+        self.on_swap = on_swap
+        self.on_refuse = on_refuse
+        self.refused: dict[int, Refusal] = {}
+        self.loaded_at: float | None = None
+        self.swaps = 0
+        self._active: Predictor | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def current(self) -> Predictor | None:
+        """The version serving now (None before the first successful load)."""
+        return self._active
+
+    # -- loading ------------------------------------------------------------------------------
+    def _try(self, version: int) -> Predictor | None:
+        folder = self.model_dir / str(version)
+        mtime = (folder / MANIFEST).stat().st_mtime
+        old = self.refused.get(version)
+        if old is not None and old.manifest_mtime == mtime:
+            return None  # refused before, unchanged since
+        try:
+            check_manifest(Manifest.read(folder), self.expected)
+            return load_version(folder, threads=self.threads)
+        except VersionRefused as e:
+            self.refused[version] = Refusal(version, str(e), time.time(), mtime)
+            log.error("refused model version %s: %s", version, e)
+            if self.on_refuse is not None:
+                self.on_refuse(version, str(e))
+            return None
+
+    def refresh(self, blocking: bool = True) -> Predictor | None:
+        """Load the newest acceptable version newer than the active one, if any; -> active.
+
+        blocking=False returns at once (the active version) when a load is already running:
+        for callers on the event loop, which must never wait on a session build."""
+        if not self._lock.acquire(blocking=blocking):
+            return self._active
+        try:
+            active = self._active
+            floor = active.version if active is not None else -1
+            for version in reversed(list_versions(self.model_dir)):
+                if version <= floor:
+                    break
+                new = self._try(version)
+                if new is not None:
+                    self._swap(new)
+                    break
+            return self._active
+        finally:
+            self._lock.release()
+
+    def reload(self) -> Predictor:
+        """Explicit reload: `refresh`, then raise VersionRefused if the newest version on disk
+        was refused (the active one keeps serving) or nothing can be served at all."""
+        active = self.refresh()
+        versions = list_versions(self.model_dir)
+        newest = versions[-1] if versions else None
+        if newest is not None and newest in self.refused and (
+                active is None or active.version < newest):
+            raise VersionRefused(self.refused[newest].reason + (
+                f"; still serving version {active.version}" if active is not None else ""))
+        if active is None:
+            raise VersionRefused(f"{self.model_dir}: no complete version folder "
+                                 f"(<version>/{MANIFEST}, model.onnx, items.npy)")
+        return active
+
+    def _swap(self, new: Predictor) -> None:
+        old = self._active
+        if self.expected.config_fingerprint is None or self.expected.codebook_fingerprint is None:
+            m = new.manifest
+            self.expected = replace(
+                self.expected,
+                config_fingerprint=self.expected.config_fingerprint or m.config_fingerprint,
+                codebook_fingerprint=self.expected.codebook_fingerprint or m.codebook_fingerprint)
+        self._active = new  # the swap: one reference assignment
+        self.loaded_at = time.time()
+        self.swaps += 1
+        log.info("serving model version %s (was %s)", new.version,
+                 old.version if old is not None else "none")
+        if self.on_swap is not None:
+            self.on_swap(old, new)
+
+    # -- watching -----------------------------------------------------------------------------
+    def watch(self, poll_s: float) -> None:
+        """Scan the model folder every `poll_s` seconds in a daemon thread (0: never)."""
+        if poll_s <= 0 or self._watcher is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(poll_s):
+                try:
+                    self.refresh()
+                except Exception:  # a scan must never kill the watcher
+                    log.exception("model folder scan failed")
+
+        self._watcher = threading.Thread(target=loop, name="onerec-version-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        active = self._active
+        return {
+            "model_dir": str(self.model_dir),
+            "active_version": active.version if active is not None else None,
+            "loaded_at": self.loaded_at,
+            "swaps": self.swaps,
+            "expected": {"config_fingerprint": self.expected.config_fingerprint,
+                         "codebook_fingerprint": self.expected.codebook_fingerprint},
+            "available": list_versions(self.model_dir),
+            "refused": {str(v): {"reason": r.reason, "at": r.at}
+                        for v, r in sorted(self.refused.items())},
+        }
