@@ -1,0 +1,208 @@
+"""Serving pieces in-process: version manager (hot swap rules), runtime id mapping, limits, and
+the transformer's Feast / cold-start / reranker paths through KServe's Model.__call__."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from serving.repository import (
+    Expected,
+    VersionRefused,
+    popular_videos,
+    read_cold_start,
+    write_cold_start,
+)
+from serving.runtime import load_version
+from serving.schema import Limits, RequestError, check_parameters
+from serving.versions import VersionManager
+from tests.serving_util import CODEBOOK_FP, CONFIG_FP, expected_items, write_version
+
+
+# -- limits --------------------------------------------------------------------------------------
+def test_parameters_default_and_limits() -> None:
+    lim = Limits(beam_width=8, max_beam_width=64, top_n=5, max_top_n=100)
+    assert check_parameters({}, lim) == (8, 5)
+    assert check_parameters({"beam_width": 2}, lim) == (2, 2)  # default top_n capped by beam
+    assert check_parameters({"beam_width": "16", "top_n": 16}, lim) == (16, 16)
+    for params, msg in [({"beam_width": 0}, "beam_width: must be >= 1"),
+                        ({"beam_width": 65}, "max_beam_width=64"),
+                        ({"beam_width": True}, "must be an integer"),
+                        ({"top_n": 9}, "top_n: 9 exceeds beam_width=8")]:
+        with pytest.raises(RequestError, match=msg):
+            check_parameters(params, lim)
+
+
+# -- runtime -------------------------------------------------------------------------------------
+def test_id_mapping_drops_unknown_and_padding(tmp_path: Path) -> None:
+    p = load_version(write_version(tmp_path / "m", 1, n_items=5))
+    vids = p.items  # shuffled 1000, 1007, ... 1028
+    idx, unknown = p.to_indices(np.array([[-1, vids[2], 1001, vids[0]], [-1, -1, -1, 5]]))
+    assert idx.tolist() == [[0, 3, 0, 1], [0, 0, 0, 0]]
+    assert unknown.tolist() == [1, 1]
+    assert p.to_videos(np.array([[3, 1, 0, 6]])).tolist() == [[vids[2], vids[0], -1, -1]]
+
+
+def test_fixed_width_graph_serves_narrower_beams_and_refuses_wider(tmp_path: Path) -> None:
+    p = load_version(write_version(tmp_path / "m", 1, beam_width=16))
+    z = np.zeros((1, 8), np.int64)
+    items, scores = p.predict(np.zeros(1, np.int64), z, z, np.zeros((1, 16), np.int64), 4)
+    assert items.shape == (1, 4) and scores.tolist() == [[0.0, -0.5, -1.0, -1.5]]
+    with pytest.raises(RequestError, match="exceeds the widest beam model version 1"):
+        p.graph_for(17)
+
+
+def test_graph_taking_the_width_as_input(tmp_path: Path) -> None:
+    p = load_version(write_version(tmp_path / "m", 1, beam_width=None))
+    assert p.max_beam_width is None
+    short = np.zeros((2, 8), np.int64)
+    short[0, -1] = 7
+    for w in (1, 5, 300):
+        items, _ = p.predict(np.arange(2), short, np.zeros((2, 8), np.int64),
+                             np.zeros((2, 16), np.int64), w)
+        assert items.shape == (2, w) and items[0, 0] == 8 and items[1, 0] == 1
+
+
+def test_cold_start_table_round_trip(tmp_path: Path) -> None:
+    import pandas as pd
+
+    ev = pd.DataFrame({"video_id": [5, 5, 6, 7, 7, 7, 9], "time_ms": [0, 1, 2, 3, 4, 5, 10**12],
+                       "long_view": [1, 1, 1, 1, 1, 0, 1], "is_like": [0] * 7})
+    assert popular_videos(ev, n=3, last_days=None) == [5, 7, 6]
+    assert popular_videos(ev, n=3, last_days=1.0) == [9]  # only the last day
+    path = write_cold_start(tmp_path / "cold.json", [5, 7], "test")
+    assert read_cold_start(path).tolist() == [5, 7]
+
+
+# -- version manager -----------------------------------------------------------------------------
+def test_manager_pins_fingerprints_refuses_mismatch_and_retries_a_fixed_manifest(
+        tmp_path: Path) -> None:
+    d = tmp_path / "onerec"
+    swaps, refusals = [], []
+    m = VersionManager(d, on_swap=lambda old, new: swaps.append(new.version),
+                       on_refuse=lambda v, why: refusals.append((v, why)))
+    assert m.refresh() is None
+    with pytest.raises(VersionRefused, match="no complete version folder"):
+        m.reload()
+    (d / "5").mkdir(parents=True)  # incomplete (being written): neither loaded nor refused
+    assert m.refresh() is None and not m.refused
+    write_version(d, 1)
+    assert m.reload().version == 1
+    assert m.expected == Expected(CONFIG_FP, CODEBOOK_FP)  # pinned by the first version
+    write_version(d, 2, config_fp="different")
+    with pytest.raises(VersionRefused, match=r"config_fingerprint different does not match.*"
+                                             r"still serving version 1"):
+        m.reload()
+    assert m.current.version == 1 and refusals[0][0] == 2
+    assert m.refresh().version == 1 and len(refusals) == 1  # unchanged: not retried
+    manifest = d / "2" / "manifest.json"
+    body = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**body, "config_fingerprint": CONFIG_FP}))
+    os.utime(manifest, (1e9, 1e9))  # a different mtime even on coarse file systems
+    assert m.refresh().version == 2
+    assert swaps == [1, 2]
+    write_version(d, 0)  # older than the active version: never a rollback
+    assert m.refresh().version == 2
+
+
+def test_manager_with_configured_fingerprints_refuses_the_first_version(tmp_path: Path) -> None:
+    d = tmp_path / "onerec"
+    write_version(d, 1, codebook_fp="old")
+    write_version(d, 2)
+    m = VersionManager(d, expected=Expected(None, "old"))
+    assert m.refresh().version == 1  # the newest (2) is refused, the next newest serves
+    assert "codebook_fingerprint" in m.refused[2].reason
+    assert m.status()["refused"]["2"]["reason"] == m.refused[2].reason
+
+
+def test_manager_refuses_an_unloadable_graph(tmp_path: Path) -> None:
+    d = tmp_path / "onerec"
+    write_version(d, 1)
+    (d / "1" / "model.onnx").write_bytes(b"not a graph")
+    m = VersionManager(d)
+    assert m.refresh() is None and "ONNX Runtime cannot load it" in m.refused[1].reason
+
+
+# -- the transformer in-process ------------------------------------------------------------------
+class FakeOnlineStore:
+    """What `online_user_context` reads: get_online_features(...).to_dict()."""
+
+    def __init__(self, rows: dict[int, tuple[list[int], list[int], list[int]]]) -> None:
+        self.rows = rows
+        self.calls: list[list[int]] = []
+
+    def get_online_features(self, features: list[str], entity_rows: dict) -> FakeOnlineStore:
+        ids = entity_rows["user_id"]
+        self.calls.append(list(ids))
+        self._got = {"user_id": ids}
+        for k, f in enumerate(features):
+            self._got[f.split(":")[1]] = [list(self.rows[u][k]) if u in self.rows else None
+                                          for u in ids]
+        return self
+
+    def to_dict(self) -> dict:
+        return self._got
+
+
+def make_request(users: list[int], short: list[list[int]] | None = None, **params):
+    from kserve import InferInput, InferRequest
+
+    inputs = [InferInput("user_id", [len(users)], "INT64", data=users)]
+    if short is not None:
+        width = max(len(r) for r in short)
+        arr = [[-1] * (width - len(r)) + r for r in short]
+        inputs.append(InferInput("short_history", [len(users), width], "INT64", data=arr))
+    return InferRequest(model_name="onerec", infer_inputs=inputs, parameters=params)
+
+
+def test_transformer_reads_feast_maps_ids_and_marks_cold_start(tmp_path: Path) -> None:
+    pytest.importorskip("kserve")
+    from kserve.errors import InvalidInput
+
+    from serving.transformer import OneRecTransformer
+
+    d = tmp_path / "onerec"
+    write_version(d, 1, cold_start=[1000, 1007])
+    manager = VersionManager(d)
+    vids = load_version(d / "1").items
+    store = FakeOnlineStore({10: ([int(vids[4]), 1], [], [int(vids[9])]), 11: ([], [], [])})
+    reversed_beam = []
+
+    def rerank(users, v, s):
+        reversed_beam.append(users.tolist())
+        return v[:, ::-1], s[:, ::-1]
+
+    t = OneRecTransformer("onerec", manager, Limits(beam_width=4, top_n=3), reranker=rerank,
+                          feature_repo=tmp_path / "unused")
+    t.store = store
+    assert t.ready is False and t.load() is False  # no version loaded yet
+    manager.refresh()
+    assert t.load() is True
+
+    async def call(req):
+        resp, _ = await t(req)
+        return {o.name: np.asarray(o.data) for o in resp.outputs}, resp.parameters
+
+    # user 10: Feast row (short ends with an unknown id 1 -> dropped); 11: empty Feast row;
+    # 12: not in Feast; 13: history in the request, so Feast is not asked for it
+    out, params = asyncio.run(call(make_request(
+        [10, 11, 12, 13], [[], [], [], [int(vids[20])]])))
+    assert store.calls == [[10, 11, 12]]
+    assert out["cold_start"].tolist() == [False, True, True, False]
+    assert out["unknown_ids"].tolist() == [1, 0, 0, 0]
+    w4_10 = expected_items(vids, int(vids[4]), 4)[::-1]  # the reranker reversed the beam of 4
+    w4_13 = expected_items(vids, int(vids[20]), 4)[::-1]
+    assert out["video_ids"].tolist() == [w4_10[:3], [1000, 1007, -1], [1000, 1007, -1],
+                                         w4_13[:3]]
+    assert reversed_beam == [[10, 13]]  # only generated rows are reranked
+    assert params == {"model_version": 1, "beam_width": 4, "top_n": 3}
+    with pytest.raises(InvalidInput, match="parameter top_n: 9 exceeds beam_width=4"):
+        asyncio.run(call(make_request([1], top_n=9)))
