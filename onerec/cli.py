@@ -308,6 +308,107 @@ def demo(
     console.print(f"run folder: {out}")
 
 
+# -- serve / recommend (issue #6; serving/ holds the code, kserve is imported only by `serve`) ----
+@app.command()
+def serve(
+    repo: Annotated[Path, typer.Option(help="Triton model repository "
+                                            "(<repo>/<model>/<version>/model.onnx).")],
+    feature_repo: Annotated[Path | None, typer.Option(
+        help="Rendered Feast repo: read user sequences online [default: histories come in "
+             "the request].")] = None,
+    http_port: Annotated[int | None, typer.Option(help="REST port [default: serve.http_port].")]
+        = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port [default: serve.grpc_port].")]
+        = None,
+    codebook: Annotated[Path | None, typer.Option(
+        help="Codebook folder whose fingerprint versions must carry [default: pinned by the "
+             "first version loaded].")] = None,
+    cold_start: Annotated[Path | None, typer.Option(
+        help="Cold-start table JSON [default: <version>/cold_start.json].")] = None,
+    poll_interval: Annotated[float, typer.Option(
+        help="Seconds between scans for new versions (0: explicit reload only).")] = 2.0,
+    model_name: Annotated[str | None, typer.Option(
+        help="Model folder in the repo [default: the only one].")] = None,
+    config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
+) -> None:
+    """Serve the exported model locally: a KServe ModelServer speaking Open Inference Protocol
+    v2 over REST and gRPC (transformer `<model>` and raw graph `<model>-graph`), hot-swapping
+    new versions as they appear in the repository."""
+    cfg = load_config(config, preset, set_)
+    if not repo.is_dir():
+        raise fail(f"--repo: {repo} is not a folder (run `onerec export` first)")
+    argv = ["--repo", str(repo), "--poll_interval", str(poll_interval),
+            "--http_port", str(http_port or cfg.serve.http_port),
+            "--grpc_port", str(grpc_port or cfg.serve.grpc_port)]
+    if config is not None:
+        argv += ["--config", str(config)]
+    elif preset is not None:
+        argv += ["--preset", preset]
+    for ov in set_ or []:
+        argv += ["--set", ov]
+    for flag, value in (("--feature_repo", feature_repo), ("--codebook", codebook),
+                        ("--cold_start", cold_start), ("--model_name", model_name)):
+        if value is not None:
+            argv += [flag, str(value)]
+    try:
+        from serving.server import main as serve_main
+    except ImportError as e:
+        raise fail(f"serving needs the `serving` extra (kserve, onnxruntime): {e}") from None
+    serve_main(argv)
+
+
+@app.command()
+def recommend(
+    user: Annotated[list[int], typer.Option(help="User id (repeat for a batch).")],
+    history: Annotated[str | None, typer.Option(
+        help="Comma-separated video ids the user clicked, oldest first (sent as the short and "
+             "lifelong histories) [default: the server reads Feast].")] = None,
+    protocol: Annotated[str, typer.Option(help="http or grpc.")] = "http",
+    url: Annotated[str | None, typer.Option(
+        help="host:port [default: serve.host and serve.http_port / grpc_port].")] = None,
+    beam_width: Annotated[int | None, typer.Option(help="[default: the server's]")] = None,
+    top_n: Annotated[int | None, typer.Option(help="[default: the server's]")] = None,
+    model: Annotated[str, typer.Option(help="Model name on the server.")] = "onerec",
+    config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
+) -> None:
+    """Ask a running server (`onerec serve`) for recommendations with tritonclient; print a
+    table (video ids best first, log-probability, cold-start flag)."""
+    cfg = load_config(config, preset, set_)
+    if protocol not in ("http", "grpc"):
+        raise fail(f"--protocol: must be http or grpc, got {protocol!r}")
+    port = cfg.serve.http_port if protocol == "http" else cfg.serve.grpc_port
+    url = url or f"{cfg.serve.host}:{port}"
+    histories = None
+    if history:
+        try:
+            ids = [int(v) for v in history.split(",") if v.strip()]
+        except ValueError:
+            raise fail(f"--history: expected comma-separated integers, got {history!r}") from None
+        histories = {"short_history": [ids] * len(user), "long_history": [ids] * len(user)}
+    from serving.client import RecommendClient
+
+    try:
+        client = RecommendClient(url, protocol, model)
+        res = client.recommend(list(user), histories, beam_width=beam_width, top_n=top_n)
+    except Exception as e:  # tritonclient raises InferenceServerException or socket errors
+        msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
+        raise fail(f"{protocol}://{url}: {msg or type(e).__name__}") from None
+    table = Table(title=f"{model} v{res.model_version} (beam {res.beam_width}, top {res.top_n},"
+                        f" {protocol})")
+    for col in ("user", "rank", "video_id", "score", "cold start", "unknown ids"):
+        table.add_column(col, justify="left" if col == "cold start" else "right")
+    for row in res.rows:
+        if not row.video_ids:
+            table.add_row(str(row.user_id), "-", "-", "-", str(row.cold_start),
+                          str(row.unknown_ids))
+        for rank, (vid, score) in enumerate(zip(row.video_ids, row.scores, strict=True), 1):
+            first = rank == 1
+            table.add_row(str(row.user_id) if first else "", str(rank), str(vid),
+                          f"{score:.3f}", str(row.cold_start) if first else "",
+                          str(row.unknown_ids) if first else "")
+    console.print(table)
+
+
 def main() -> None:
     app()
 

@@ -1,6 +1,6 @@
 """The serving stack end to end: a real KServe ModelServer in a subprocess, on free ports.
 
-One server for the module (start-up is the expensive part). It starts on an empty model folder,
+One server for the module (started with `onerec serve`) (start-up is the expensive part). It starts on an empty model folder,
 so the first test sees it live but not ready; the fixture then publishes version 1 (a stand-in
 graph whose answer is predictable, `tests.serving_util`). Tests run in file order: round trips
 and bad requests on version 1, then hot swap to version 2 under load, then a version with a
@@ -62,9 +62,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     log = open(repo.parent / "server.log", "w")  # noqa: SIM115 - closed at teardown
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--repo", str(repo), "--preset", "tiny",
-         "--http_port", str(http), "--grpc_port", str(grpc), "--poll_interval", "0.2",
-         "--ort_threads", "1", "--enable_latency_logging", "false"],
+        [sys.executable, "-m", "onerec", "serve", "--repo", str(repo), "--preset", "tiny",
+         "--http-port", str(http), "--grpc-port", str(grpc), "--poll-interval", "0.2"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{http}"
     info = {"repo": repo, "model_dir": model_dir, "http": f"127.0.0.1:{http}",
@@ -263,6 +262,55 @@ def test_grpc_bad_requests_are_invalid_argument(grpc_probe: dict) -> None:
 def test_grpc_reload_with_nothing_new_keeps_the_version(grpc_probe: dict, server) -> None:
     assert grpc_probe["reload"] == "ok"
     assert requests.get(f"{server['base']}/onerec/versions").json()["active_version"] == 1
+
+
+def flat(text: str) -> str:
+    """Rich wraps long lines to the terminal width; compare with whitespace collapsed."""
+    return " ".join(text.split())
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_cli_recommend_over_http_prints_the_table(server) -> None:
+    from typer.testing import CliRunner
+
+    from onerec.cli import app
+
+    res = CliRunner().invoke(app, ["recommend", "--user", "1", "--user", "2", "--history",
+                                   "1001,1000", "--url", server["http"], "--top-n", "3",
+                                   "--preset", "tiny"])
+    assert res.exit_code == 0, res.output
+    assert "onerec v1 (beam 8, top 3, http)" in res.output
+    for vid in expected_items(VIDEOS, 1000, 3):
+        assert str(vid) in res.output
+    assert "False" in res.output and "True" not in res.output  # both users have a history
+
+
+def test_cli_recommend_over_grpc(server) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "onerec", "recommend", "--user", "9",
+                          "--protocol", "grpc", "--url", server["grpc"], "--top-n", "3",
+                          "--preset", "tiny"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "grpc" in out.stdout and "True" in out.stdout  # no history, no Feast: cold start
+    for vid in COLD:
+        assert str(vid) in out.stdout
+
+
+def test_cli_errors_are_one_line_and_exit_2(server, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from onerec.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["recommend", "--user", "1", "--url", server["http"],
+                              "--beam-width", "100000", "--preset", "tiny"])
+    assert res.exit_code == 2 and "serve.max_beam_width=64" in flat(res.output)
+    port = free_port()
+    res = runner.invoke(app, ["recommend", "--user", "1", "--url", f"127.0.0.1:{port}"])
+    assert res.exit_code == 2 and "error" in res.output
+    res = runner.invoke(app, ["serve", "--repo", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "is not a folder" in flat(res.output)
 
 
 # -- hot swap ------------------------------------------------------------------------------------
