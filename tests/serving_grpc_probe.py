@@ -21,7 +21,7 @@ from serving.client import RecommendClient
 def main(url: str, bad: list[dict]) -> dict:
     c = RecommendClient(url, "grpc")
     out: dict = {"live": c.live(), "ready": c.ready()}
-    r = c.recommend([1, 2, 3], {"short_history": [[1001, 1000], [5], []]}, beam_width=16,
+    r = c.recommend([1, 2, 9003], {"short_history": [[1001, 1000], [5], []]}, beam_width=16,
                     top_n=6)
     out["rows"] = [vars(row) for row in r.rows]
     out["params"] = {"model_version": r.model_version, "beam_width": r.beam_width,

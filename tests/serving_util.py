@@ -104,3 +104,24 @@ def expected_items(video_ids: np.ndarray, last_video: int, width: int) -> list[i
     order = {int(v): i + 1 for i, v in enumerate(video_ids.tolist())}
     i, n = order[last_video], len(video_ids)
     return [int(video_ids[(i + j) % n]) for j in range(width)]
+
+
+def feast_world(repo: Path, n_backfill: int = 400):
+    """A real Feast repo (tiny preset, synthetic events with video ids remapped to the
+    stand-in's ids 1000 + 7k), applied and materialized. -> (store, cfg, dataset)."""
+    from onerec.config import Config
+    from onerec.data.schema import Dataset
+    from onerec.data.synthetic import make_dataset
+    from onerec.features import apply_repo, materialize_all, prepare_repo
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = Config.from_preset("tiny", [f"features.repo_template={root / 'feature_repo'}"])
+    ds = make_dataset(cfg.data)
+    events, items = ds.events.copy(), ds.items.copy()
+    events["video_id"] = events["video_id"] * 7 + 1000
+    items["video_id"] = items["video_id"] * 7 + 1000
+    ds = Dataset(ds.name, events, items, ds.users)
+    prepare_repo(repo, cfg, Dataset(ds.name, events.iloc[:n_backfill], items, ds.users))
+    store = apply_repo(repo)
+    materialize_all(store)
+    return store, cfg, ds

@@ -27,12 +27,18 @@ pytest.importorskip("tritonclient.http")
 requests = pytest.importorskip("requests")
 
 from serving.client import RecommendClient  # noqa: E402
-from tests.serving_util import expected_items, video_table, write_version  # noqa: E402
+from tests.serving_util import (  # noqa: E402
+    expected_items,
+    feast_world,
+    video_table,
+    write_version,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 COLD = [1049, 1007, 1000]  # the cold-start table of the test versions
-N_ITEMS = 50
+N_ITEMS = 60  # the synthetic catalogue of the tiny preset (video ids 1000 + 7k here)
 VIDEOS = video_table(N_ITEMS)  # version 1's item table (seed 0)
+NO_ROW = 9003  # a user id the Feast store has never seen
 
 
 def free_port() -> int:
@@ -55,19 +61,23 @@ def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    repo = tmp_path_factory.mktemp("serving") / "repo"
+    root = tmp_path_factory.mktemp("serving")
+    repo, feature_repo = root / "repo", root / "feature_repo"
     model_dir = repo / "onerec"
     model_dir.mkdir(parents=True)
+    store, cfg, ds = feast_world(feature_repo)
     http, grpc = free_port(), free_port()
     log = open(repo.parent / "server.log", "w")  # noqa: SIM115 - closed at teardown
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "onerec", "serve", "--repo", str(repo), "--preset", "tiny",
-         "--http-port", str(http), "--grpc-port", str(grpc), "--poll-interval", "0.2"],
+         "--http-port", str(http), "--grpc-port", str(grpc), "--poll-interval", "0.2",
+         "--feature-repo", str(feature_repo)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{http}"
     info = {"repo": repo, "model_dir": model_dir, "http": f"127.0.0.1:{http}",
-            "grpc": f"127.0.0.1:{grpc}", "base": base, "proc": proc}
+            "grpc": f"127.0.0.1:{grpc}", "base": base, "proc": proc, "store": store,
+            "cfg": cfg, "ds": ds}
     try:
         wait_for(lambda: requests.get(f"{base}/v2/health/live", timeout=1).ok, 60, "live")
         info["before"] = {
@@ -124,7 +134,8 @@ def test_live_at_once_ready_only_after_a_version_is_loaded(server) -> None:
 
 # -- round trips ---------------------------------------------------------------------------------
 def check_rows(rows) -> None:
-    """Users 1 (history 1001 unknown, 1000 known), 2 (only unknown ids), 3 (nothing)."""
+    """Users 1 (history 1001 unknown, 1000 known), 2 (only unknown ids), NO_ROW (nothing in
+    the request or in Feast)."""
     u1, u2, u3 = rows
     assert u1.video_ids == expected_items(VIDEOS, 1000, 6)  # most recent *known* item counts
     assert u1.scores == [-0.5 * j for j in range(6)]
@@ -137,7 +148,7 @@ def check_rows(rows) -> None:
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_http_round_trip(server, binary: bool) -> None:
     c = RecommendClient(server["http"], "http", binary=binary)
-    r = c.recommend([1, 2, 3], {"short_history": [[1001, 1000], [5], []]}, beam_width=16,
+    r = c.recommend([1, 2, NO_ROW], {"short_history": [[1001, 1000], [5], []]}, beam_width=16,
                     top_n=6)
     check_rows(r.rows)
     assert (r.model_version, r.beam_width, r.top_n) == (1, 16, 6)
@@ -154,6 +165,43 @@ def test_request_history_longer_than_the_model_keeps_the_most_recent(http) -> No
     hist = [int(v) for v in VIDEOS[:40]]  # the graph reads 8
     r = http.recommend([1], {"short_history": [hist]}, top_n=3)
     assert r.rows[0].video_ids == expected_items(VIDEOS, hist[-1], 3)
+
+
+# -- Feast ---------------------------------------------------------------------------------------
+def test_users_without_request_history_are_read_from_feast(server, http) -> None:
+    from onerec.features import online_user_context
+
+    ctx = online_user_context(server["store"], list(range(50)))
+    with_short = [u for u, c in ctx.items() if c[0]]
+    long_only = [u for u, c in ctx.items() if not c[0] and c[2]]
+    users = [*with_short[:3], *long_only[:1], NO_ROW]
+    r = http.recommend(users, top_n=4)
+    for u, row in zip(users, r.rows, strict=True):
+        if u == NO_ROW:
+            assert row.cold_start and row.video_ids == COLD
+        elif ctx[u][0]:  # the stand-in answers from the newest clicked video in Feast
+            assert not row.cold_start
+            assert row.video_ids == expected_items(VIDEOS, ctx[u][0][-1], 4), u
+        else:  # known videos only in the lifelong sequence: generated, not cold
+            assert not row.cold_start and row.video_ids == [int(v) for v in VIDEOS[:4]]
+    assert with_short and all(row.unknown_ids == 0 for row in r.rows)
+
+
+def test_a_pushed_event_reaches_serving_without_a_restart(server, http) -> None:
+    import pandas as pd
+
+    from onerec.features import StreamWriter, online_user_context
+
+    user, video = 3, int(VIDEOS[42])
+    last = server["ds"].events["time_ms"].max()
+    event = pd.DataFrame([{"user_id": user, "video_id": video, "time_ms": int(last) + 1000,
+                           "is_click": 1, "long_view": 0, "is_like": 0, "is_follow": 0,
+                           "is_comment": 0, "play_time_ms": 1000, "duration_ms": 2000,
+                           "watch_ratio": 0.5}])
+    StreamWriter(server["store"], server["cfg"], offline=False).consume(event)
+    assert online_user_context(server["store"], [user])[user][0][-1] == video
+    r = http.recommend([user], top_n=3)
+    assert r.rows[0].video_ids == expected_items(VIDEOS, video, 3)
 
 
 def test_graph_model_serves_item_indices(server) -> None:
@@ -248,7 +296,7 @@ def test_grpc_round_trip_matches_http(grpc_probe: dict, http) -> None:
     assert grpc_probe["live"] and grpc_probe["ready"]
     check_rows([Recommendation(**row) for row in grpc_probe["rows"]])
     assert grpc_probe["params"] == {"model_version": 1, "beam_width": 16, "top_n": 6}
-    via_http = http.recommend([1, 2, 3], {"short_history": [[1001, 1000], [5], []]},
+    via_http = http.recommend([1, 2, NO_ROW], {"short_history": [[1001, 1000], [5], []]},
                               beam_width=16, top_n=6)
     assert [vars(r) for r in via_http.rows] == grpc_probe["rows"]
 
@@ -287,7 +335,7 @@ def test_cli_recommend_over_http_prints_the_table(server) -> None:
 
 def test_cli_recommend_over_grpc(server) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    out = subprocess.run([sys.executable, "-m", "onerec", "recommend", "--user", "9",
+    out = subprocess.run([sys.executable, "-m", "onerec", "recommend", "--user", str(NO_ROW),
                           "--protocol", "grpc", "--url", server["grpc"], "--top-n", "3",
                           "--preset", "tiny"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60)
@@ -318,7 +366,7 @@ def hammer(client_url: str, stop: threading.Event, results: list) -> None:
     c = RecommendClient(client_url, "http")
     while not stop.is_set():
         try:
-            r = c.recommend([1, 2], {"short_history": [[1000], []]}, beam_width=32, top_n=10)
+            r = c.recommend([1, NO_ROW], {"short_history": [[1000], []]}, beam_width=32, top_n=10)
             ok = len(r.rows[0].video_ids) == 10 and r.rows[1].cold_start
             results.append((r.model_version, ok))
         except Exception as e:  # a dropped request is what this test looks for
