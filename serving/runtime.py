@@ -3,10 +3,11 @@
 `load_version(folder) -> Predictor` is the only place that knows how an exported graph takes
 its beam width, so the rest of serving calls `predictor.predict(user, short, pos, long, W)`:
 - a graph with a `beam_width` input gets the request's width;
-- otherwise each graph has a fixed width (manifest `beam_widths`, with `graphs` naming one
-  file per width, or the single `model.onnx`); a request runs on the smallest width >= its
-  own and keeps the first W beams (a wider beam finds the same or better items), and a width
-  above the largest exported one is refused naming that limit.
+- otherwise each graph has a fixed width (manifest `graphs`: {width: {file, width, sha256}},
+  one file per exported width, as `onerec export` writes; or the single `model.onnx` with
+  `beam_widths`); a request runs on the smallest width >= its own and keeps the first W beams
+  (a wider beam finds the same or better items), and a width above the largest exported one is
+  refused naming that limit. A graph whose sha256 differs from the manifest's is refused.
 
 Video ids <-> item indices go through a sorted copy of items.npy (vectorised searchsorted), so
 mapping a batch costs microseconds. CUDA is used when ONNX Runtime has the CUDA provider.
@@ -14,6 +15,7 @@ mapping a batch costs microseconds. CUDA is used when ONNX Runtime has the CUDA 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,14 @@ class Predictor:
         return items[:, :beam_width].astype(np.int64), scores[:, :beam_width].astype(np.float32)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
@@ -157,8 +167,14 @@ def load_version(folder: Path, *, threads: int = 0) -> Predictor:
     graph_files = manifest.extra.get("graphs")
     graphs: list[Graph] = []
     if isinstance(graph_files, dict) and graph_files:
-        for width, name in graph_files.items():
-            graphs.append(_graph(folder / str(name), int(width), threads))
+        for width, entry in graph_files.items():  # {"32": {"file", "width", "sha256"}}
+            name = entry.get("file") if isinstance(entry, dict) else entry
+            path = folder / str(name)
+            want = entry.get("sha256") if isinstance(entry, dict) else None
+            if want and path.is_file() and _sha256(path) != want:
+                raise VersionRefused(f"{path}: sha256 does not match the manifest (a torn or "
+                                     f"swapped graph)")
+            graphs.append(_graph(path, int(width), threads))
     else:
         width = manifest.beam_widths[-1] if manifest.beam_widths else None
         graphs.append(_graph(folder / GRAPH, width, threads))

@@ -9,6 +9,7 @@ for a trained model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -83,9 +84,12 @@ def write_version(model_dir: Path, version: int, *, n_items: int = 50,
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
     (tmp / "model.onnx").write_bytes(standin_graph(n_items, lengths, beam_width))
     np.save(tmp / "items.npy", video_table(n_items, seed))
+    graphs = {} if beam_width is None else {str(beam_width): {
+        "file": "model.onnx", "width": beam_width,
+        "sha256": hashlib.sha256((tmp / "model.onnx").read_bytes()).hexdigest()}}
     manifest = {"version": version, "config_fingerprint": config_fp,
                 "codebook_fingerprint": codebook_fp,
-                "beam_widths": [] if beam_width is None else [beam_width],
+                "beam_widths": [] if beam_width is None else [beam_width], "graphs": graphs,
                 "inputs": {"short": [-1, lengths[0]], "pos": [-1, lengths[1]],
                            "long": [-1, lengths[2]]}}
     (tmp / "manifest.json").write_text(json.dumps(manifest))

@@ -123,12 +123,16 @@ def test_manager_with_configured_fingerprints_refuses_the_first_version(tmp_path
     assert m.status()["refused"]["2"]["reason"] == m.refused[2].reason
 
 
-def test_manager_refuses_an_unloadable_graph(tmp_path: Path) -> None:
+def test_manager_refuses_a_torn_or_unloadable_graph(tmp_path: Path) -> None:
     d = tmp_path / "onerec"
-    write_version(d, 1)
+    write_version(d, 1)  # the manifest records the graph's sha256
     (d / "1" / "model.onnx").write_bytes(b"not a graph")
+    write_version(d, 2, beam_width=None)  # no sha256 to compare: ONNX Runtime finds out
+    (d / "2" / "model.onnx").write_bytes(b"not a graph")
     m = VersionManager(d)
-    assert m.refresh() is None and "ONNX Runtime cannot load it" in m.refused[1].reason
+    assert m.refresh() is None
+    assert "sha256 does not match the manifest" in m.refused[1].reason
+    assert "ONNX Runtime cannot load it" in m.refused[2].reason
 
 
 # -- the transformer in-process ------------------------------------------------------------------
