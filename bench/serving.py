@@ -1,0 +1,252 @@
+"""Serving benchmark: latency per request and throughput of the local KServe server, over HTTP
+and gRPC with tritonclient, at several beam widths; then a load test with concurrent clients.
+
+    PYTHONPATH=. python -m bench.serving --repo runs/model_repository           # the demo model
+    PYTHONPATH=. python -m bench.serving --repo runs/model_repository --quick   # ~1 minute
+    PYTHONPATH=. python -m bench.serving --standin --quick    # the harness on a stand-in graph
+
+The server runs in a subprocess (`python -m serving.server`, new versions not polled), on free
+ports, with the Config of the newest version folder (its config.yaml) when there is one. Each
+request is one user with full-length histories of random known videos (the model reads
+data.max_seq_len / max_pos_seq_len / max_long_seq_len of them), so the transformer's id mapping
+and the graph both do a realistic amount of work. Latency: sequential requests after a warm-up,
+p50 / p99 per request and the throughput they imply. Load test: `--clients` processes each
+sending requests back to back for `--duration` seconds (loopback), reporting requests,
+throughput, p50 / p99 and errors. The client runs in this process, which never imports kserve
+(tritonclient.grpc and kserve cannot share a process).
+
+The stand-in (`--standin`) is the test graph of tests/serving_util.py: it does no generation,
+so its numbers are the serving overhead alone (protocol, transformer, id mapping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from bench.report import print_table
+from bench.runtime import reexec_with_tuned_env
+
+ROOT = Path(__file__).resolve().parents[1]
+console = Console()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def newest_version(model_dir: Path) -> Path | None:
+    from serving.repository import list_versions
+
+    versions = list_versions(model_dir)
+    return model_dir / str(versions[-1]) if versions else None
+
+
+def standin_repo(root: Path, lengths: tuple[int, int, int], n_items: int) -> Path:
+    sys.path.insert(0, str(ROOT))
+    from tests.serving_util import write_version
+
+    write_version(root / "onerec", 1, n_items=n_items, lengths=lengths, beam_width=None)
+    return root
+
+
+def start_server(repo: Path, config: Path | None, max_beam: int) -> tuple[subprocess.Popen, str,
+                                                                          str, Path]:
+    http, grpc = free_port(), free_port()
+    log = Path(tempfile.mkdtemp(prefix="onerec-bench-")) / "server.log"
+    cmd = [sys.executable, "-m", "serving.server", "--repo", str(repo), "--http_port", str(http),
+           "--grpc_port", str(grpc), "--poll_interval", "0", "--enable_latency_logging", "false",
+           "--set", f"serve.max_beam_width={max_beam}"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    from serving.client import RecommendClient
+
+    client = RecommendClient(f"127.0.0.1:{http}", "http")
+    end = time.time() + 300
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode}); log: {log}")
+        try:
+            if client.ready():
+                return proc, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", log
+        except Exception:
+            pass
+        time.sleep(0.3)
+    proc.terminate()
+    raise SystemExit(f"server not ready after 300 s; log: {log}")
+
+
+def make_requests(items: np.ndarray, lengths: tuple[int, int, int], n: int,
+                  seed: int = 0) -> list[tuple[list[int], dict[str, list[list[int]]]]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        hist = {name: [rng.choice(items, size=k).tolist()]
+                for name, k in zip(("short_history", "pos_history", "long_history"), lengths,
+                                   strict=True)}
+        out.append(([int(i)], hist))
+    return out
+
+
+def latency(url: str, protocol: str, reqs: list, beam: int, top_n: int,
+            warmup: int) -> dict[str, float]:
+    from serving.client import RecommendClient
+
+    c = RecommendClient(url, protocol, binary=protocol == "http")
+    for users, hist in reqs[:warmup]:
+        c.recommend(users, hist, beam_width=beam, top_n=top_n)
+    times = []
+    t_all = time.perf_counter()
+    for users, hist in reqs[warmup:]:
+        t0 = time.perf_counter()
+        r = c.recommend(users, hist, beam_width=beam, top_n=top_n)
+        times.append(time.perf_counter() - t0)
+        assert r.beam_width == beam
+    wall = time.perf_counter() - t_all
+    ms = np.asarray(times) * 1000
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "rps": len(times) / wall, "n": len(times)}
+
+
+def _load_worker(args: tuple) -> dict:
+    url, protocol, reqs, beam, top_n, duration = args
+    from serving.client import RecommendClient
+
+    c = RecommendClient(url, protocol, binary=protocol == "http")
+    lat, errors, i = [], 0, 0
+    end = time.perf_counter() + duration
+    while time.perf_counter() < end:
+        users, hist = reqs[i % len(reqs)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            c.recommend(users, hist, beam_width=beam, top_n=top_n)
+            lat.append(time.perf_counter() - t0)
+        except Exception:
+            errors += 1
+    return {"lat": lat, "errors": errors}
+
+
+def load_test(url: str, protocol: str, reqs: list, beam: int, top_n: int, clients: int,
+              duration: float) -> dict[str, float]:
+    # spawn, not fork: grpc's core does not survive a fork of a process that has used it
+    with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("spawn")) as pool:
+        t0 = time.perf_counter()
+        parts = list(pool.map(_load_worker, [(url, protocol, reqs, beam, top_n, duration)]
+                              * clients))
+        wall = time.perf_counter() - t0
+    lat = np.concatenate([np.asarray(p["lat"]) for p in parts]) * 1000
+    n = len(lat)
+    return {"requests": n, "rps": n / min(wall, duration + 1e-9),
+            "p50": float(np.percentile(lat, 50)) if n else float("nan"),
+            "p99": float(np.percentile(lat, 99)) if n else float("nan"),
+            "errors": sum(p["errors"] for p in parts)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    reexec_with_tuned_env("bench.serving", argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`: stop the server
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", type=Path, default=Path("runs/model_repository"))
+    p.add_argument("--model-name", default="onerec")
+    p.add_argument("--standin", action="store_true", help="bench a stand-in graph (overhead)")
+    p.add_argument("--beams", type=int, nargs="+", default=[32, 128, 512])
+    p.add_argument("--top-n", type=int, default=10)
+    p.add_argument("--requests", type=int, default=200, help="sequential requests per cell")
+    p.add_argument("--clients", type=int, default=8, help="load test: concurrent clients")
+    p.add_argument("--duration", type=float, default=60.0, help="load test: seconds")
+    p.add_argument("--load-beam", type=int, default=None,
+                   help="beam of the load test [default: the smallest of --beams]")
+    p.add_argument("--protocols", nargs="+", default=["http", "grpc"])
+    p.add_argument("--quick", action="store_true",
+                   help="30 requests per cell, 4 clients for 5 s")
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.requests, args.clients, args.duration = 30, 4, min(args.duration, 5.0)
+
+    from onerec.config import Config
+
+    repo = args.repo
+    if args.standin:
+        cfg = Config.from_preset("small")
+        d = cfg.data
+        lengths = (d.max_seq_len, d.max_pos_seq_len, d.max_long_seq_len)
+        repo = standin_repo(Path(tempfile.mkdtemp(prefix="onerec-standin-")), lengths, 7583)
+        config = None
+    else:
+        version = newest_version(repo / args.model_name)
+        if version is None:
+            raise SystemExit(f"{repo / args.model_name}: no model version. Export the demo model "
+                             f"first: onerec export --checkpoint runs/demo/pretrain/train/"
+                             f"checkpoint --codebook runs/demo/codebook --out {repo} "
+                             f"--beam-width 32 --beam-width 128 --beam-width 512")
+        config = version / "config.yaml" if (version / "config.yaml").is_file() else None
+        cfg = Config.from_file(config) if config else Config.from_preset("small")
+        d = cfg.data
+        lengths = (d.max_seq_len, d.max_pos_seq_len, d.max_long_seq_len)
+    model_dir = repo / args.model_name
+    items = np.load(newest_version(model_dir) / "items.npy")
+    reqs = make_requests(items, lengths, max(args.requests + 5, 64))
+    console.print(f"repo {repo} ({'stand-in graph' if args.standin else 'exported model'}), "
+                  f"{len(items)} items, histories {lengths}, beams {args.beams}")
+    proc, http, grpc, log = start_server(repo, config, max(max(args.beams), 512))
+    urls = {"http": http, "grpc": grpc}
+    results: dict = {"latency": [], "load": []}
+    try:
+        for beam in args.beams:
+            for proto in args.protocols:
+                r = latency(urls[proto], proto, reqs[: args.requests + 5], beam,
+                            min(args.top_n, beam), warmup=5)
+                results["latency"].append({"beam": beam, "protocol": proto, **r})
+                console.print(f"beam {beam:>4} {proto:<4} p50 {r['p50']:.2f} ms  "
+                              f"p99 {r['p99']:.2f} ms  {r['rps']:.1f} req/s", highlight=False)
+        load_beam = args.load_beam or min(args.beams)
+        for proto in args.protocols:
+            r = load_test(urls[proto], proto, reqs, load_beam, min(args.top_n, load_beam),
+                          args.clients, args.duration)
+            results["load"].append({"beam": load_beam, "protocol": proto,
+                                    "clients": args.clients, "duration_s": args.duration, **r})
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    what = "stand-in graph (serving overhead only)" if args.standin else "exported model"
+    print_table(console, f"serving latency, one user per request, {what}",
+                ["beam", "protocol", "requests", "p50 (ms)", "p99 (ms)", "throughput (req/s)"],
+                [[str(r["beam"]), r["protocol"], str(r["n"]), f"{r['p50']:.2f}",
+                  f"{r['p99']:.2f}", f"{r['rps']:.1f}"] for r in results["latency"]],
+                left=["protocol"])
+    print_table(console, f"load test: {args.clients} clients x {args.duration:g} s, loopback",
+                ["beam", "protocol", "requests", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
+                 "errors"],
+                [[str(r["beam"]), r["protocol"], str(r["requests"]), f"{r['rps']:.1f}",
+                  f"{r['p50']:.2f}", f"{r['p99']:.2f}", str(r["errors"])]
+                 for r in results["load"]], left=["protocol"])
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+    console.print(f"server log: {log}")
+
+
+if __name__ == "__main__":
+    main()
