@@ -15,23 +15,31 @@ import torch
 pytest.importorskip("onerec.export.artifact")
 pytest.importorskip("kserve")
 
-from onerec.config import Config  # noqa: E402
-from onerec.export.artifact import export_version  # noqa: E402
-from onerec.generate import generate  # noqa: E402
-from onerec.items import ItemSpace  # noqa: E402
-from onerec.model import Batch  # noqa: E402
-from onerec.tokenizer.codebook import Codebook  # noqa: E402
-from onerec.train import build_model  # noqa: E402
-from onerec.trie import ItemTrie  # noqa: E402
-from serving.repository import Expected  # noqa: E402
-from serving.runtime import load_version  # noqa: E402
-from serving.schema import Limits  # noqa: E402
-from serving.versions import VersionManager  # noqa: E402
+from onerec.config import Config
+from onerec.items import ItemSpace
+from onerec.model import Batch
+from onerec.tokenizer.codebook import Codebook
+from serving.repository import Expected
+from serving.runtime import load_version
+from serving.schema import Limits
+from serving.versions import VersionManager
+
+
+def reference(model, space: ItemSpace, batch: Batch, width: int):
+    """The PyTorch generator's answer (imported here: the module exists only with export)."""
+    from onerec.generate import generate
+    from onerec.trie import ItemTrie
+
+    return generate(model, batch, beam_width=width,
+                    trie=ItemTrie.from_codes(space.codes, space.vocab_sizes))
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny untrained OneRec over a 60-video codebook, exported at beam widths 8 and 16."""
+    from onerec.export.artifact import export_version
+    from onerec.train import build_model
+
     cfg = Config.from_preset("tiny")
     rng = np.random.default_rng(0)
     cb = Codebook.from_codes(rng.normal(size=(3, 4, 2)), 1000 + 7 * np.arange(60),
@@ -58,11 +66,10 @@ def test_predictor_equals_the_pytorch_generator_at_each_exported_width(exported)
     assert sorted(g.beam_width for g in pred.graphs) == [8, 16]
     assert pred.lengths == {"short": 8, "pos": 8, "long": 16}
     batch = batch_of(space, 3)
-    trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
     for width in (8, 16):
         items, scores = pred.predict(batch.user.numpy(), batch.short.numpy(), batch.pos.numpy(),
                                      batch.long.numpy(), width)
-        ref = generate(model, batch, beam_width=width, trie=trie)
+        ref = reference(model, space, batch, width)
         assert np.array_equal(items, ref.items.numpy()[:, :width])
         np.testing.assert_allclose(scores, ref.scores.numpy()[:, :width], rtol=1e-4, atol=1e-5)
     items, _ = pred.predict(batch.user.numpy(), batch.short.numpy(), batch.pos.numpy(),
@@ -93,8 +100,7 @@ def test_transformer_returns_the_codebook_video_ids(exported) -> None:
                        parameters={"beam_width": 8, "top_n": 5})
     resp, _ = asyncio.run(t(req))
     out = {o.name: np.asarray(o.data) for o in resp.outputs}
-    ref = generate(model, batch, beam_width=8, trie=ItemTrie.from_codes(space.codes,
-                                                                       space.vocab_sizes))
+    ref = reference(model, space, batch, 8)
     assert out["video_ids"].tolist() == space.to_ids(ref.items[:, :5].tolist())
     assert out["cold_start"].tolist() == [False, False]
     assert out["unknown_ids"].tolist() == [0, 0]
