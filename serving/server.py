@@ -220,6 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     log.handlers, log.propagate = list(kserve_logger.handlers), False
     log.setLevel(logging.INFO)
     kserve_shims(server)
+    try:
+        models[0].open_features()  # the transformer; see its docstring for why here
+    except Exception as e:  # FeaturesError, or feast missing
+        print(f"error: --feature_repo: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     add_routes(manager)
     load_in_background(models, manager, args.poll_interval)
     server.start([])

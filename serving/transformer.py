@@ -136,12 +136,18 @@ class OneRecTransformer(Model):
         self.ready = False
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def load(self) -> bool:
-        """Open the Feast store (if configured); ready once a model version is active."""
+    def open_features(self) -> None:
+        """Open the Feast store if one is configured (the server does it on the main thread
+        before starting: importing feast while other threads compile code trips a CPython
+        3.11 AST bug)."""
         if self.feature_repo is not None and self.store is None:
             from onerec.features.store import open_store
 
             self.store = open_store(self.feature_repo)
+
+    def load(self) -> bool:
+        """Ready once the Feast store (if configured) is open and a model version is active."""
+        self.open_features()
         self.ready = self.manager.current is not None
         return self.ready
 
