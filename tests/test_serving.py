@@ -221,6 +221,41 @@ def test_graph_model_serves_item_indices(server) -> None:
     assert r.status_code == 400 and "input short: length must be 8" in r.json()["error"]
 
 
+def graph_calls(server) -> float:
+    """How many times the module server's raw graph model has predicted (KServe's metric)."""
+    for line in requests.get(f"{server['base']}/metrics").text.splitlines():
+        if line.startswith('request_predict_seconds_count{model_name="onerec-graph"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.parametrize("protocol", ["v2", "grpc-v2"])
+def test_cluster_mode_transformer_calls_a_remote_predictor(server, http, protocol) -> None:
+    """KServe's transformer pattern: a second server whose transformer sends the graph inputs
+    to the module server's `onerec-graph` (Triton's role in the cluster) over REST or gRPC."""
+    port = free_port()
+    host = server["http"] if protocol == "v2" else server["grpc"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--repo", str(server["repo"]), "--preset",
+         "tiny", "--http_port", str(port), "--grpc_port", str(free_port()), "--poll_interval",
+         "0", "--predictor_host", host, "--predictor_protocol", protocol,
+         "--enable_grpc", "false"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        remote = RecommendClient(f"127.0.0.1:{port}", "http")
+        wait_for(remote.ready, 60, "the transformer-only server")
+        before = graph_calls(server)
+        hist = {"short_history": [[1001, 1000], [5], []]}
+        got = remote.recommend([1, 2, NO_ROW], hist, beam_width=16, top_n=6)
+        check_rows(got.rows)
+        assert got.model_version == 1
+        assert graph_calls(server) == before + 1  # the module server ran the graph
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
 # -- bad requests --------------------------------------------------------------------------------
 HIST_OK = {"name": "short_history", "shape": [1, 2], "datatype": "INT64", "data": [1000, 1007]}
 BAD_REQUESTS = {
