@@ -208,7 +208,8 @@ class OneRecTransformer(Model):
             given |= (a >= 0).any(axis=1)
         feast = await self._feast_rows([int(u) for u in user[~given]])
         unknown = np.zeros(b, dtype=np.int64)
-        graph: dict[str, np.ndarray] = {"user": user}
+        # the graph's user input is a feature bucket; Triton (remote mode) does not fold ids
+        graph: dict[str, np.ndarray] = {"user": user % max(1, pred.manifest.n_user_buckets)}
         for k, name in enumerate(HISTORIES):
             req = hist.get(name)
             rows = [[] for _ in range(b)]
