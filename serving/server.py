@@ -209,8 +209,15 @@ def load_in_background(models: list[Any], manager: Any, poll_s: float) -> thread
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    sys.argv = [sys.argv[0], *argv]  # kserve.model_server parses sys.argv when imported
+    # kserve.model_server parses sys.argv with parse_known_args when imported, where our
+    # `--config` would pass for an abbreviation of its `--configure_logging`: import it on an
+    # empty command line, parse ours (with its parser as parent), then hand it the values
+    sys.argv = sys.argv[:1]
+    from kserve import model_server
+
     args = build_parser().parse_args(argv)
+    for key in vars(model_server.args):
+        setattr(model_server.args, key, getattr(args, key))
     try:
         server, models, manager = build(args)
     except (ConfigError, VersionRefused, OSError, ValueError) as e:

@@ -66,11 +66,12 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     model_dir = repo / "onerec"
     model_dir.mkdir(parents=True)
     store, cfg, ds = feast_world(feature_repo)
+    config = cfg.save(root / "serve.yaml")  # the tiny preset, as a file (--config)
     http, grpc = free_port(), free_port()
     log = open(repo.parent / "server.log", "w")  # noqa: SIM115 - closed at teardown
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "onerec", "serve", "--repo", str(repo), "--preset", "tiny",
+        [sys.executable, "-m", "onerec", "serve", "--repo", str(repo), "--config", str(config),
          "--http-port", str(http), "--grpc-port", str(grpc), "--poll-interval", "0.2",
          "--feature-repo", str(feature_repo)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
