@@ -91,18 +91,35 @@ def folder_version(folder: Path) -> int | None:
     return int(name) if name.isdigit() else None
 
 
-def is_complete(folder: Path) -> bool:
-    return all((Path(folder) / f).is_file() for f in (MANIFEST, GRAPH, ITEMS))
+def is_complete(folder: Path, graph: bool = True) -> bool:
+    """Manifest, item table and (unless graph=False: a transformer whose graph runs
+    elsewhere) model.onnx are all there."""
+    need = (MANIFEST, GRAPH, ITEMS) if graph else (MANIFEST, ITEMS)
+    return all((Path(folder) / f).is_file() for f in need)
 
 
-def list_versions(model_dir: Path) -> list[int]:
+def list_versions(model_dir: Path, graph: bool = True) -> list[int]:
     """Complete version folders under <repo>/<model>, ascending."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
     out = [v for p in model_dir.iterdir() if p.is_dir() and (v := folder_version(p)) is not None
-           and is_complete(p)]
+           and is_complete(p, graph)]
     return sorted(out)
+
+
+def manifest_lengths(manifest: Manifest) -> dict[str, int | None]:
+    """Exported history lengths from the manifest's `inputs`: `onerec export` writes
+    [{name, dtype, shape: ["batch", S]}], a plain {name: [-1, S]} is accepted too."""
+    specs = manifest.extra.get("inputs") or []
+    if isinstance(specs, dict):
+        specs = [{"name": k, "shape": v} for k, v in specs.items()]
+    out: dict[str, int | None] = {}
+    for spec in specs:
+        shape = spec.get("shape", [])
+        dim = shape[1] if len(shape) > 1 else None
+        out[str(spec.get("name"))] = dim if isinstance(dim, int) and dim > 0 else None
+    return out
 
 
 def read_items(folder: Path) -> np.ndarray:

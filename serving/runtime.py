@@ -27,6 +27,7 @@ from serving.repository import (
     GRAPH,
     Manifest,
     VersionRefused,
+    manifest_lengths,
     read_cold_start,
     read_items,
 )
@@ -43,7 +44,7 @@ def providers() -> list[str]:
 
 @dataclass
 class Graph:
-    session: Any  # onnxruntime.InferenceSession
+    session: Any  # onnxruntime.InferenceSession (None: id mapping only)
     beam_width: int | None  # fixed width, or None when the graph takes `beam_width`
     beam_input_rank: int = 0  # rank of the `beam_width` input (0 scalar, 1 [1])
 
@@ -62,8 +63,9 @@ class Predictor:
         self._sorted = items[self._order]
         self.cold_start = cold_start
         first = self.graphs[0].session
-        self.lengths = {}
-        for inp in first.get_inputs():
+        self.lengths = {k: v for k, v in manifest_lengths(manifest).items()
+                        if k in GRAPH_INPUTS[1:]}
+        for inp in first.get_inputs() if first is not None else ():
             if inp.name in GRAPH_INPUTS[1:]:
                 dim = inp.shape[1] if len(inp.shape) > 1 else None
                 self.lengths[inp.name] = dim if isinstance(dim, int) and dim > 0 else None
@@ -108,6 +110,9 @@ class Predictor:
         """Graph inputs (item indices, left-padded to the graph's lengths) -> items (B, W)
         int64 (0 = none) and scores (B, W) float32, best first, W = beam_width."""
         g = self.graph_for(beam_width)
+        if g.session is None:
+            raise RuntimeError(f"model version {self.version} was loaded for id mapping only "
+                               f"(its graph runs on a remote predictor)")
         feeds = {"user": np.asarray(user, np.int64) % max(1, self.manifest.n_user_buckets),
                  "short": short, "pos": pos, "long": long}
         if g.beam_width is None:
@@ -160,13 +165,19 @@ def _graph(path: Path, width: int | None, threads: int) -> Graph:
     return Graph(sess, width, 0)
 
 
-def load_version(folder: Path, *, threads: int = 0) -> Predictor:
-    """Load one version folder (refusing, with the reason, anything that cannot be served)."""
+def load_version(folder: Path, *, threads: int = 0, sessions: bool = True) -> Predictor:
+    """Load one version folder (refusing, with the reason, anything that cannot be served).
+
+    sessions=False loads only what a transformer with a remote predictor needs: manifest,
+    item table, exported lengths and beam widths (no ONNX Runtime, no graph files needed)."""
     folder = Path(folder)
     manifest = Manifest.read(folder)
     graph_files = manifest.extra.get("graphs")
     graphs: list[Graph] = []
-    if isinstance(graph_files, dict) and graph_files:
+    if not sessions:
+        widths = sorted({*manifest.beam_widths, *(int(w) for w in graph_files or {})})
+        graphs = [Graph(None, w) for w in widths] or [Graph(None, None)]
+    elif isinstance(graph_files, dict) and graph_files:
         for width, entry in graph_files.items():  # {"32": {"file", "width", "sha256"}}
             name = entry.get("file") if isinstance(entry, dict) else entry
             path = folder / str(name)

@@ -10,6 +10,10 @@ parser as its parent, as KServe's custom-model samples do, so every ModelServer 
 Two models are registered on one server, sharing one `VersionManager`:
 - `<model>`: the transformer (user id -> video ids; `serving.transformer`);
 - `<model>-graph`: the raw graph (`serving.predictor`), what Triton serves in the cluster.
+With `--predictor_host` (the InferenceService transformer) only the transformer runs: it loads
+each version's manifest and item table (no ONNX Runtime, no graph files needed) and sends the
+graph inputs to the remote predictor's `--graph_name` (default: the model name, as KServe names
+a transformer and its predictor alike) over `--predictor_protocol` v2 or grpc-v2.
 
 The server answers liveness at once and loads the model in a background thread: the models'
 readiness (`/v2/models/<model>/ready`) turns true only once a version is loaded, as a
@@ -61,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="module:function reranking each beam (default: generator order)")
     p.add_argument("--poll_interval", type=float, default=2.0,
                    help="seconds between scans for new versions (0: only explicit reload)")
+    p.add_argument("--graph_name", default=None,
+                   help="model name of the graph: served here as <model>-graph, or the remote "
+                        "predictor's (with --predictor_host; default: --model_name, KServe's "
+                        "convention for a transformer and its predictor)")
     p.add_argument("--ort_threads", type=int, default=0,
                    help="ONNX Runtime intra-op threads (0: its default)")
     p.set_defaults(model_name=None, http_port=None, grpc_port=None)
@@ -108,14 +116,18 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
     def on_refuse(version: int, reason: str) -> None:
         metrics.REFUSED.labels(version=str(version)).inc()
 
+    remote = bool(args.predictor_host)  # the cluster: the graph runs on Triton
     manager = VersionManager(model_dir, expected=Expected(args.config_fingerprint, codebook_fp),
-                             threads=args.ort_threads, on_swap=on_swap, on_refuse=on_refuse)
+                             threads=args.ort_threads, sessions=not remote, on_swap=on_swap,
+                             on_refuse=on_refuse)
+    graph_name = args.graph_name or (name if remote else f"{name}-graph")
     transformer = OneRecTransformer(
         name, manager, limits, feature_repo=args.feature_repo,
         cold_start=read_cold_start(args.cold_start) if args.cold_start else None,
-        reranker=load_reranker(args.reranker), graph_name=f"{name}-graph")
-    predictor = GraphPredictor(f"{name}-graph", manager, limits)
-    models.extend([transformer, predictor])
+        reranker=load_reranker(args.reranker), graph_name=graph_name)
+    models.append(transformer)
+    if not remote:
+        models.append(GraphPredictor(graph_name, manager, limits))
 
     class Repository(ModelRepository):
         """KServe's repository extension: `load` = reload the newest acceptable version."""

@@ -248,7 +248,8 @@ class OneRecTransformer(Model):
 
     async def _remote(self, p: Prepared,
                       headers: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
-        """The cluster path: the graph on a v2 predictor (Triton), over REST or gRPC."""
+        """The cluster path: the graph on a v2 predictor (Triton), over REST or gRPC. (Which
+        exported width Triton runs is its model's; `beam_width` goes along as a parameter.)"""
         inputs = [InferInput(n, list(p.graph[n].shape), "INT64", data=p.graph[n])
                   for n in GRAPH_INPUTS]
         for inp in inputs:
@@ -263,10 +264,8 @@ class OneRecTransformer(Model):
                                                 model_name=self.graph_name,
                                                 headers={"Content-Type": "application/json"})
         out = {o.name: o.as_numpy() for o in res.outputs}
-        version = (res.parameters or {}).get("model_version")
-        if version is not None and int(getattr(version, "int64_param", version)) != p.pred.version:
-            raise ModelNotReady(self.name, f"predictor serves version {version}, transformer "
-                                           f"maps ids with {p.pred.version}: swap in progress")
+        # Every version this transformer accepts carries the pinned codebook fingerprint, hence
+        # the same item table, so a predictor on another version (a canary) maps consistently.
         return out["items"].astype(np.int64), out["scores"].astype(np.float32)
 
     # -- postprocess --------------------------------------------------------------------------

@@ -51,11 +51,13 @@ class VersionManager:
     """Loads versions of <repo>/<model>, swaps the active one atomically, remembers refusals."""
 
     def __init__(self, model_dir: Path, *, expected: Expected | None = None, threads: int = 0,
+                 sessions: bool = True,
                  on_swap: Callable[[Predictor | None, Predictor], None] | None = None,
                  on_refuse: Callable[[int, str], None] | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.expected = expected or Expected()
         self.threads = threads
+        self.sessions = sessions  # False: id mapping only (the graph runs on a remote predictor)
         self.on_swap = on_swap
         self.on_refuse = on_refuse
         self.refused: dict[int, Refusal] = {}
@@ -80,7 +82,7 @@ class VersionManager:
             return None  # refused before, unchanged since
         try:
             check_manifest(Manifest.read(folder), self.expected)
-            return load_version(folder, threads=self.threads)
+            return load_version(folder, threads=self.threads, sessions=self.sessions)
         except VersionRefused as e:
             self.refused[version] = Refusal(version, str(e), time.time(), mtime)
             log.error("refused model version %s: %s", version, e)
@@ -98,7 +100,7 @@ class VersionManager:
         try:
             active = self._active
             floor = active.version if active is not None else -1
-            for version in reversed(list_versions(self.model_dir)):
+            for version in reversed(list_versions(self.model_dir, self.sessions)):
                 if version <= floor:
                     break
                 new = self._try(version)
@@ -113,7 +115,7 @@ class VersionManager:
         """Explicit reload: `refresh`, then raise VersionRefused if the newest version on disk
         was refused (the active one keeps serving) or nothing can be served at all."""
         active = self.refresh()
-        versions = list_versions(self.model_dir)
+        versions = list_versions(self.model_dir, self.sessions)
         newest = versions[-1] if versions else None
         if newest is not None and newest in self.refused and (
                 active is None or active.version < newest):
@@ -168,7 +170,7 @@ class VersionManager:
             "swaps": self.swaps,
             "expected": {"config_fingerprint": self.expected.config_fingerprint,
                          "codebook_fingerprint": self.expected.codebook_fingerprint},
-            "available": list_versions(self.model_dir),
+            "available": list_versions(self.model_dir, self.sessions),
             "refused": {str(v): {"reason": r.reason, "at": r.at}
                         for v, r in sorted(self.refused.items())},
         }

@@ -241,7 +241,7 @@ def test_cluster_mode_transformer_calls_a_remote_predictor(server, http, protoco
         [sys.executable, "-m", "serving.server", "--repo", str(server["repo"]), "--preset",
          "tiny", "--http_port", str(port), "--grpc_port", str(free_port()), "--poll_interval",
          "0", "--predictor_host", host, "--predictor_protocol", protocol,
-         "--enable_grpc", "false"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+         "--graph_name", "onerec-graph", "--enable_grpc", "false"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     try:
         remote = RecommendClient(f"127.0.0.1:{port}", "http")
@@ -252,6 +252,8 @@ def test_cluster_mode_transformer_calls_a_remote_predictor(server, http, protoco
         check_rows(got.rows)
         assert got.model_version == 1
         assert graph_calls(server) == before + 1  # the module server ran the graph
+        assert requests.get(f"http://127.0.0.1:{port}/v2/models/onerec-graph/ready"
+                            ).status_code == 404  # no local graph in remote mode
     finally:
         proc.terminate()
         proc.wait(timeout=15)

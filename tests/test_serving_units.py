@@ -135,6 +135,23 @@ def test_manager_refuses_a_torn_or_unloadable_graph(tmp_path: Path) -> None:
     assert "ONNX Runtime cannot load it" in m.refused[2].reason
 
 
+def test_mapping_only_versions_need_no_graph(tmp_path: Path) -> None:
+    """A transformer with a remote predictor loads manifest + item table, not the graph."""
+    d = tmp_path / "onerec"
+    write_version(d, 1, beam_width=16)
+    (d / "1" / "model.onnx").unlink()
+    assert VersionManager(d).refresh() is None  # a local predictor needs the graph
+    m = VersionManager(d, sessions=False)
+    p = m.refresh()
+    assert p.version == 1 and p.lengths == {"short": 8, "pos": 8, "long": 16}
+    assert p.graph_for(16).beam_width == 16 and p.to_videos(np.array([1]))[0] == p.items[0]
+    with pytest.raises(RequestError, match="exceeds the widest beam"):
+        p.graph_for(17)
+    z = np.zeros((1, 8), np.int64)
+    with pytest.raises(RuntimeError, match="id mapping only"):
+        p.predict(np.zeros(1, np.int64), z, z, np.zeros((1, 16), np.int64), 4)
+
+
 # -- the transformer in-process ------------------------------------------------------------------
 class FakeOnlineStore:
     """What `online_user_context` reads: get_online_features(...).to_dict()."""
