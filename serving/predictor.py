@@ -59,7 +59,11 @@ class GraphPredictor(Model):
             raise ModelNotReady(self.name, "no model version loaded yet")
         try:
             beam, _ = check_parameters({**request_parameters(payload), "top_n": 1}, self.limits)
-            user = input_array(payload, "user", ndim=1)
+            got = payload.get_input_by_name("user")
+            if got is not None and len(got.shape) == 2 and int(got.shape[1]) == 1:
+                user = input_array(payload, "user", ndim=2).reshape(-1)  # Triton's [B, 1]
+            else:
+                user = input_array(payload, "user", ndim=1)
             feeds = {"user": user}
             for name in GRAPH_INPUTS[1:]:
                 arr = input_array(payload, name, ndim=2, batch=len(user))

@@ -95,6 +95,7 @@ class Generated:
     prepared: Prepared
     items: np.ndarray  # (warm rows, W) item indices, 0 = none
     scores: np.ndarray  # (warm rows, W)
+    beam_width: int  # the width that ran (a remote predictor runs its own graph's)
 
 
 def compact(indices: np.ndarray, width: int) -> np.ndarray:
@@ -236,24 +237,27 @@ class OneRecTransformer(Model):
         n_warm = len(p.graph["user"])
         if n_warm == 0:
             empty = np.zeros((0, p.beam_width))
-            return Generated(p, empty.astype(np.int64), empty.astype(np.float32))
+            return Generated(p, empty.astype(np.int64), empty.astype(np.float32), p.beam_width)
         if self.remote:
             items, scores = await self._remote(p, headers)
+            return Generated(p, items, scores, min(p.beam_width, items.shape[1]))
         else:
             loop = asyncio.get_running_loop()
             items, scores = await loop.run_in_executor(
                 None, p.pred.predict, p.graph["user"], p.graph["short"], p.graph["pos"],
                 p.graph["long"], p.beam_width)
-        return Generated(p, items, scores)
+        return Generated(p, items, scores, p.beam_width)
 
     async def _remote(self, p: Prepared,
                       headers: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
         """The cluster path: the graph on a v2 predictor (Triton), over REST or gRPC. (Which
         exported width Triton runs is its model's; `beam_width` goes along as a parameter.)"""
-        inputs = [InferInput(n, list(p.graph[n].shape), "INT64", data=p.graph[n])
-                  for n in GRAPH_INPUTS]
+        # Triton's config declares `user` as dims [1] reshaped to [] under max_batch_size, so
+        # it takes [B, 1]; the local graph model accepts [B] and [B, 1] alike
+        arrays = {**p.graph, "user": p.graph["user"].reshape(-1, 1)}
+        inputs = [InferInput(n, list(arrays[n].shape), "INT64") for n in GRAPH_INPUTS]
         for inp in inputs:
-            inp.set_data_from_numpy(p.graph[inp.name], binary_data=False)
+            inp.set_data_from_numpy(arrays[inp.name], binary_data=False)
         req = InferRequest(model_name=self.graph_name, infer_inputs=inputs,
                            request_id=p.request.id, parameters={"beam_width": p.beam_width})
         cfg = self.predictor_config
@@ -291,7 +295,7 @@ class OneRecTransformer(Model):
                    InferOutput(SCORES, [b, n], "FP32", data=score),
                    InferOutput(COLD_START, [b], "BOOL", data=p.cold.copy()),
                    InferOutput(UNKNOWN, [b], "INT64", data=p.unknown)]
-        params = {"model_version": p.pred.version, "beam_width": p.beam_width, "top_n": n}
+        params = {"model_version": p.pred.version, "beam_width": result.beam_width, "top_n": n}
         return InferResponse(response_id=p.request.id or "", model_name=self.name,
                              infer_outputs=outputs, model_version=str(p.pred.version),
                              parameters=params,

@@ -215,6 +215,10 @@ def test_graph_model_serves_item_indices(server) -> None:
     r = requests.post(f"{server['base']}/v2/models/onerec-graph/infer", json=body).json()
     out = {o["name"]: o["data"] for o in r["outputs"]}
     assert out["items"] == [6, 7, 8, 9] and out["scores"] == [0.0, -0.5, -1.0, -1.5]
+    triton_style = {**body, "inputs": [{**body["inputs"][0], "shape": [1, 1]},
+                                       *body["inputs"][1:]]}  # `user` as Triton's [B, 1]
+    r = requests.post(f"{server['base']}/v2/models/onerec-graph/infer", json=triton_style)
+    assert r.ok and {o["name"]: o["data"] for o in r.json()["outputs"]}["items"] == [6, 7, 8, 9]
     bad = {**body, "inputs": [*body["inputs"][:1],
                               {**body["inputs"][1], "shape": [1, 1], "data": [5]},
                               *body["inputs"][2:]]}
