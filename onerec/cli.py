@@ -325,6 +325,9 @@ def serve(
              "first version loaded].")] = None,
     cold_start: Annotated[Path | None, typer.Option(
         help="Cold-start table JSON [default: <version>/cold_start.json].")] = None,
+    cold_start_data: Annotated[Path | None, typer.Option(
+        help="Or build the cold-start table at start from this KuaiRand-layout folder's "
+             "most engaged videos of its last data.test_days days.")] = None,
     poll_interval: Annotated[float, typer.Option(
         help="Seconds between scans for new versions (0: explicit reload only).")] = 2.0,
     model_name: Annotated[str | None, typer.Option(
@@ -347,7 +350,8 @@ def serve(
     for ov in set_ or []:
         argv += ["--set", ov]
     for flag, value in (("--feature_repo", feature_repo), ("--codebook", codebook),
-                        ("--cold_start", cold_start), ("--model_name", model_name)):
+                        ("--cold_start", cold_start), ("--cold_start_data", cold_start_data),
+                        ("--model_name", model_name)):
         if value is not None:
             argv += [flag, str(value)]
     try:

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="versions must carry this Config fingerprint (default: first loaded)")
     p.add_argument("--cold_start", type=Path, default=None,
                    help="cold-start table JSON (default: <version>/cold_start.json)")
+    p.add_argument("--cold_start_data", type=Path, default=None,
+                   help="KuaiRand-layout data folder: build the cold-start table at start from "
+                        "its last days' most engaged videos (when no --cold_start)")
     p.add_argument("--reranker", default=None,
                    help="module:function reranking each beam (default: generator order)")
     p.add_argument("--poll_interval", type=float, default=2.0,
@@ -85,6 +88,24 @@ def model_dir_of(repo: Path, name: str | None) -> tuple[str, Path]:
                           f"--model_name")
     name = models[0] if models else "onerec"
     return name, repo / name
+
+
+def cold_start_table(args: argparse.Namespace, cfg: Config) -> Any:
+    """--cold_start FILE, else popular videos of --cold_start_data, else None (each version's
+    own cold_start.json then applies)."""
+    if args.cold_start is not None:
+        return read_cold_start(args.cold_start)
+    if args.cold_start_data is None:
+        return None
+    import numpy as np
+
+    from onerec.data import kuairand
+    from serving.repository import popular_videos
+
+    events = kuairand.load(args.cold_start_data).events
+    ids = popular_videos(events, n=cfg.serve.max_top_n, last_days=cfg.data.test_days)
+    log.info("cold-start table: %d popular videos of %s", len(ids), args.cold_start_data)
+    return np.asarray(ids, dtype=np.int64)
 
 
 def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
@@ -123,7 +144,7 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
     graph_name = args.graph_name or (name if remote else f"{name}-graph")
     transformer = OneRecTransformer(
         name, manager, limits, feature_repo=args.feature_repo,
-        cold_start=read_cold_start(args.cold_start) if args.cold_start else None,
+        cold_start=cold_start_table(args, cfg),
         reranker=load_reranker(args.reranker), graph_name=graph_name)
     models.append(transformer)
     if not remote:

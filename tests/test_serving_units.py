@@ -227,3 +227,23 @@ def test_transformer_reads_feast_maps_ids_and_marks_cold_start(tmp_path: Path) -
     assert params == {"model_version": 1, "beam_width": 4, "top_n": 3}
     with pytest.raises(InvalidInput, match="parameter top_n: 9 exceeds beam_width=4"):
         asyncio.run(call(make_request([1], top_n=9)))
+
+
+def test_cold_start_table_from_a_file_or_built_from_data(tmp_path: Path, shipped_dir: Path) -> None:
+    import argparse
+
+    from onerec.config import Config
+    from onerec.data import kuairand
+    from serving.server import cold_start_table
+
+    cfg = Config.from_preset("small")
+    path = write_cold_start(tmp_path / "cold.json", [3, 2, 1], "test")
+    args = argparse.Namespace(cold_start=path, cold_start_data=shipped_dir)
+    assert cold_start_table(args, cfg).tolist() == [3, 2, 1]  # an explicit file wins
+    args.cold_start = None
+    got = cold_start_table(args, cfg).tolist()
+    events = kuairand.load(shipped_dir).events
+    assert got == popular_videos(events, n=cfg.serve.max_top_n, last_days=cfg.data.test_days)
+    assert len(got) == cfg.serve.max_top_n and set(got) <= set(events["video_id"].tolist())
+    args.cold_start_data = None
+    assert cold_start_table(args, cfg) is None
