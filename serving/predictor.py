@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput, ModelNotReady
 
@@ -87,7 +86,3 @@ class GraphPredictor(Model):
                              parameters={"model_version": pred.version, "beam_width": beam},
                              use_binary_outputs=binary_outputs(payload))
 
-
-def as_arrays(response: InferResponse) -> dict[str, np.ndarray]:
-    """Outputs of a (remote) predictor response by name."""
-    return {o.name: o.as_numpy() for o in response.outputs}
