@@ -150,7 +150,13 @@ def main(argv: list[str] | None = None) -> dict:
     from onerec.config import Config
 
     torch.set_num_threads(args.threads)
-    defaults = {"beauty": ["data.max_seq_len=20"], "kuairand": []}[args.dataset]
+    # Beauty: one causal encoder pass per user window serves all its prefixes, and the time
+    # budget (not a step count) drives the cosine decay (docs/model.md)
+    defaults = {"beauty": ["data.max_seq_len=20", "model.causal_encoder=true",
+                           "train.batch_size=128", "train.lr=2e-3", "train.warmup_steps=200",
+                           "train.max_steps=1000000", "train.log_every=200",
+                           "train.checkpoint_every=1000"],
+                "kuairand": []}[args.dataset]
     cfg = Config.from_preset(args.preset, defaults + args.overrides)
     t0 = time.perf_counter()
     result = (run_beauty if args.dataset == "beauty" else run_kuairand)(args, cfg)
