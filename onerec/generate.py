@@ -1,0 +1,220 @@
+"""Fast generation: beam search over semantic IDs with a KV cache, shared memory and a trie.
+
+Same search as the reference `onerec.beam_search.beam_search` (same top-N, ties aside; tested),
+organised for speed and for export as one graph (`onerec.export.onnx`):
+- the encoder runs once per user, and each decoder layer projects the encoder output to
+  cross-attention keys/values once per user; the W beams of a user attend to them as one block
+  of W queries (the `group` trick of `DecoderLayer`), so they are never copied per beam;
+- a self-attention KV cache: each step feeds only the newest token of every beam, and the cache
+  is reordered by parent beam after each top-k (L steps, so it stays tiny);
+- the valid-prefix constraint is a flattened trie (`onerec.trie.ItemTrie`): each beam carries
+  its node id, one gather gives the legal mask and the next node ids, and the last node id *is*
+  the item, so the output is item indices (B, W) with scores, which is what serving needs;
+- batched over users; beam widths up to `serve.max_beam_width`; the width at level l is
+  min(W, width_{l-1} x K_l), as in the reference;
+- precision: float32 on CPU; on CUDA fp16 (default) or bf16 autocast, with log-softmax and
+  the running scores in float32 so that beam order does not drift with the dtype;
+- the MoE feed-forward routes exactly as `MoEFeedForward` (top-k, renormalised), without its
+  training side effects (balance loss, load logging). `moe="sparse"` dispatches tokens per
+  expert (eager, cheapest); `moe="dense"` runs every expert on every token and zero-weights the
+  unchosen ones: no data-dependent shapes, which is what export and TensorRT want.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onerec.model import Batch, DecoderLayer, OneRec
+from onerec.moe import MoEFeedForward
+from onerec.trie import ItemTrie
+
+MoEMode = Literal["sparse", "dense"]
+
+
+@dataclass
+class Generation:
+    """Beams best first. items: (B, W) item index, 0 where the ID is no item (or the beam has
+    no legal continuation, score -inf); scores: (B, W) log-probabilities; codes: (B, W, L)."""
+
+    items: torch.Tensor
+    scores: torch.Tensor
+    codes: torch.Tensor
+
+
+def moe_forward(moe: MoEFeedForward, x: torch.Tensor, mode: MoEMode = "sparse") -> torch.Tensor:
+    """(T, d) -> (T, d): the MoE layer's output only (inference; no balance loss, no logging)."""
+    probs = moe.router(x).softmax(dim=-1)
+    weights, chosen = probs.topk(moe.top_k, dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    if mode == "dense":
+        gate = torch.zeros_like(probs).scatter(1, chosen, weights)  # (T, E), k non-zeros a row
+        out = gate[:, :1] * moe.experts[0](x)
+        for e in range(1, moe.n_experts):
+            out = out + gate[:, e:e + 1] * moe.experts[e](x)
+        return out
+    out = torch.zeros_like(x)
+    for e, expert in enumerate(moe.experts):
+        token_idx, slot = (chosen == e).nonzero(as_tuple=True)  # may be empty: no branch
+        y = expert(x.index_select(0, token_idx)) * weights[token_idx, slot].unsqueeze(-1)
+        out.index_add_(0, token_idx, y)
+    return out
+
+
+class StepWeights(nn.Module):
+    """Per decoder layer, what a step needs besides the layer itself.
+
+    The self-attention q and kv projections fused into one (d -> 3d) matmul, made once when the
+    generator is built (the layer's own weights are untouched).
+    """
+
+    def __init__(self, layer: DecoderLayer) -> None:
+        super().__init__()
+        sa = layer.self_attn
+        self.register_buffer("qkv_w", torch.cat([sa.q.weight, sa.kv.weight]).detach(),
+                             persistent=False)
+        self.register_buffer("qkv_b", torch.cat([sa.q.bias, sa.kv.bias]).detach(),
+                             persistent=False)
+
+
+def cross_memory(layer: DecoderLayer, memory: torch.Tensor, mem_mask: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Once per user and layer: cross-attention keys (B, h, d/h, M), pre-transposed and
+    pre-scaled, values (B, h, M, d/h), and the padding mask as an additive bias (B, 1, 1, M)."""
+    k, v = layer.cross_attn.project_kv(memory)
+    scale = k.shape[-1] ** -0.5
+    bias = torch.zeros(mem_mask.shape, dtype=k.dtype, device=k.device)
+    bias = bias.masked_fill(~mem_mask, float("-inf"))[:, None, None, :]
+    return (k * scale).transpose(-1, -2), v, bias
+
+
+def decoder_step(layer: DecoderLayer, fused: StepWeights, x: torch.Tensor,
+                 cache: torch.Tensor | None, cross: tuple[torch.Tensor, ...], group: int,
+                 moe: MoEMode = "sparse") -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoder layer on the newest token of every beam.
+
+    x: (N, d), N = B * group; cache: the self-attention keys and values of the earlier tokens
+    as one (N, t, 2d) tensor (None at the first step); cross: `cross_memory(...)` of the B
+    users, shared by their `group` beams. Returns the output and the cache grown to t + 1.
+    Attention over t <= L cached tokens is a few element-wise ops (no kernel launch per beam).
+    """
+    n, d = x.shape
+    heads = layer.self_attn.n_heads
+    dh = d // heads
+    qkv = F.linear(layer.norm1(x), fused.qkv_w, fused.qkv_b)  # (N, 3d)
+    kv = qkv[:, None, d:]
+    cache = kv if cache is None else torch.cat([cache, kv], dim=1)  # (N, t, 2d)
+    t = cache.shape[1]
+    q = qkv[:, :d].reshape(n, 1, heads, dh) * dh ** -0.5
+    att = (q * cache[..., :d].reshape(n, t, heads, dh)).sum(-1).softmax(dim=1)  # (N, t, h)
+    y = (att.unsqueeze(-1) * cache[..., d:].reshape(n, t, heads, dh)).sum(1)
+    x = x + layer.self_attn.out(y.reshape(n, d))
+    ca = layer.cross_attn
+    keys_t, values, bias = cross
+    q = ca.q(layer.norm2(x)).reshape(n // group, group, heads, dh).transpose(1, 2)
+    att = (torch.matmul(q, keys_t) + bias).softmax(dim=-1)  # (B, h, group, M)
+    y = torch.matmul(att, values).transpose(1, 2).reshape(n, d)
+    x = x + ca.out(y)
+    x = x + moe_forward(layer.moe, layer.norm3(x), moe)
+    return x, cache
+
+
+class Generator(nn.Module):
+    """Beam search as a module: forward(user, short, pos, long) -> (items, scores, codes).
+
+    user: (B,); short: (B, S); pos: (B, P); long: (B, G) int64 item indices (0 = padding);
+    see `Generation` for the outputs. `constrained` masks codes that no real item continues.
+    The trie is always used to name items, so unconstrained beams that are no item get 0.
+    """
+
+    def __init__(self, model: OneRec, trie: ItemTrie, *, beam_width: int,
+                 constrained: bool = True, moe: MoEMode = "sparse") -> None:
+        super().__init__()
+        if beam_width < 1:
+            raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+        if trie.vocab_sizes != model.vocab_sizes:
+            raise ValueError(f"trie vocab_sizes {trie.vocab_sizes} != model's {model.vocab_sizes}")
+        self.model = model.eval()
+        self.beam_width = beam_width
+        self.constrained = constrained
+        self.moe = moe
+        self.fused = nn.ModuleList(StepWeights(layer) for layer in model.decoder)
+        self.dead = [trie.dead(lv) for lv in range(trie.levels)]
+        for lv, table in enumerate(trie.child):
+            self.register_buffer(f"child{lv}", table, persistent=False)
+        self.register_buffer("leaf_item", trie.leaf_item, persistent=False)
+
+    def widths(self) -> list[int]:
+        """Beams kept after each level: min(beam_width, previous x K_l)."""
+        out, w = [], 1
+        for k in self.model.vocab_sizes:
+            w = min(self.beam_width, w * k)
+            out.append(w)
+        return out
+
+    def forward(self, user: torch.Tensor, short: torch.Tensor, pos: torch.Tensor,
+                long: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = self.model
+        memory, mem_mask = m.encode(Batch(user=user, short=short, pos=pos, long=long))
+        b, _, d = memory.shape
+        cross = [cross_memory(layer, memory, mem_mask) for layer in m.decoder]  # once per user
+        caches: list[torch.Tensor | None] = [None] * len(m.decoder)
+        scores = memory.new_zeros(b, 1, dtype=torch.float32)
+        node = torch.zeros(b, 1, dtype=torch.long, device=memory.device)
+        codes = torch.zeros(b, 1, 0, dtype=torch.long, device=memory.device)
+        x = (m.bos + m.level_emb.weight[0]).expand(b, d)
+        users = torch.arange(b, device=memory.device).unsqueeze(1)
+        for lv, k in enumerate(m.vocab_sizes):
+            w = scores.shape[1]
+            for i, (layer, fused) in enumerate(zip(m.decoder, self.fused, strict=True)):
+                x, caches[i] = decoder_step(layer, fused, x, caches[i], cross[i], w, self.moe)
+            logp = m.heads[lv](m.dec_norm(x)).float().log_softmax(-1).view(b, w, k)
+            nxt = getattr(self, f"child{lv}")[node]  # (B, w, K) next node id
+            if self.constrained:
+                logp = logp.masked_fill(nxt == self.dead[lv], float("-inf"))
+            width = min(self.beam_width, w * k)
+            scores, idx = (scores.unsqueeze(-1) + logp).view(b, w * k).topk(width, dim=-1)
+            parent, code = idx // k, idx % k
+            node = nxt.view(b, w * k).gather(1, idx).long()
+            codes = torch.cat([codes.gather(1, parent.unsqueeze(-1).expand(-1, -1, lv)),
+                               code.unsqueeze(-1)], dim=-1)
+            if lv + 1 < m.levels:  # feed the chosen codes; reorder the caches by parent beam
+                rows = (parent + users * w).reshape(-1)
+                caches = [c.index_select(0, rows) for c in caches if c is not None]
+                x = m.code_emb(code.reshape(-1) + m.code_offsets[lv]) + m.level_emb.weight[lv + 1]
+        items = self.leaf_item[node]
+        return items, scores, codes
+
+
+def resolve_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
+    """float32 on CPU; fp16 by default on CUDA (bf16 on request)."""
+    if device.type != "cuda":
+        if dtype not in (None, torch.float32):
+            raise ValueError(f"dtype {dtype} needs CUDA; generation on {device} is float32")
+        return torch.float32
+    if dtype not in (None, torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype}")
+    return dtype or torch.float16
+
+
+@torch.no_grad()
+def generate(model: OneRec, batch: Batch, *, beam_width: int, trie: ItemTrie,
+             constrained: bool = True, dtype: torch.dtype | None = None,
+             moe: MoEMode = "sparse") -> Generation:
+    """Beam search for a batch of users -> `Generation` (all `widths()[-1]` beams, best first)."""
+    device = next(model.parameters()).device
+    gen = Generator(model, trie.to(device), beam_width=beam_width, constrained=constrained,
+                    moe=moe)
+    batch = batch.to(device)
+    args = (batch.user, batch.short, batch.pos, batch.long)
+    dt = resolve_dtype(device, dtype)
+    if dt == torch.float32:
+        items, scores, codes = gen(*args)
+    else:
+        with torch.autocast(device_type="cuda", dtype=dt):
+            items, scores, codes = gen(*args)
+    return Generation(items=items, scores=scores, codes=codes)
