@@ -413,6 +413,46 @@ def recommend(
     console.print(table)
 
 
+# -- export ---------------------------------------------------------------------------------------
+@app.command("export")
+def export_model(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder (e.g. runs/pretrain/train/"
+                                                  "checkpoint).")],
+    codebook: Annotated[Path, typer.Option(help="Codebook folder the model was trained with.")],
+    out: Annotated[Path, typer.Option(help="Triton model repository to add a version to.")] =
+        Path("runs/model_repository"),
+    beam_width: Annotated[list[int] | None, typer.Option(
+        "--beam-width", help="Beam width of a graph; repeat for several, the first is the "
+                             "default [default: serve.beam_width].")] = None,
+    model_name: Annotated[str, typer.Option(help="Model folder name in the repository.")] =
+        "onerec",
+    version: Annotated[int | None, typer.Option(help="Version number [default: next].")] = None,
+    exporter: Annotated[str, typer.Option(help="torch.onnx exporter: dynamo or torchscript.")] =
+        "dynamo",
+) -> None:
+    """Export generation (encoder + beam search, one ONNX graph per beam width) as a model
+    version: model.onnx, items.npy, manifest.json and the Triton config.pbtxt."""
+    from onerec.export import export_version, load_trained
+    from onerec.tokenizer.codebook import CodebookError
+    from onerec.train import CheckpointError
+
+    if exporter not in ("dynamo", "torchscript"):
+        raise fail(f"--exporter: must be dynamo or torchscript, got {exporter!r}")
+    try:
+        model, space, cfg = load_trained(checkpoint, codebook)
+    except (CheckpointError, CodebookError) as e:
+        raise fail(str(e)) from None
+    widths = beam_width or [cfg.serve.beam_width]
+    try:
+        with console.status(f"exporting beam widths {widths} ..."):
+            path = export_version(model, space, cfg, out, model_name=model_name, version=version,
+                                  beam_widths=widths, exporter=exporter)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise fail(str(e)) from None
+    console.print(f"model version {path} (beam widths {widths}, config "
+                  f"{cfg.fingerprint()}, codebook {space.fingerprint[:16]})", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -46,6 +46,15 @@ class Generation:
     codes: torch.Tensor
 
 
+def level_widths(vocab_sizes: list[int], beam_width: int) -> list[int]:
+    """Beams kept after each level: min(beam_width, previous x K_l); the last is the output W."""
+    out, w = [], 1
+    for k in vocab_sizes:
+        w = min(beam_width, w * k)
+        out.append(w)
+    return out
+
+
 def moe_forward(moe: MoEFeedForward, x: torch.Tensor, mode: MoEMode = "sparse") -> torch.Tensor:
     """(T, d) -> (T, d): the MoE layer's output only (inference; no balance loss, no logging)."""
     probs = moe.router(x).softmax(dim=-1)
@@ -149,12 +158,7 @@ class Generator(nn.Module):
         self.register_buffer("leaf_item", trie.leaf_item, persistent=False)
 
     def widths(self) -> list[int]:
-        """Beams kept after each level: min(beam_width, previous x K_l)."""
-        out, w = [], 1
-        for k in self.model.vocab_sizes:
-            w = min(self.beam_width, w * k)
-            out.append(w)
-        return out
+        return level_widths(self.model.vocab_sizes, self.beam_width)
 
     def forward(self, user: torch.Tensor, short: torch.Tensor, pos: torch.Tensor,
                 long: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

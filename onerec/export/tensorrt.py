@@ -1,0 +1,103 @@
+"""TensorRT FP16 engine from the exported ONNX graph (GPU serving on Triton's tensorrt_plan).
+
+Two ways to build, same result:
+- the TensorRT Python API (`import tensorrt`), when the package is installed (the TensorRT
+  container of the export step on a GPU node);
+- else the `trtexec` command line, when it is on PATH.
+Neither exists on a CPU-only machine: `build_engine` then raises `TensorRTUnavailable` and the
+ONNX Runtime path serves. The engine gets one optimisation profile over the batch axis
+(min 1, opt, max = Triton's max_batch_size); the other axes are fixed by the Config. Export the
+ONNX graph with `moe="dense"` for TensorRT: it avoids the data-dependent shapes (NonZero) of the
+sparse expert dispatch. The plan is written atomically beside the ONNX file (`model.plan`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from onerec.io import atomic_path
+
+
+class TensorRTUnavailable(RuntimeError):
+    """Neither the tensorrt Python package nor trtexec is available on this machine."""
+
+
+def profile_shapes(inputs: list[dict[str, Any]], batch: int) -> dict[str, list[int]]:
+    """Concrete input shapes for one batch size, from the manifest's input specs."""
+    return {s["name"]: [batch if d == "batch" else int(d) for d in s["shape"]] for s in inputs}
+
+
+def _shape_arg(shapes: dict[str, list[int]]) -> str:
+    return ",".join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in shapes.items())
+
+
+def trtexec_command(onnx_path: str | Path, plan_path: str | Path, inputs: list[dict[str, Any]],
+                    *, max_batch: int, opt_batch: int | None = None, fp16: bool = True,
+                    workspace_mib: int = 4096, trtexec: str = "trtexec") -> list[str]:
+    """The trtexec argument list that builds the engine (no shell quoting needed)."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    opt = min(max_batch, opt_batch or max_batch)
+    cmd = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={plan_path}",
+           f"--minShapes={_shape_arg(profile_shapes(inputs, 1))}",
+           f"--optShapes={_shape_arg(profile_shapes(inputs, opt))}",
+           f"--maxShapes={_shape_arg(profile_shapes(inputs, max_batch))}",
+           f"--memPoolSize=workspace:{workspace_mib}M", "--skipInference"]
+    if fp16:
+        cmd.append("--fp16")
+    return cmd
+
+
+def build_engine(onnx_path: str | Path, plan_path: str | Path, inputs: list[dict[str, Any]], *,
+                 max_batch: int, opt_batch: int | None = None, fp16: bool = True,
+                 workspace_mib: int = 4096) -> Path:
+    """Build an engine (Python API, else trtexec). Returns `plan_path`."""
+    plan_path = Path(plan_path)
+    if importlib.util.find_spec("tensorrt") is not None:
+        with atomic_path(plan_path, suffix=".plan") as tmp:
+            tmp.write_bytes(_build_with_api(Path(onnx_path), inputs, max_batch=max_batch,
+                                            opt_batch=opt_batch, fp16=fp16,
+                                            workspace_mib=workspace_mib))
+        return plan_path
+    exe = shutil.which("trtexec")
+    if exe is None:
+        raise TensorRTUnavailable("TensorRT is not installed (no `tensorrt` package, no trtexec "
+                                  "on PATH): serve the ONNX graph instead")
+    with atomic_path(plan_path, suffix=".plan") as tmp:
+        cmd = trtexec_command(onnx_path, tmp, inputs, max_batch=max_batch, opt_batch=opt_batch,
+                              fp16=fp16, workspace_mib=workspace_mib, trtexec=exe)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"trtexec failed ({done.returncode}): {done.stderr[-2000:]}")
+    return plan_path
+
+
+def _build_with_api(onnx_path: Path, inputs: list[dict[str, Any]], *, max_batch: int,
+                    opt_batch: int | None, fp16: bool, workspace_mib: int) -> bytes:
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    opt = min(max_batch, opt_batch or max_batch)
+    lo, mid, hi = (profile_shapes(inputs, b) for b in (1, opt, max_batch))
+    for name in lo:
+        profile.set_shape(name, lo[name], mid[name], hi[name])
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
+    return bytes(engine)

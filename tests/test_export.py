@@ -1,0 +1,277 @@
+"""Export: one ONNX graph equal to the PyTorch generator, the version folder contract, Triton
+configs, the TensorRT builder, and the `onerec export` command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from onerec.cli import app
+from onerec.config import Config
+from onerec.export.artifact import (
+    ArtifactError,
+    FingerprintMismatch,
+    export_version,
+    load_manifest,
+    load_trained,
+    next_version,
+)
+from onerec.export.onnx import graph_metadata, ort_session, run_onnx
+from onerec.export.tensorrt import TensorRTUnavailable, build_engine, trtexec_command
+from onerec.export.triton import onnxruntime_config, parse_config, tensorrt_config
+from onerec.generate import generate
+from onerec.items import ItemSpace
+from onerec.model import Batch
+from onerec.tokenizer.codebook import Codebook
+from onerec.train import build_model
+from onerec.trie import ItemTrie
+
+OVERRIDES = ["model.n_decoder_layers=2", "model.n_experts=3", "model.top_k_experts=2"]
+
+
+def make_codebook(n_items: int = 60, seed: int = 0) -> Codebook:
+    """A real codebook (3 levels of 4 codes + disambiguation) over made-up video ids."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 4, (n_items, 3))
+    return Codebook.from_codes(rng.normal(size=(3, 4, 2)), 1000 + 7 * np.arange(n_items), codes)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    cfg = Config.from_preset("tiny", OVERRIDES)
+    cb = make_codebook()
+    space = ItemSpace.from_codebook(cb)
+    model = build_model(cfg, space.codes, space.vocab_sizes, n_user_buckets=5).eval()
+    return model, space, cfg, cb
+
+
+@pytest.fixture(scope="module")
+def version_dir(trained, tmp_path_factory):
+    model, space, cfg, _ = trained
+    repo = tmp_path_factory.mktemp("repo")
+    return export_version(model, space, cfg, repo, beam_widths=[8])  # dynamo, the default
+
+
+def users(space: ItemSpace, b: int, seed: int) -> Batch:
+    """b users with different history lengths (tiny preset: S=8, P=8, G=16)."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(space) + 1
+    short, pos, long = (torch.randint(1, n, (b, w), generator=g) for w in (8, 8, 16))
+    for u in range(b):
+        short[u, : (3 * u) % 8], pos[u, : (5 * u) % 9], long[u, : (7 * u) % 17] = 0, 0, 0
+    return Batch(user=torch.arange(b) % 5, short=short, pos=pos, long=long)
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_onnx_graph_equals_pytorch_on_a_dynamic_batch(trained, version_dir, b):
+    model, space, _, _ = trained
+    session = ort_session(version_dir / "model.onnx", threads=1)
+    batch = users(space, b, seed=b)
+    items, scores = run_onnx(session, batch)
+    ref = generate(model, batch, beam_width=8, trie=ItemTrie.from_codes(space.codes,
+                                                                        space.vocab_sizes))
+    assert items.shape == (b, 8) and items.dtype == np.int64 and scores.dtype == np.float32
+    assert np.array_equal(items, ref.items.numpy())
+    np.testing.assert_allclose(scores, ref.scores.numpy(), rtol=1e-4, atol=1e-5)
+    assert (items > 0).all() and (items <= len(space)).all()
+
+
+def test_version_folder_layout_and_manifest_round_trip(trained, version_dir):
+    _, space, cfg, _ = trained
+    repo_model = version_dir.parent
+    assert version_dir.name == "1" and repo_model.name == "onerec"
+    assert sorted(p.name for p in version_dir.iterdir()) == [
+        "config.yaml", "items.npy", "manifest.json", "model.onnx"]
+    m = load_manifest(version_dir, config_fingerprint=cfg.fingerprint(),
+                      codebook_fingerprint=space.fingerprint)
+    assert load_manifest(version_dir / "manifest.json") == m
+    assert (m.version, m.model_name, m.beam_widths, m.default_beam_width) == (1, "onerec", [8], 8)
+    assert m.top_n == cfg.serve.top_n and m.n_items == len(space) and m.n_user_buckets == 5
+    assert [i["name"] for i in m.inputs] == ["user", "short", "pos", "long"]
+    assert [i["shape"] for i in m.inputs] == [["batch"], ["batch", 8], ["batch", 8],
+                                              ["batch", 16]]
+    assert m.outputs == [{"name": "items", "dtype": "int64", "shape": ["batch", 8]},
+                         {"name": "scores", "dtype": "float32", "shape": ["batch", 8]}]
+    assert m.graph_path() == version_dir / "model.onnx"
+    assert np.array_equal(m.item_ids(), space.item_ids)
+    meta = graph_metadata(m.graph_path())
+    assert meta["config_fingerprint"] == cfg.fingerprint()
+    assert meta["codebook_fingerprint"] == space.fingerprint and meta["beam_width"] == "8"
+    assert Config.from_file(version_dir / "config.yaml").fingerprint() == cfg.fingerprint()
+    text = (repo_model / "config.pbtxt").read_text()
+    pb = parse_config(text)
+    assert pb.platform == "onnxruntime_onnx" and list(pb.output[0].dims) == [8]
+    with pytest.raises(ArtifactError, match="beam_width 32 was not exported"):
+        m.graph_path(32)
+
+
+def copy_version(version_dir, tmp_path):
+    dst = tmp_path / "onerec" / "1"
+    shutil.copytree(version_dir, dst)
+    return dst
+
+
+def edit_manifest(folder, fn):
+    raw = json.loads((folder / "manifest.json").read_text())
+    fn(raw)
+    (folder / "manifest.json").write_text(json.dumps(raw))
+
+
+def test_missing_or_corrupt_manifest_is_a_clear_error(version_dir, tmp_path):
+    with pytest.raises(ArtifactError, match=r"manifest.json: missing"):
+        load_manifest(tmp_path)
+    v = copy_version(version_dir, tmp_path)
+    (v / "manifest.json").write_text('{"format": "onerec-model/1", "version": ')
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_manifest(v)
+    shutil.rmtree(v)
+    v = copy_version(version_dir, tmp_path)
+    edit_manifest(v, lambda r: r.pop("codebook_fingerprint"))
+    with pytest.raises(ArtifactError, match="missing field 'codebook_fingerprint'"):
+        load_manifest(v)
+    edit_manifest(v, lambda r: r.update(codebook_fingerprint="x", version="one"))
+    with pytest.raises(ArtifactError, match="field 'version' has the wrong type"):
+        load_manifest(v)
+    edit_manifest(v, lambda r: r.update(version=1, format="other/9"))
+    with pytest.raises(ArtifactError, match="field 'format'"):
+        load_manifest(v)
+
+
+def test_missing_files_are_named(version_dir, tmp_path):
+    v = copy_version(version_dir, tmp_path)
+    (v / "items.npy").unlink()
+    with pytest.raises(ArtifactError, match=r"'items_file' names items\.npy, which is missing"):
+        load_manifest(v)
+    (v / "model.onnx").unlink()
+    with pytest.raises(ArtifactError, match=r"'graphs\[8\].file' names model.onnx"):
+        load_manifest(v)
+
+
+def test_fingerprint_mismatch_is_refused(trained, version_dir, tmp_path):
+    cfg = trained[2]
+    with pytest.raises(FingerprintMismatch, match="'config_fingerprint'"):
+        load_manifest(version_dir, config_fingerprint="0" * 16)
+    with pytest.raises(FingerprintMismatch, match="'codebook_fingerprint'"):
+        load_manifest(version_dir, config_fingerprint=cfg.fingerprint(),
+                      codebook_fingerprint="f" * 64)
+    v = copy_version(version_dir, tmp_path)
+    with open(v / "model.onnx", "ab") as f:  # a replaced / torn graph
+        f.write(b"\0")
+    with pytest.raises(FingerprintMismatch, match="sha256"):
+        load_manifest(v)
+    assert isinstance(FingerprintMismatch("x"), ArtifactError)
+
+
+def test_several_beam_widths_with_the_torchscript_exporter(trained, tmp_path):
+    model, space, cfg, _ = trained
+    v = export_version(model, space, cfg, tmp_path, model_name="rec", version=7,
+                       beam_widths=[4, 16, 4], exporter="torchscript")
+    m = load_manifest(v)
+    assert v == tmp_path / "rec" / "7" and m.beam_widths == [4, 16]
+    assert {w: g["file"] for w, g in m.graphs.items()} == {"4": "model.onnx",
+                                                           "16": "model_w16.onnx"}
+    batch = users(space, 2, seed=9)
+    trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
+    for w in (4, 16):
+        items, scores = run_onnx(ort_session(m.graph_path(w), threads=1), batch)
+        ref = generate(model, batch, beam_width=w, trie=trie)
+        assert np.array_equal(items, ref.items.numpy())
+        np.testing.assert_allclose(scores, ref.scores.numpy(), rtol=1e-4, atol=1e-5)
+    assert next_version(tmp_path / "rec") == 8
+    with pytest.raises(ValueError, match="max_beam_width"):
+        export_version(model, space, cfg, tmp_path, beam_widths=[cfg.serve.max_beam_width + 1])
+    with pytest.raises(ValueError, match="model_name"):
+        export_version(model, space, cfg, tmp_path, model_name="../x")
+
+
+SPECS = [{"name": "user", "dtype": "int64", "shape": ["batch"]},
+         {"name": "short", "dtype": "int64", "shape": ["batch", 50]},
+         {"name": "pos", "dtype": "int64", "shape": ["batch", 50]},
+         {"name": "long", "dtype": "int64", "shape": ["batch", 256]}]
+OUTS = [{"name": "items", "dtype": "int64", "shape": ["batch", 512]},
+        {"name": "scores", "dtype": "float32", "shape": ["batch", 512]}]
+
+
+@pytest.mark.parametrize("make", [onnxruntime_config, tensorrt_config])
+def test_triton_configs_parse_as_model_config(make):
+    pb = parse_config(make("onerec", SPECS, OUTS, max_batch_size=32))
+    platform, filename, kind = (("onnxruntime_onnx", "model.onnx", 2)  # KIND_CPU
+                                if make is onnxruntime_config else
+                                ("tensorrt_plan", "model.plan", 1))  # KIND_GPU
+    assert (pb.name, pb.platform, pb.default_model_filename) == ("onerec", platform, filename)
+    assert pb.max_batch_size == 32 and pb.HasField("dynamic_batching")
+    assert pb.instance_group[0].kind == kind
+    ins = {i.name: i for i in pb.input}
+    assert list(ins["user"].dims) == [1] and list(ins["user"].reshape.shape) == []
+    assert list(ins["long"].dims) == [256] and ins["long"].data_type == 9  # TYPE_INT64
+    outs = {o.name: o for o in pb.output}
+    assert list(outs["scores"].dims) == [512] and outs["scores"].data_type == 11  # TYPE_FP32
+    with pytest.raises(ValueError, match="max_batch_size"):
+        make("onerec", SPECS, OUTS, max_batch_size=0)
+
+
+def test_trtexec_command_has_fp16_and_a_batch_profile():
+    cmd = trtexec_command("v/model.onnx", "v/model.plan", SPECS, max_batch=64, opt_batch=16)
+    assert cmd[:3] == ["trtexec", "--onnx=v/model.onnx", "--saveEngine=v/model.plan"]
+    assert "--minShapes=user:1,short:1x50,pos:1x50,long:1x256" in cmd
+    assert "--optShapes=user:16,short:16x50,pos:16x50,long:16x256" in cmd
+    assert "--maxShapes=user:64,short:64x50,pos:64x50,long:64x256" in cmd
+    assert "--fp16" in cmd and "--memPoolSize=workspace:4096M" in cmd
+    assert "--fp16" not in trtexec_command("a", "b", SPECS, max_batch=8, fp16=False)
+    with pytest.raises(ValueError, match="max_batch"):
+        trtexec_command("a", "b", SPECS, max_batch=0)
+
+
+def test_without_tensorrt_the_builder_says_so(tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(TensorRTUnavailable, match="serve the ONNX graph"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", SPECS, max_batch=4)
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_tensorrt_fp16_engine_builds(trained, tmp_path):
+    pytest.importorskip("tensorrt")
+    model, space, cfg, _ = trained
+    v = export_version(model, space, cfg, tmp_path, beam_widths=[8], moe="dense")
+    m = load_manifest(v)
+    plan = build_engine(m.graph_path(), v / "model.plan", m.inputs, max_batch=4)
+    assert plan.stat().st_size > 0
+
+
+def test_cli_export_writes_a_loadable_version(trained, tmp_path):
+    model, _, cfg, cb = trained
+    cb.save(tmp_path / "codebook")
+    ck = tmp_path / "checkpoint"  # the layout `onerec.train.save_checkpoint` writes
+    ck.mkdir()
+    torch.save({"model": model.state_dict(), "n_user_buckets": 5,
+                "vocab_sizes": model.vocab_sizes}, ck / "state.pt")
+    cfg.save(ck / "config.yaml")
+    (ck / "meta.json").write_text(json.dumps({"step": 1, "codebook_fingerprint": cb.fingerprint,
+                                              "config_fingerprint": cfg.fingerprint()}))
+    loaded, _, _ = load_trained(ck, tmp_path / "codebook")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                 model.state_dict().values(), strict=True))
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", "--checkpoint", str(ck), "--codebook",
+                              str(tmp_path / "codebook"), "--out", str(tmp_path / "repo"),
+                              "--beam-width", "4", "--exporter", "torchscript"])
+    assert res.exit_code == 0, res.output
+    m = load_manifest(tmp_path / "repo" / "onerec" / "1", codebook_fingerprint=cb.fingerprint)
+    assert m.beam_widths == [4] and m.config_fingerprint == cfg.fingerprint()
+    res = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "nope"), "--codebook",
+                              str(tmp_path / "codebook"), "--out", str(tmp_path / "repo")])
+    assert res.exit_code == 2 and "incomplete" in " ".join(res.stderr.split())
+    other = make_codebook(seed=1)
+    other.save(tmp_path / "other")
+    res = runner.invoke(app, ["export", "--checkpoint", str(ck), "--codebook",
+                              str(tmp_path / "other"), "--out", str(tmp_path / "repo")])
+    assert res.exit_code == 2 and "refusing codebook" in " ".join(res.stderr.split())
