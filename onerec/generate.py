@@ -119,8 +119,9 @@ def decoder_step(layer: DecoderLayer, fused: StepWeights, x: torch.Tensor,
     cache = kv if cache is None else torch.cat([cache, kv], dim=1)  # (N, t, 2d)
     t = cache.shape[1]
     q = qkv[:, :d].reshape(n, 1, heads, dh) * dh ** -0.5
-    att = (q * cache[..., :d].reshape(n, t, heads, dh)).sum(-1).softmax(dim=1)  # (N, t, h)
-    y = (att.unsqueeze(-1) * cache[..., d:].reshape(n, t, heads, dh)).sum(1)
+    kv = cache.view(n, t, 2, heads, dh)  # strided views of k and v, no copies
+    att = (q * kv[:, :, 0]).sum(-1).softmax(dim=1)  # (N, t, h)
+    y = (att.unsqueeze(-1) * kv[:, :, 1]).sum(1)
     x = x + layer.self_attn.out(y.reshape(n, d))
     ca = layer.cross_attn
     keys_t, values, bias = cross

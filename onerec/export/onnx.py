@@ -48,7 +48,7 @@ from onerec.trie import ItemTrie
 
 GRAPH_INPUTS = ("user", "short", "pos", "long")
 GRAPH_OUTPUTS = ("items", "scores")
-OPSET = 18
+OPSET = 20
 Exporter = Literal["dynamo", "torchscript"]
 
 
