@@ -22,7 +22,12 @@ from onerec.export.artifact import (
     next_version,
 )
 from onerec.export.onnx import graph_metadata, ort_session, run_onnx
-from onerec.export.tensorrt import TensorRTUnavailable, build_engine, trtexec_command
+from onerec.export.tensorrt import (
+    TensorRTUnavailable,
+    build_engine,
+    tensorrt_version,
+    trtexec_command,
+)
 from onerec.export.triton import onnxruntime_config, parse_config, tensorrt_config
 from onerec.generate import generate
 from onerec.items import ItemSpace
@@ -275,3 +280,20 @@ def test_cli_export_writes_a_loadable_version(trained, tmp_path):
     res = runner.invoke(app, ["export", "--checkpoint", str(ck), "--codebook",
                               str(tmp_path / "other"), "--out", str(tmp_path / "repo")])
     assert res.exit_code == 2 and "refusing codebook" in " ".join(res.stderr.split())
+
+
+def test_tensorrt_version_folder_from_an_onnx_version(version_dir, tmp_path):
+    def fake_builder(onnx_path, plan_path, inputs, **kw):  # stands in for the GPU-only build
+        assert onnx_path.name == "model.onnx" and kw["fp16"] and kw["max_batch"] == 16
+        plan_path.write_bytes(b"engine:" + onnx_path.read_bytes()[:64])
+        return plan_path
+
+    v = tensorrt_version(version_dir, tmp_path, max_batch=16, builder=fake_builder)
+    assert v == tmp_path / "onerec_trt" / "1"
+    assert sorted(p.name for p in v.iterdir()) == [
+        "config.yaml", "items.npy", "manifest.json", "model.onnx", "model.plan"]
+    m = load_manifest(v)  # the same checks serving runs
+    raw = json.loads((v / "manifest.json").read_text())
+    assert m.model_name == "onerec_trt" and raw["engine"]["precision"] == "fp16"
+    pb = parse_config((tmp_path / "onerec_trt" / "config.pbtxt").read_text())
+    assert pb.platform == "tensorrt_plan" and pb.max_batch_size == 16

@@ -14,9 +14,12 @@ Choices:
   min(W, w x K_l) and every reshape after TopK become data-dependent, which neither exporter nor
   TensorRT handles cleanly. One graph per beam width is exported instead (the artifact keeps
   several; each records its width in its metadata).
-- Exporter: `torch.onnx.export(dynamo=True)` (torch.export + onnxscript, opset 18), the
-  maintained path; the TorchScript exporter is deprecated. The graph is written as one file
-  (no external data: it is far below 2 GB) so a version folder is self-contained.
+- Exporter: `torch.onnx.export(dynamo=True)` (torch.export + onnxscript) by default: the
+  maintained path, and its graph is leaner (about 1.3k nodes for the shipped-data model, 2.5x
+  fewer than TorchScript's before ONNX Runtime's own folding). `exporter="torchscript"` (the
+  deprecated tracer) is kept because it exports 5-10x faster (seconds, not tens of seconds);
+  both are tested equal to PyTorch. Opset 20, so GELU stays one node. The graph is written as
+  one file (no external data: it is far below 2 GB) so a version folder is self-contained.
 - The trie tables are buffers of the `Generator`, so they become initializers: the graph needs
   no codebook at run time. The MoE layers export in the generator's "sparse" form by default
   (NonZero/ScatterND, exact top-k compute); `moe="dense"` avoids data-dependent shapes for

@@ -8,14 +8,18 @@ Neither exists on a CPU-only machine: `build_engine` then raises `TensorRTUnavai
 ONNX Runtime path serves. The engine gets one optimisation profile over the batch axis
 (min 1, opt, max = Triton's max_batch_size); the other axes are fixed by the Config. Export the
 ONNX graph with `moe="dense"` for TensorRT: it avoids the data-dependent shapes (NonZero) of the
-sparse expert dispatch. The plan is written atomically beside the ONNX file (`model.plan`).
+sparse expert dispatch. The plan is written atomically; `tensorrt_version` turns an exported
+ONNX version folder into a Triton `tensorrt_plan` model version (model.plan + the same
+manifest, items and config, and a TensorRT config.pbtxt).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +105,39 @@ def _build_with_api(onnx_path: Path, inputs: list[dict[str, Any]], *, max_batch:
     if engine is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
     return bytes(engine)
+
+
+def tensorrt_version(version_dir: str | Path, repo_dir: str | Path, *,
+                     model_name: str = "onerec_trt", max_batch: int = 64,
+                     opt_batch: int | None = None, fp16: bool = True,
+                     builder: Callable[..., Path] = build_engine) -> Path:
+    """A Triton `tensorrt_plan` model version built from an exported ONNX version folder.
+
+    `<repo>/<model_name>/<version>/` gets model.plan (the engine of the default beam width)
+    beside copies of model.onnx, items.npy, config.yaml and the manifest (with an "engine"
+    entry added), so serving checks it exactly like the ONNX version; `<repo>/<model_name>/
+    config.pbtxt` is the TensorRT config. Returns the new version folder.
+    """
+    from onerec.export.artifact import MANIFEST, load_manifest, sha256
+    from onerec.export.triton import tensorrt_config
+    from onerec.io import atomic_dir, atomic_write_text
+
+    m = load_manifest(version_dir)
+    assert m.path is not None
+    dest = Path(repo_dir) / model_name / str(m.version)
+    with atomic_dir(dest) as tmp:
+        plan = builder(m.graph_path(), tmp / "model.plan", m.inputs, max_batch=max_batch,
+                       opt_batch=opt_batch, fp16=fp16)
+        for name in {m.graphs[str(m.default_beam_width)]["file"], m.items_file, "config.yaml"}:
+            if (m.path / name).exists():
+                shutil.copy2(m.path / name, tmp / name)
+        raw = json.loads((m.path / MANIFEST).read_text())
+        raw["graphs"] = {str(m.default_beam_width): raw["graphs"][str(m.default_beam_width)]}
+        raw["beam_widths"] = [m.default_beam_width]
+        raw["model_name"] = model_name
+        raw["engine"] = {"file": "model.plan", "precision": "fp16" if fp16 else "fp32",
+                         "max_batch": max_batch, "sha256": sha256(Path(plan))}
+        (tmp / MANIFEST).write_text(json.dumps(raw, indent=2) + "\n")
+    atomic_write_text(Path(repo_dir) / model_name / "config.pbtxt",
+                      tensorrt_config(model_name, m.inputs, m.outputs, max_batch_size=max_batch))
+    return dest
