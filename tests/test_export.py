@@ -92,6 +92,9 @@ def test_version_folder_layout_and_manifest_round_trip(trained, version_dir):
     assert version_dir.name == "1" and repo_model.name == "onerec"
     assert sorted(p.name for p in version_dir.iterdir()) == [
         "config.yaml", "items.npy", "manifest.json", "model.onnx"]
+    # readable by a server running as another user
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in [version_dir, *version_dir.iterdir(),
+                                                          repo_model / "config.pbtxt"])
     m = load_manifest(version_dir, config_fingerprint=cfg.fingerprint(),
                       codebook_fingerprint=space.fingerprint)
     assert load_manifest(version_dir / "manifest.json") == m

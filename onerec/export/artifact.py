@@ -165,10 +165,22 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
             n_items=len(space), n_user_buckets=model.user_emb.num_embeddings,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), exporter=exporter)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    atomic_write_text(model_dir / "config.pbtxt",
-                      onnxruntime_config(model_name, manifest.inputs, manifest.outputs,
-                                         max_batch_size=max_batch_size))
+        make_readable(tmp)
+    config = atomic_write_text(model_dir / "config.pbtxt",
+                               onnxruntime_config(model_name, manifest.inputs, manifest.outputs,
+                                                  max_batch_size=max_batch_size))
+    make_readable(config)
     return model_dir / str(version)
+
+
+def make_readable(path: Path) -> None:
+    """World-readable files (0644) and folders (0755): the temporary files behind atomic writes
+    are private (0600), but the server that loads a model version (Triton, KServe) usually runs
+    as another user than the pipeline step that exported it."""
+    path.chmod(0o755 if path.is_dir() else 0o644)
+    if path.is_dir():
+        for p in path.rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {

@@ -118,7 +118,7 @@ def tensorrt_version(version_dir: str | Path, repo_dir: str | Path, *,
     entry added), so serving checks it exactly like the ONNX version; `<repo>/<model_name>/
     config.pbtxt` is the TensorRT config. Returns the new version folder.
     """
-    from onerec.export.artifact import MANIFEST, load_manifest, sha256
+    from onerec.export.artifact import MANIFEST, load_manifest, make_readable, sha256
     from onerec.export.triton import tensorrt_config
     from onerec.io import atomic_dir, atomic_write_text
 
@@ -138,6 +138,9 @@ def tensorrt_version(version_dir: str | Path, repo_dir: str | Path, *,
         raw["engine"] = {"file": "model.plan", "precision": "fp16" if fp16 else "fp32",
                          "max_batch": max_batch, "sha256": sha256(Path(plan))}
         (tmp / MANIFEST).write_text(json.dumps(raw, indent=2) + "\n")
-    atomic_write_text(Path(repo_dir) / model_name / "config.pbtxt",
-                      tensorrt_config(model_name, m.inputs, m.outputs, max_batch_size=max_batch))
+        make_readable(tmp)
+    config = atomic_write_text(Path(repo_dir) / model_name / "config.pbtxt",
+                               tensorrt_config(model_name, m.inputs, m.outputs,
+                                               max_batch_size=max_batch))
+    make_readable(config)
     return dest
