@@ -16,8 +16,9 @@ organised for speed and for export as one graph (`onerec.export.onnx`):
   the running scores in float32 so that beam order does not drift with the dtype;
 - the MoE feed-forward routes exactly as `MoEFeedForward` (top-k, renormalised), without its
   training side effects (balance loss, load logging). `moe="sparse"` dispatches tokens per
-  expert (eager, cheapest); `moe="dense"` runs every expert on every token and zero-weights the
-  unchosen ones: no data-dependent shapes, which is what export and TensorRT want.
+  expert (exact top-k compute; exports to ONNX as NonZero/Gather/ScatterND); `moe="dense"` runs
+  every expert on every token and zero-weights the unchosen ones (E/k x the expert FLOPs, but
+  no data-dependent shapes, which is what TensorRT wants).
 """
 
 from __future__ import annotations

@@ -195,6 +195,8 @@ def test_several_beam_widths_with_the_torchscript_exporter(trained, tmp_path):
         export_version(model, space, cfg, tmp_path, beam_widths=[cfg.serve.max_beam_width + 1])
     with pytest.raises(ValueError, match="model_name"):
         export_version(model, space, cfg, tmp_path, model_name="../x")
+    with pytest.raises(ValueError, match="version must be >= 1"):
+        export_version(model, space, cfg, tmp_path, version=0)
 
 
 SPECS = [{"name": "user", "dtype": "int64", "shape": ["batch"]},

@@ -18,7 +18,7 @@ manifest.json fields (`Manifest`): format, model_name, version, created (UTC ISO
 config_fingerprint, codebook_fingerprint, beam_widths, default_beam_width, top_n (the default
 number of videos to return), graphs ({beam width: {file, width, sha256}}), inputs
 ([{name, dtype, shape}], "batch" = dynamic axis), outputs (same, for the default graph),
-constrained, n_items, n_user_buckets, items_file, exporter, opset.
+constrained, n_items, n_user_buckets, items_file, exporter, opset, moe.
 
 Why serving can trust it: `load_manifest` checks every field is present with the right type,
 that the named files exist, that each graph's sha256 matches (a swapped or torn model.onnx is
@@ -83,6 +83,7 @@ class Manifest:
     items_file: str = ITEMS_FILE
     exporter: str = "dynamo"
     opset: int = OPSET
+    moe: str = "sparse"  # MoE form in the graph ("dense" for TensorRT)
     format: str = FORMAT
     path: Path | None = field(default=None, compare=False)  # the version folder (not saved)
 
@@ -128,6 +129,7 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
 
     beam_widths: graphs to export (default: serve.beam_width); the first is the default
     (`model.onnx`, the one Triton serves). Each must be in [1, serve.max_beam_width].
+    version: default the next free integer; an existing version folder is replaced whole.
     """
     widths = list(dict.fromkeys(beam_widths or [cfg.serve.beam_width]))
     for w in widths:
@@ -140,7 +142,7 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
         raise ValueError("model and item space disagree (another codebook?): vocab "
                          f"{model.vocab_sizes} vs {space.vocab_sizes}")
     model_dir = Path(repo_dir) / model_name
-    version = version or next_version(model_dir)
+    version = next_version(model_dir) if version is None else version
     if version < 1:
         raise ValueError(f"version must be >= 1 (Triton's rule), got {version}")
     trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
@@ -156,14 +158,16 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
             graphs[str(w)] = {"file": name, "width": width, "sha256": sha256(tmp / name)}
         np.save(tmp / ITEMS_FILE, np.asarray(space.item_ids, dtype=np.int64))
         cfg.save(tmp / "config.yaml")
+        default_width = graphs[str(widths[0])]["width"]
         manifest = Manifest(
             model_name=model_name, version=version, config_fingerprint=cfg.fingerprint(),
             codebook_fingerprint=space.fingerprint, beam_widths=widths,
-            default_beam_width=widths[0], top_n=min(cfg.serve.top_n, graphs[str(widths[0])]["width"]),
-            graphs=graphs, inputs=input_specs(cfg),
-            outputs=output_specs(graphs[str(widths[0])]["width"]), constrained=constrained,
+            default_beam_width=widths[0], top_n=min(cfg.serve.top_n, default_width),
+            graphs=graphs, inputs=input_specs(cfg), outputs=output_specs(default_width),
+            constrained=constrained,
             n_items=len(space), n_user_buckets=model.user_emb.num_embeddings,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), exporter=exporter)
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), exporter=exporter,
+            moe=moe)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         make_readable(tmp)
     config = atomic_write_text(model_dir / "config.pbtxt",
