@@ -13,7 +13,9 @@ random fill of 25-100 %, so attention masks differ between users as in serving.
 
 For each beam width, three paths over the same users, with the valid-prefix constraint on:
 - reference: `onerec.beam_search.beam_search` (full-prefix decode every step, PrefixIndex);
-- fast: `onerec.generate.Generator` in PyTorch (KV cache, shared cross K/V, trie);
+- fast: `onerec.generate.Generator` in PyTorch (KV cache, shared cross K/V, trie), with
+  `--threads` intra-op threads and, as "fast-1t", with one (per-op OpenMP wake-ups cost more
+  than a second thread gains on small ops, above all on a shared machine);
 - onnx: the exported graph (`onerec.export.onnx`) in ONNX Runtime on CPU.
 Latency: per user at batch 1, p50 and p99 over `--users` users; throughput: users/s at batch
 16 and 64 over a few batches. The whole measurement runs `--runs` times and the table reports
@@ -38,7 +40,7 @@ from bench.runtime import reexec_with_tuned_env
 
 COLUMNS = ["beam", "path", "p50 ms (B=1)", "p99 ms (B=1)", "users/s B=16", "users/s B=64",
            "p50 vs reference", "B=64 vs reference"]
-PATHS = ("reference", "fast", "onnx")
+PATHS = ("reference", "fast", "fast-1t", "onnx")
 
 
 def build(args: argparse.Namespace):
@@ -148,7 +150,14 @@ def main(argv: list[str] | None = None) -> dict:
         def ref(x, w=w):
             return beam_search(model, x, beam_width=w, top_n=w, index=index)
 
-        runners[w] = {"reference": ref, "fast": fast,
+        def fast_1t(x, fast=fast):
+            torch.set_num_threads(1)
+            try:
+                return fast(x)
+            finally:
+                torch.set_num_threads(args.threads)
+
+        runners[w] = {"reference": ref, "fast": fast, "fast-1t": fast_1t,
                       "onnx": lambda x, s=session: run_onnx(s, x)}
     n = len(space)
     results: dict[tuple[int, str], list[dict[str, float]]] = {}
