@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         session = ort_session(path, threads=args.threads)
 
         def fast(x, gen=gen):
-            with torch.no_grad():
+            with torch.inference_mode():
                 return gen(x.user, x.short, x.pos, x.long)
 
         def ref(x, w=w):

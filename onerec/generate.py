@@ -207,7 +207,7 @@ def resolve_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtyp
     return dtype or torch.float16
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model: OneRec, batch: Batch, *, beam_width: int, trie: ItemTrie,
              constrained: bool = True, dtype: torch.dtype | None = None,
              moe: MoEMode = "sparse") -> Generation:
