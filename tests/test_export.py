@@ -21,7 +21,7 @@ from onerec.export.artifact import (
     load_trained,
     next_version,
 )
-from onerec.export.onnx import graph_metadata, ort_session, run_onnx
+from onerec.export.onnx import export_onnx, graph_metadata, ort_session, run_onnx
 from onerec.export.tensorrt import (
     TensorRTUnavailable,
     build_engine,
@@ -197,6 +197,30 @@ def test_several_beam_widths_with_the_torchscript_exporter(trained, tmp_path):
         export_version(model, space, cfg, tmp_path, model_name="../x")
     with pytest.raises(ValueError, match="version must be >= 1"):
         export_version(model, space, cfg, tmp_path, version=0)
+
+
+@pytest.mark.slow  # a second dynamo export (~15 s)
+def test_causal_encoder_exports_equal_to_pytorch(tmp_path):
+    cfg = Config.from_preset("tiny", [*OVERRIDES, "model.causal_encoder=true"])
+    space = ItemSpace.from_codebook(make_codebook(seed=2))
+    model = build_model(cfg, space.codes, space.vocab_sizes, n_user_buckets=5).eval()
+    v = export_version(model, space, cfg, tmp_path, beam_widths=[8])
+    batch = users(space, 3, seed=5)
+    items, scores = run_onnx(ort_session(v / "model.onnx", threads=1), batch)
+    ref = generate(model, batch, beam_width=8, trie=ItemTrie.from_codes(space.codes,
+                                                                        space.vocab_sizes))
+    assert np.array_equal(items, ref.items.numpy())
+    np.testing.assert_allclose(scores, ref.scores.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_torchscript_exporter_refuses_a_causal_encoder(tmp_path):
+    cfg = Config.from_preset("tiny", [*OVERRIDES, "model.causal_encoder=true"])
+    space = ItemSpace.from_codebook(make_codebook(seed=2))
+    model = build_model(cfg, space.codes, space.vocab_sizes, n_user_buckets=5).eval()
+    trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
+    with pytest.raises(ValueError, match=r"causal_encoder.*dynamo"):
+        export_onnx(model, trie, cfg, tmp_path / "m.onnx", beam_width=4, exporter="torchscript")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 SPECS = [{"name": "user", "dtype": "int64", "shape": ["batch"]},

@@ -30,10 +30,12 @@ def unique_codes(vocab: tuple[int, ...], n_items: int, seed: int) -> torch.Tenso
     return torch.cat([torch.zeros(1, len(vocab), dtype=torch.long), codes])
 
 
-def tiny_model(vocab=(6, 5, 4), n_items=40, seed=0, arch="encoder_decoder") -> OneRec:
+def tiny_model(vocab=(6, 5, 4), n_items=40, seed=0, arch="encoder_decoder",
+               causal: bool = False) -> OneRec:
     torch.manual_seed(seed)
     cfg = Config.from_preset("tiny", [f"model.arch={arch}", "model.n_decoder_layers=2",
-                                      "model.n_experts=3", "model.top_k_experts=2"]).model
+                                      "model.n_experts=3", "model.top_k_experts=2",
+                                      f"model.causal_encoder={str(causal).lower()}"]).model
     return OneRec(cfg, item_codes=unique_codes(vocab, n_items, seed), vocab_sizes=list(vocab),
                   n_user_buckets=5, max_seq_len=8, max_pos_len=8).eval()
 
@@ -81,6 +83,18 @@ def test_fast_generation_equals_reference_beam_search(beam, constrained):
                          strict=True):
         hit = lookup.items(tuple(sid))
         assert item == (hit[0] if hit else 0)
+
+
+@pytest.mark.parametrize(("arch", "causal"), [("lazy_decoder", False),
+                                              ("encoder_decoder", True)])
+def test_fast_generation_equals_reference_for_other_architectures(arch, causal):
+    model = tiny_model(arch=arch, causal=causal, seed=13)
+    batch = ragged_batch(model, seed=14)
+    trie = ItemTrie.from_codes(model.item_codes, model.vocab_sizes)
+    index = PrefixIndex(model.item_codes, model.vocab_sizes)
+    ref_codes, ref_scores = beam_search(model, batch, beam_width=16, top_n=16, index=index)
+    out = generate(model, batch, beam_width=16, trie=trie)
+    assert_same_top(out.codes, out.scores, ref_codes, ref_scores, 10)
 
 
 def test_wide_beam_up_to_512_equals_reference_and_every_item_is_real():

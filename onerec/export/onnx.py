@@ -18,7 +18,8 @@ Choices:
   maintained path, and its graph is leaner (about 1.3k nodes for the shipped-data model, 2.5x
   fewer than TorchScript's before ONNX Runtime's own folding). `exporter="torchscript"` (the
   deprecated tracer) is kept because it exports 5-10x faster (seconds, not tens of seconds);
-  both are tested equal to PyTorch. Opset 20, so GELU stays one node. The graph is written as
+  both are tested equal to PyTorch (torchscript refuses `model.causal_encoder`: its boolean
+  Where has no ONNX Runtime kernel). Opset 20, so GELU stays one node. The graph is written as
   one file (no external data: it is far below 2 GB) so a version folder is self-contained.
 - The trie tables are buffers of the `Generator`, so they become initializers: the graph needs
   no codebook at run time. The MoE layers export in the generator's "sparse" form by default
@@ -95,6 +96,9 @@ def export_onnx(model: OneRec, trie: ItemTrie, cfg: Config, path: str | Path, *,
     import onnx
 
     path = Path(path)
+    if exporter == "torchscript" and model.cfg.causal_encoder:
+        raise ValueError("model.causal_encoder: the torchscript exporter emits a boolean Where "
+                         "that ONNX Runtime cannot run; use exporter='dynamo'")
     if next(model.parameters()).device.type != "cpu" or model.bos.dtype != torch.float32:
         model = copy.deepcopy(model).cpu().float()  # export traces on CPU in float32
     gen = Generator(model, trie.to("cpu"), beam_width=beam_width,
