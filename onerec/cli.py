@@ -423,10 +423,10 @@ def export_model(
         Path("runs/model_repository"),
     beam_width: Annotated[list[int] | None, typer.Option(
         "--beam-width", help="Beam width of a graph; repeat for several, the first is the "
-                             "default [default: serve.beam_width].")] = None,
+                             "default (default: serve.beam_width).")] = None,
     model_name: Annotated[str, typer.Option(help="Model folder name in the repository.")] =
         "onerec",
-    version: Annotated[int | None, typer.Option(help="Version number [default: next].")] = None,
+    version: Annotated[int | None, typer.Option(help="Version number (default: the next free one).")] = None,
     exporter: Annotated[str, typer.Option(help="torch.onnx exporter: dynamo or torchscript.")] =
         "dynamo",
 ) -> None:
