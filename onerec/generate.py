@@ -60,17 +60,17 @@ def moe_forward(moe: MoEFeedForward, x: torch.Tensor, mode: MoEMode = "sparse") 
     """(T, d) -> (T, d): the MoE layer's output only (inference; no balance loss, no logging)."""
     probs = moe.router(x).softmax(dim=-1)
     weights, chosen = probs.topk(moe.top_k, dim=-1)
-    weights = weights / weights.sum(dim=-1, keepdim=True)
-    if mode == "dense":
-        gate = torch.zeros_like(probs).scatter(1, chosen, weights)  # (T, E), k non-zeros a row
+    gate = torch.zeros_like(probs).scatter(1, chosen, weights / weights.sum(-1, keepdim=True))
+    if mode == "dense":  # (T, E) gate: k non-zeros a row
         out = gate[:, :1] * moe.experts[0](x)
         for e in range(1, moe.n_experts):
             out = out + gate[:, e:e + 1] * moe.experts[e](x)
         return out
     out = torch.zeros_like(x)
     for e, expert in enumerate(moe.experts):
-        token_idx, slot = (chosen == e).nonzero(as_tuple=True)  # may be empty: no branch
-        y = expert(x.index_select(0, token_idx)) * weights[token_idx, slot].unsqueeze(-1)
+        # tokens routed to e; a chosen weight that underflowed to 0 would add exactly 0 anyway
+        token_idx = (gate[:, e] > 0).nonzero().squeeze(1)  # may be empty: no branch
+        y = expert(x.index_select(0, token_idx)) * gate.index_select(0, token_idx)[:, e:e + 1]
         out.index_add_(0, token_idx, y)
     return out
 
