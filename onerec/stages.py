@@ -712,7 +712,7 @@ def publish(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
 
 
 # -- bookkeeping ------------------------------------------------------------------------------------
-def run_stage(stage: str, root: str | Path, run_id: str, fn: Callable[..., dict[str, Any]],
+def run_stage(stage: str, root: str | Path, run_id: str, fn: Callable[..., dict[str, Any]], /,
               *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Run one stage and record what happened in ROOT/runs/<run_id>/<stage>.json (also when it
     fails: a report should say which stage stopped the cycle and why)."""

@@ -58,6 +58,8 @@ def make_pipeline(cluster: bool = False) -> Callable[..., Any]:
     laptop's accordingly, and every one can be set per run."""
     root_default = CLUSTER_ROOT if cluster else "runs/pipeline"
     data_default = f"{CLUSTER_ROOT}/data/kuairand-pure" if cluster else "data/kuairand-pure"
+    # a recurring run's scheduled time picks its day; kfp.local cannot resolve the placeholder
+    schedule_time = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if cluster else ""
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="OneRec continuous training: validate, refresh the codebook, "
@@ -89,7 +91,7 @@ def make_pipeline(cluster: bool = False) -> Callable[..., Any]:
         workers: int = 0,
     ) -> None:
         v = validate_data(config_yaml=config_yaml, root=root, run_id=run_id, data_dir=data_dir,
-                          until=until, schedule_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER,
+                          until=until, schedule_time=schedule_time,
                           holdout_days=holdout_days)
         v.set_display_name("validate")
         common = {"config_yaml": config_yaml, "root": root, "run_id": v.outputs["Output"]}

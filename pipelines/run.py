@@ -30,8 +30,21 @@ def local_params(cfg: Config, *, until: str, run_id: str, root: str | Path,
             **overrides}
 
 
+def _unshadow_docker() -> None:
+    """This repository's `docker/` folder (Dockerfiles) is importable as a namespace package
+    when the checkout is on sys.path; kfp.local would take it for the Docker SDK and fail.
+    Mark the SDK as absent instead (kfp.local then offers only the SubprocessRunner we use)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.find_spec("docker") if "docker" not in sys.modules else None
+    if spec is not None and spec.origin is None:  # a namespace package: not the SDK
+        sys.modules["docker"] = None  # type: ignore[assignment]
+
+
 def init_local(pipeline_root: str | Path) -> None:
     """kfp.local with subprocesses in this environment, this checkout first on the path."""
+    _unshadow_docker()
     from kfp import local
 
     paths = [str(REPO), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
