@@ -113,8 +113,9 @@ def test_gate_blocks_a_clearly_worse_candidate_but_not_noise():
     per = ({"ndcg@10": worse, "recall@10": worse}, {"ndcg@10": prod, "recall@10": prod})
     res = stages.gate(cand, base, tolerance=0.05, per_user=per)
     assert res.decision == "blocked" and len(res.reasons) == 2
-    # 6% worse on the mean, but within noise of 30 users: not blocked
-    noisy = prod[:30] * 0.94
+    # 6% worse on the mean, but per-user values that disagree: within noise of 30 users
+    noisy = rng.random(30)
+    noisy *= 0.94 * prod[:30].mean() / noisy.mean()
     per = ({"ndcg@10": noisy, "recall@10": noisy}, {"ndcg@10": prod[:30], "recall@10": prod[:30]})
     small = {k: float(prod[:30].mean()) for k in ("ndcg@10", "recall@10")}
     res = stages.gate({k: float(noisy.mean()) for k in small}, small, per_user=per)
