@@ -36,12 +36,14 @@ app.add_typer(data_app, name="data")
 
 def _register_stages() -> None:
     from onerec.features.cli import register as register_features
+    from onerec.pipeline_cli import register as register_pipeline
     from onerec.rollout_cli import register as register_rollout
     from onerec.tokenizer.cli import register as register_tokenize
 
     register_tokenize(app)
     register_features(app)
     register_rollout(app)
+    register_pipeline(app)
 
 
 _register_stages()

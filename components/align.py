@@ -1,0 +1,36 @@
+"""ECPO alignment of the pretrained candidate with the reward model (PyTorchJob on a cluster)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def align(config_yaml: str, root: str, run_id: str, stages_csv: str, launcher: str,
+          time_budget_s: float, namespace: str, image: str, gpus: int, workers: int,
+          snapshot: Input[Dataset], codebook: Input[Artifact], pretrained: Input[Model],
+          reward_model: Input[Model], model: Output[Model], metrics: Output[Metrics]):
+    """The aligned candidate; with 'align' left out of the stage list, the pretrained one
+    passes through and the ledger and the model's summary.json say so."""
+    import yaml
+
+    from onerec import stages
+    from onerec.config import Config
+    from pipelines.pytorchjob import JobSpec
+    from pipelines.training import StepOptions, run_step
+
+    if "align" not in stages.parse_stages(stages_csv):
+        stages.run_stage("align", root, run_id, stages.passthrough, pretrained.path, model.path,
+                         "align not in the stage list")
+        return
+    cfg = Config.from_dict(yaml.safe_load(config_yaml))
+    spec = JobSpec(name="onerec-align", namespace=namespace, image=image, gpus_per_node=gpus,
+                   workers=workers)
+    out = stages.run_stage(
+        "align", root, run_id, run_step, "align", cfg,
+        {"snapshot": snapshot.path, "codebook": codebook.path, "pretrained": pretrained.path,
+         "reward": reward_model.path}, model.path,
+        StepOptions(root=root, time_budget_s=time_budget_s), launcher=launcher, run_id=run_id,
+        spec=spec)
+    metrics.log_metric("align_steps", out["align_steps"])

@@ -1,0 +1,34 @@
+"""Streaming pretraining: warm start from production, train past its watermark (PyTorchJob on
+a cluster, in-process locally)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def pretrain(config_yaml: str, root: str, run_id: str, launcher: str, warm_start: bool,
+             epochs: float, max_steps: int, time_budget_s: float, namespace: str, image: str,
+             gpus: int, workers: int, snapshot: Input[Dataset], codebook: Input[Artifact],
+             model: Output[Model], metrics: Output[Metrics]):
+    """Next-token pretraining on the cycle's requests; the model folder holds checkpoint/ and
+    summary.json (watermark_ms: where the next cycle resumes)."""
+    import yaml
+
+    from onerec import stages
+    from onerec.config import Config
+    from pipelines.pytorchjob import JobSpec
+    from pipelines.training import StepOptions, run_step
+
+    cfg = Config.from_dict(yaml.safe_load(config_yaml))
+    opts = StepOptions(root=root, warm_start=warm_start, epochs=epochs, max_steps=max_steps,
+                       time_budget_s=time_budget_s)
+    spec = JobSpec(namespace=namespace, image=image, gpus_per_node=gpus, workers=workers)
+    out = stages.run_stage(
+        "pretrain", root, run_id, run_step, "pretrain", cfg,
+        {"snapshot": snapshot.path, "codebook": codebook.path}, model.path, opts,
+        launcher=launcher, run_id=run_id, spec=spec)
+    model.metadata.update({"watermark_ms": out["watermark_ms"], "warm_start": out["warm_start"]})
+    for key in ("n_requests", "steps", "final_loss", "watermark_ms"):
+        metrics.log_metric(key, out[key])

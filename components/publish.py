@@ -1,0 +1,31 @@
+"""Publish: store the version, commit it to the GitOps tree, make it the production model."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def publish(config_yaml: str, root: str, run_id: str, stages_csv: str, env: str,
+            storage_prefix: str, canary_percent: int, promote: bool, exported: bool,
+            snapshot: Input[Dataset], codebook: Input[Artifact], candidate: Input[Model],
+            gate_report: Input[Artifact], repository: Input[Model],
+            published: Output[Artifact]) -> str:
+    """Returns the published version ("" when 'publish' is left out of the stage list)."""
+    import yaml
+
+    from onerec import stages
+    from onerec.config import Config
+
+    if "publish" not in stages.parse_stages(stages_csv):
+        stages.run_stage("publish", root, run_id, lambda: {"skipped": "not in the stage list"})
+        return ""
+    cfg = Config.from_dict(yaml.safe_load(config_yaml))
+    out = stages.run_stage(
+        "publish", root, run_id, stages.publish, cfg, snapshot.path, candidate.path,
+        codebook.path, gate_report.path, published.path, root=root,
+        export_dir=repository.path if exported else None, env=env,
+        storage_prefix=storage_prefix, canary_percent=canary_percent, promote=promote)
+    published.metadata.update({"version": out["version"], "storage_uri": out["storage_uri"]})
+    return out["version"]

@@ -1,0 +1,729 @@
+"""The continuous-training stages as plain functions: what each KFP component (and a laptop) runs.
+
+One function per stage; each takes folders and the one Config, writes its artifact folder
+atomically (`onerec.io.atomic_dir`) and returns a JSON-able summary. No kfp, no kubernetes
+here: `components/` wraps these functions, `pipelines/` wires them, and a test runs a whole
+cycle without Kubeflow.
+
+    validate -> refresh_codebook -> pretrain -> train_reward -> align -> evaluate_gate
+             -> export -> publish            (reward, align, export, publish: optional stages)
+
+Time windows. A cycle runs as of the day `until` (YYYY-MM-DD, UTC midnight, exclusive): the
+events before it exist. The last `holdout_days` before `until` are the held-out window on which
+the gate compares the candidate with the production model, so both are measured on the same
+users and the same later behaviour. Training sees events before that window only, and, when it
+warm-starts from the production checkpoint, only requests newer than that checkpoint's
+watermark (the newest request it trained on). Run the next cycle one day later and its training
+window is this cycle's held-out day: every event is trained on once, after it was tested on.
+
+Continuity of the item space. The codebook refresh encodes videos first seen since the last
+cycle with the current centroids (existing semantic IDs unchanged), so the production weights
+carry over: `transfer_weights` copies every tensor, maps item embeddings by video id and grows
+the code tables where a level's vocabulary grew. A refit (drift) changes what the IDs mean, so
+the candidate then starts from scratch on all events before the held-out window.
+
+Model artifacts (pretrain, align) are folders with `checkpoint/` (the `onerec.train` format) and
+`summary.json`, whose `watermark_ms` is what the next cycle resumes after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from onerec import registry
+from onerec.config import Config, TokenizerConfig
+from onerec.data import kuairand
+from onerec.data.schema import Dataset
+from onerec.io import atomic_dir
+from onerec.items import ItemSpace
+from onerec.model import OneRec
+
+DAY_MS = 86_400_000
+CORE_STAGES = ("validate", "codebook", "pretrain", "gate")
+OPTIONAL_STAGES = ("reward", "align", "export", "publish")
+ALL_STAGES = ("validate", "codebook", "pretrain", "reward", "align", "gate", "export", "publish")
+# the module each optional stage needs beyond the core library (they land separately)
+STAGE_MODULES = {"reward": "onerec.reward", "align": "onerec.ecpo", "export": "onerec.export"}
+Log = Callable[[dict[str, Any]], None]
+
+
+class StageError(RuntimeError):
+    """A stage cannot produce its artifact (bad data, nothing new to train on, a refusal)."""
+
+
+class StageUnavailable(StageError):
+    """A stage was asked for but the module it needs is not installed in this build."""
+
+
+# -- stage lists ---------------------------------------------------------------------------------
+def stage_available(stage: str) -> bool:
+    """Whether the module `stage` needs can be imported here."""
+    import importlib.util
+
+    mod = STAGE_MODULES.get(stage)
+    return mod is None or importlib.util.find_spec(mod) is not None
+
+
+def default_stages() -> list[str]:
+    """Every stage whose module is installed (reward and align go together)."""
+    out = [s for s in ALL_STAGES if stage_available(s)]
+    if "align" not in out and "reward" in out:
+        out.remove("reward")
+    return out
+
+
+def parse_stages(text: str) -> list[str]:
+    """'validate,codebook,...' -> the stage list, checked: core stages present, names known,
+    align only with reward, and every asked-for stage importable (never silently skipped)."""
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in ALL_STAGES]
+    if unknown:
+        raise StageError(f"stages: unknown stage {unknown[0]!r}; known: {', '.join(ALL_STAGES)}")
+    missing = [s for s in CORE_STAGES if s not in stages]
+    if missing:
+        raise StageError(f"stages: {missing[0]!r} cannot be left out (core: "
+                         f"{', '.join(CORE_STAGES)})")
+    if "align" in stages and "reward" not in stages:
+        raise StageError("stages: align needs reward (the reward model it optimises)")
+    for s in stages:
+        if not stage_available(s):
+            raise StageUnavailable(f"stages: {s!r} needs {STAGE_MODULES[s]}, which is not "
+                                   "installed in this build; leave it out of the stage list")
+    return [s for s in ALL_STAGES if s in stages]
+
+
+# -- windows and snapshots -----------------------------------------------------------------------
+def day_ms(day: str) -> int:
+    """'2022-04-28' -> epoch ms of that UTC midnight."""
+    try:
+        d = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise StageError(f"until: expected a date YYYY-MM-DD, got {day!r}") from None
+    return int(d.timestamp() * 1000)
+
+
+def ms_to_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass
+class Snapshot:
+    """The data a cycle sees: written by `validate`, read by every later stage."""
+
+    data_dir: str
+    until: str
+    until_ms: int  # events before this exist
+    holdout_start_ms: int  # [holdout_start_ms, until_ms) is the held-out window
+    watermark_ms: int  # the production checkpoint's watermark (-1: no production model)
+    production_version: str | None
+    n_batch_events: int  # events after the watermark (validated)
+    n_train_events: int  # events before the held-out window
+    n_holdout_events: int
+    fingerprint: str  # sha256 of the validated batch's (user, video, time) keys
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Snapshot:
+        d = json.loads((Path(folder) / "snapshot.json").read_text())
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+    def events(self) -> pd.DataFrame:
+        """Conformed events before `until`."""
+        ds = kuairand.load(self.data_dir)
+        return ds.events[ds.events["time_ms"] < self.until_ms].reset_index(drop=True)
+
+    def dataset(self) -> Dataset:
+        ds = kuairand.load(self.data_dir)
+        return dataclasses.replace(
+            ds, events=ds.events[ds.events["time_ms"] < self.until_ms].reset_index(drop=True))
+
+
+def _batch_fingerprint(events: pd.DataFrame) -> str:
+    keys = events[["user_id", "video_id", "time_ms"]].to_numpy(np.int64)
+    return hashlib.sha256(keys.tobytes()).hexdigest()[:16]
+
+
+def validate(cfg: Config, data_dir: str | Path, out: str | Path, *, until: str,
+             holdout_days: int = 1, root: str | Path) -> dict[str, Any]:
+    """Validate the events new since the production watermark (Great Expectations suites, drift
+    against the last accepted batch) and write the cycle's snapshot. A failed suite writes its
+    report and raises StageError: nothing trains on that batch, production keeps serving."""
+    from onerec import validation
+
+    if holdout_days < 1:
+        raise StageError(f"holdout_days must be >= 1, got {holdout_days}")
+    until_ms = day_ms(until)
+    holdout_ms = until_ms - holdout_days * DAY_MS
+    prod = registry.read_production(root)
+    watermark = prod.watermark_ms if prod is not None else -1
+    raw = kuairand.read_tables(data_dir)
+    t = raw.events["time_ms"]
+    events = raw.events[t < until_ms]
+    batch = events[events["time_ms"] > watermark].reset_index(drop=True)
+    if batch.empty:
+        raise StageError(f"no events after the production watermark {ms_to_iso(watermark)} "
+                         f"and before {until}: nothing new to train on")
+    if prod is not None and holdout_ms <= watermark:
+        raise StageError(f"the held-out window starts at {ms_to_iso(holdout_ms)}, before the "
+                         f"production watermark {ms_to_iso(watermark)}: run a later `until`")
+    ref = validation.load_reference(prod.reference) if prod and prod.reference.exists() else None
+    report = validation.validate_tables(dataclasses.replace(raw, events=batch), cfg, ref,
+                                        now_ms=until_ms)
+    snap = Snapshot(
+        data_dir=str(Path(data_dir).resolve()), until=until, until_ms=until_ms,
+        holdout_start_ms=holdout_ms, watermark_ms=watermark,
+        production_version=prod.version if prod else None, n_batch_events=len(batch),
+        n_train_events=int((events["time_ms"] < holdout_ms).sum()),
+        n_holdout_events=int((events["time_ms"] >= holdout_ms).sum()),
+        fingerprint=_batch_fingerprint(batch))
+    summary = {**dataclasses.asdict(snap), "validation_success": report.success,
+               "drift_checked": ref is not None, "failures": [f.message for f in report.failures]}
+    with atomic_dir(out) as tmp:
+        validation.write_report(report, tmp / "validation")
+        validation.save_reference(validation.compute_reference(
+            batch, raw.items, cfg.validation, source=f"{data_dir} batch until {until}"),
+            tmp / "reference.json")
+        (tmp / "snapshot.json").write_text(json.dumps(summary, indent=2))
+    if not report.success:
+        raise StageError(f"data validation failed ({len(report.failures)} failure(s)): "
+                         f"{report.failures[0].message}")
+    return summary
+
+
+# -- codebook -------------------------------------------------------------------------------------
+def _seen_catalogue(snap: Snapshot) -> Any:
+    """Videos in the pre-log histories or in events before the held-out window."""
+    from onerec.tokenizer.embeddings import catalogue_from_kuairand
+
+    ds = snap.dataset()
+    train_ev = ds.events[ds.events["time_ms"] < snap.holdout_start_ms]
+    seen = set(train_ev["video_id"].tolist())
+    history = kuairand.read_history(snap.data_dir)
+    if history is not None:
+        for col in ("watch_seq", "long_watch_seq", "like_seq"):
+            for seq in history[col]:
+                seen.update(int(v) for v in seq)
+    cat = catalogue_from_kuairand(dataclasses.replace(ds, events=train_ev))
+    return cat.subset(np.asarray(sorted(seen), dtype=np.int64))
+
+
+def refresh_codebook(cfg: Config, snapshot_dir: str | Path, out: str | Path, *,
+                     root: str | Path) -> dict[str, Any]:
+    """First cycle: fit the codebook on the videos seen so far. Later cycles: encode the videos
+    first seen since then with the production codebook's centroids (existing IDs unchanged), or
+    refit when drift says so (`onerec.tokenizer.build.refresh`)."""
+    from onerec.tokenizer import Codebook, ItemEmbedder, fit_codebook
+    from onerec.tokenizer.build import refresh
+
+    snap = Snapshot.load(snapshot_dir)
+    cat = _seen_catalogue(snap)
+    prod = registry.read_production(root)
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {}
+    extra_json: dict[str, Any] = {}
+    if prod is None:
+        embedder = ItemEmbedder(cfg.tokenizer)
+        emb = embedder.fit_transform(cat, progress=False)
+        cb = fit_codebook(emb.vectors(), emb.item_ids, cfg.tokenizer,
+                          config_fingerprint=cfg.fingerprint())
+        info = {"mode": "fit", "n_new_items": len(cb.item_ids)}
+    else:
+        old = Codebook.load(prod.codebook)
+        fitted = TokenizerConfig(**{k: v for k, v in old.settings.items()
+                                    if k in TokenizerConfig.__dataclass_fields__})
+        embedder = ItemEmbedder.load(fitted, prod.codebook)
+        new_ids = cat.item_ids[~np.isin(cat.item_ids, old.item_ids)]
+        emb_new = embedder.transform(cat, new_ids, progress=False)
+        refit_embedder = ItemEmbedder(cfg.tokenizer)
+
+        def refit_data() -> tuple[np.ndarray, np.ndarray]:
+            emb = refit_embedder.fit_transform(cat, progress=False)
+            return emb.item_ids, emb.vectors()
+
+        res = refresh(old, emb_new.item_ids, emb_new.vectors(), cfg.tokenizer, refit_data,
+                      config_fingerprint=cfg.fingerprint())
+        cb = res.codebook
+        if res.refit:
+            embedder = refit_embedder
+            extra_json["mapping"] = res.mapping
+        mode = "refit" if res.refit else ("refresh" if len(res.new_item_ids) else "unchanged")
+        info = {"mode": mode, "n_new_items": len(res.new_item_ids),
+                "parent_fingerprint": old.fingerprint, "drift": res.drift.to_dict()}
+    arrays, meta = embedder.to_state()
+    cb.save(out, extra_arrays={"embedder": arrays}, extra_json={"embedder": meta, **extra_json},
+            plot=False)
+    summary = {**info, "n_items": len(cb.item_ids), "version": cb.version,
+               "revision": cb.revision, "fingerprint": cb.fingerprint,
+               "collision_rate": cb.metrics.get("collision_rate_after_refresh",
+                                                cb.metrics.get("collision_rate")),
+               "wall_s": round(time.perf_counter() - t0, 3)}
+    (Path(out) / "refresh.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+# -- models ---------------------------------------------------------------------------------------
+def load_space(codebook_dir: str | Path) -> ItemSpace:
+    from onerec.tokenizer import Codebook
+
+    return ItemSpace.from_codebook(Codebook.load(codebook_dir))
+
+
+def load_model(checkpoint: str | Path, codebook_fingerprint: str | None = None) -> OneRec:
+    """A checkpoint folder (`onerec.train` format) -> the model, in eval mode."""
+    from onerec.train import build_model, load_checkpoint
+
+    ck = load_checkpoint(Path(checkpoint), codebook_fingerprint)
+    st = ck["state"]
+    model = build_model(ck["config"], st["model"]["item_codes"], st["vocab_sizes"],
+                        st["n_user_buckets"])
+    model.load_state_dict(st["model"])
+    return model.eval()
+
+
+def transfer_weights(old: OneRec, old_item_ids: np.ndarray, new: OneRec,
+                     new_item_ids: np.ndarray) -> dict[str, int]:
+    """Copy `old`'s weights into `new`, whose catalogue grew (a codebook refresh).
+
+    Item embeddings follow the video id (a new video keeps its fresh initialisation); code
+    embeddings and output heads copy each level's old codes (a level's vocabulary only grows on
+    a refresh: the disambiguation level); everything else must match in shape.
+    """
+    src = old.state_dict()
+    dst = new.state_dict()
+    old_rows = {int(v): i + 1 for i, v in enumerate(np.asarray(old_item_ids).tolist())}
+    pairs = [(i + 1, old_rows[int(v)]) for i, v in enumerate(np.asarray(new_item_ids).tolist())
+             if int(v) in old_rows]
+    carried = 0
+    with torch.no_grad():
+        for name, t in dst.items():
+            s = src[name]
+            if name in ("item_codes", "code_offsets"):
+                continue  # the new codebook's, by construction
+            if name == "item_emb.weight":
+                to, fr = (torch.tensor(x, dtype=torch.long) for x in zip(*pairs, strict=True))
+                t[to] = s[fr]
+                t[0] = s[0]
+                carried = len(pairs)
+            elif name == "code_emb.weight":
+                for lvl, k_old in enumerate(old.vocab_sizes):
+                    o_off, n_off = int(old.code_offsets[lvl]), int(new.code_offsets[lvl])
+                    t[n_off:n_off + k_old] = s[o_off:o_off + k_old]
+            elif t.shape == s.shape:
+                t.copy_(s)
+            elif name.startswith("heads.") and t.shape[1:] == s.shape[1:] and t.shape[0] >= s.shape[0]:
+                t[: s.shape[0]] = s
+            else:
+                raise StageError(f"warm start: {name} has shape {tuple(s.shape)} in production, "
+                                 f"{tuple(t.shape)} in the candidate (another model Config?)")
+    new.load_state_dict(dst)
+    return {"items_carried": carried, "items_new": len(new_item_ids) - carried}
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def pretrain(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path, out: str | Path, *,
+             root: str | Path, warm_start: bool = True, epochs: float = 1.0,
+             max_steps: int | None = None, time_budget_s: float | None = None,
+             log: Log | None = None) -> dict[str, Any]:
+    """Streaming pretraining for one cycle: warm-start from the production checkpoint and train
+    on the requests after its watermark, or (first cycle, a refit, `warm_start=False`) from
+    scratch on every request before the held-out window. Steps: `epochs` passes over those
+    requests (or `max_steps`), cut by `time_budget_s`."""
+    from onerec.stream import requests_from_events
+    from onerec.train import train
+
+    snap = Snapshot.load(snapshot_dir)
+    space = load_space(codebook_dir)
+    events = snap.events()
+    events = events[events["time_ms"] < snap.holdout_start_ms].reset_index(drop=True)
+    reqs = requests_from_events(events, space.index, cfg.data,
+                                history=kuairand.read_history(snap.data_dir))
+    prod = registry.read_production(root)
+    init, cold_reason, watermark_in, transfer = None, None, -1, {}
+    if not warm_start:
+        cold_reason = "warm start off"
+    elif prod is None:
+        cold_reason = "no production model (first cycle)"
+    else:
+        prod_space = load_space(prod.codebook)
+        cb_meta = json.loads((Path(codebook_dir) / "refresh.json").read_text())
+        if cb_meta.get("mode") == "refit":
+            cold_reason = "codebook refit: semantic IDs changed meaning"
+        else:
+            from onerec.train import build_model
+
+            old = load_model(prod.checkpoint, prod_space.fingerprint)
+            init = build_model(cfg, space.codes, space.vocab_sizes)
+            transfer = transfer_weights(old, prod_space.item_ids, init, space.item_ids)
+            watermark_in = prod.watermark_ms
+    keep = np.flatnonzero(reqs.time_ms > watermark_in)
+    reqs = reqs.select(keep)
+    if len(reqs) == 0:
+        raise StageError(f"no training requests after the watermark {ms_to_iso(watermark_in)} "
+                         f"and before the held-out window ({ms_to_iso(snap.holdout_start_ms)})")
+    steps = max_steps or max(1, math.ceil(len(reqs) * epochs / cfg.train.batch_size))
+    summary: dict[str, Any] = {
+        "warm_start": init is not None, "cold_reason": cold_reason,
+        "init_version": prod.version if init is not None and prod else None, **transfer,
+        "watermark_in_ms": watermark_in, "n_requests": len(reqs), "n_targets": reqs.n_targets,
+        "first_request_ms": int(reqs.time_ms.min()), "last_request_ms": int(reqs.time_ms.max()),
+        "planned_steps": steps, "codebook_fingerprint": space.fingerprint}
+    dest = Path(out) if _rank() == 0 else Path(out).with_name(f".{Path(out).name}.r{_rank()}")
+    with atomic_dir(dest) as tmp:
+        model, res = train(cfg, reqs, space.codes, space.vocab_sizes, tmp,
+                           codebook_fingerprint=space.fingerprint, resume=False, max_steps=steps,
+                           init_from=init, time_budget_s=time_budget_s, log=log)
+        shutil.rmtree(tmp / "tb", ignore_errors=True)
+        summary.update({"steps": res.steps, "final_loss": res.final_loss,
+                        "train_s": round(res.wall_s, 3), "watermark_ms": res.watermark_ms,
+                        "params": model.num_params()})
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    if _rank() != 0:
+        shutil.rmtree(dest, ignore_errors=True)
+    return summary
+
+
+def _require(stage: str) -> None:
+    if not stage_available(stage):
+        raise StageUnavailable(f"{stage}: needs {STAGE_MODULES[stage]}, not installed in this "
+                               "build; leave the stage out of the stage list")
+
+
+def _window_requests(snap: Snapshot, space: ItemSpace, cfg: Config, after_ms: int,
+                     positive_only: bool = True) -> Any:
+    from onerec.stream import requests_from_events
+
+    events = snap.events()
+    events = events[events["time_ms"] < snap.holdout_start_ms].reset_index(drop=True)
+    reqs = requests_from_events(events, space.index, cfg.data, positive_only=positive_only,
+                                history=kuairand.read_history(snap.data_dir))
+    return reqs.select(np.flatnonzero(reqs.time_ms > after_ms))
+
+
+def train_reward(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path,
+                 out: str | Path, *, time_budget_s: float | None = None) -> dict[str, Any]:
+    """P-Score reward model (onerec.reward) on every impression before the held-out window,
+    evaluated (AUC per task) on the held-out impressions."""
+    _require("reward")
+    from onerec import reward as rw
+
+    snap = Snapshot.load(snapshot_dir)
+    space = load_space(codebook_dir)
+    events = snap.events()
+    before = events[events["time_ms"] < snap.holdout_start_ms]
+    shaper = rw.DurationShaper.fit(before["duration_ms"].to_numpy(),
+                                   before["play_time_ms"].to_numpy(), cfg.reward.duration_buckets)
+    data = rw.reward_data(events, space.index, cfg.data, shaper,
+                          history=kuairand.read_history(snap.data_dir))
+    train_idx, test_idx = data.split(snap.holdout_start_ms)
+    model = rw.build_reward_model(cfg, space.codes, space.vocab_sizes)
+    model.item_ids = space.item_ids
+    model.codebook_fingerprint = space.fingerprint
+    res = rw.train_reward_model(cfg, data, train_idx, model, time_budget_s=time_budget_s)
+    metrics = rw.evaluate_reward_model(model, data, test_idx) if len(test_idx) else {}
+    rw.save_reward_model(out, model, cfg, shaper, metrics)
+    summary = {"steps": res.steps, "final_loss": res.final_loss, "train_s": round(res.wall_s, 3),
+               "n_train_impressions": len(train_idx), "n_heldout_impressions": len(test_idx),
+               "metrics": metrics}
+    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_num))
+    return summary
+
+
+def align(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path,
+          pretrained_dir: str | Path, reward_dir: str | Path, out: str | Path, *,
+          time_budget_s: float | None = None, log: Log | None = None) -> dict[str, Any]:
+    """ECPO alignment (onerec.ecpo) of the pretrained candidate with the reward model, on the
+    cycle's training requests. The output is a model folder like pretrain's (same watermark)."""
+    _require("align")
+    from onerec import ecpo
+    from onerec import reward as rw
+
+    snap = Snapshot.load(snapshot_dir)
+    space = load_space(codebook_dir)
+    pre = json.loads((Path(pretrained_dir) / "summary.json").read_text())
+    model = load_model(Path(pretrained_dir) / "checkpoint", space.fingerprint)
+    reward_model, _, _ = rw.load_reward_model(reward_dir, space.fingerprint)
+    reqs = _window_requests(snap, space, cfg, pre["watermark_in_ms"])
+    with atomic_dir(out) as tmp:
+        model, res = ecpo.align(cfg, model, reward_model, reqs, space, tmp,
+                                items_table=kuairand.load(snap.data_dir).items,
+                                time_budget_s=time_budget_s, log=log)
+        last = res.history[-1] if res.history else {}
+        summary = {**pre, "aligned": True, "align_steps": res.steps,
+                   "align_s": round(res.wall_s, 3),
+                   **{f"align_{k}": last[k] for k in ("reward", "legality", "kl") if k in last}}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_num))
+    return summary
+
+
+def passthrough(model_dir: str | Path, out: str | Path, reason: str) -> dict[str, Any]:
+    """A stage left out of the stage list: its output is its input, and says so."""
+    with atomic_dir(out) as tmp:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        summary = json.loads((tmp / "summary.json").read_text())
+        summary.setdefault("skipped", []).append(reason)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {"skipped": reason}
+
+
+def _json_num(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+# -- evaluation gate -------------------------------------------------------------------------------
+def heldout_users(snap: Snapshot, max_users: int | None) -> tuple[list[int], dict[int, list[int]]]:
+    """The users the gate measures: those with a positive held-out event and behaviour before
+    it, independent of any codebook, so candidate and production see the same users."""
+    from onerec.evaluate import test_targets
+
+    events = snap.events()
+    before = events[events["time_ms"] < snap.holdout_start_ms]
+    targets = test_targets(events[events["time_ms"] >= snap.holdout_start_ms])
+    known = set(before["user_id"].tolist())
+    history = kuairand.read_history(snap.data_dir)
+    if history is not None:
+        known |= set(history["user_id"].tolist())
+    users = sorted(u for u in targets if u in known)
+    if max_users is not None and len(users) > max_users:
+        rng = np.random.default_rng(0)
+        users = sorted(rng.choice(users, max_users, replace=False).tolist())
+    return users, targets
+
+
+def evaluate(cfg: Config, snapshot_dir: str | Path, checkpoint: str | Path,
+             codebook_dir: str | Path, *, max_users: int | None = None) -> dict[str, Any]:
+    """Offline metrics of one model on the held-out window: Recall/NDCG@5,10 over each user's
+    positive held-out videos (full ranking, constrained beam search), legality, coverage@10."""
+    from onerec.evaluate import coverage, rank_metrics_multi
+    from onerec.recommend import recommend
+    from onerec.stream import contexts_from_histories, requests_from_events
+
+    snap = Snapshot.load(snapshot_dir)
+    space = load_space(codebook_dir)
+    model = load_model(checkpoint, space.fingerprint)
+    users, targets = heldout_users(snap, max_users)
+    if not users:
+        raise StageError("the held-out window has no user with a positive event to measure")
+    events = snap.events()
+    state: dict[int, tuple[list[int], list[int], list[int]]] = {}
+    requests_from_events(events[events["time_ms"] < snap.holdout_start_ms], space.index,
+                         cfg.data, history=kuairand.read_history(snap.data_dir),
+                         final_state=state)
+    empty: tuple[list[int], list[int], list[int]] = ([], [], [])
+    ctx = contexts_from_histories([state.get(u, empty)[0] for u in users], cfg.data,
+                                  pos=[state.get(u, empty)[1] for u in users],
+                                  long=[state.get(u, empty)[2] for u in users])
+    t0 = time.perf_counter()
+    recs = recommend(model, space, ctx, beam_width=cfg.serve.beam_width, top_n=10)
+    metrics = rank_metrics_multi(recs.items, [targets[u] for u in users], ks=(5, 10))
+    metrics["legality"] = recs.legality
+    metrics["coverage@10"] = coverage(recs.items, len(space), 10)
+    per_user = [rank_metrics_multi([r], [targets[u]], ks=(10,))
+                for r, u in zip(recs.items, users, strict=True)]
+    return {"metrics": {k: float(v) for k, v in metrics.items()}, "n_users": len(users),
+            "users": users, "per_user": {k: [p[k] for p in per_user] for k in per_user[0]},
+            "eval_s": round(time.perf_counter() - t0, 3)}
+
+
+def popularity_metrics(snapshot_dir: str | Path, *, max_users: int | None = None
+                       ) -> dict[str, float]:
+    """The popularity baseline on the same users (context for the report, not a gate input)."""
+    from onerec.baselines import fit_popularity
+    from onerec.evaluate import rank_metrics_multi
+
+    snap = Snapshot.load(snapshot_dir)
+    users, targets = heldout_users(snap, max_users)
+    ev = snap.events()
+    ev = ev[ev["time_ms"] < snap.holdout_start_ms]
+    pos = ev[(ev["long_view"] == 1) | (ev["is_like"] == 1)]
+    recs = fit_popularity([pos["video_id"].tolist()]).recommend(len(users), 10)
+    return {k: float(v) for k, v in
+            rank_metrics_multi(recs, [targets[u] for u in users], ks=(5, 10)).items()}
+
+
+@dataclass
+class GateResult:
+    decision: str  # "promote" or "blocked"
+    reasons: list[str]
+    compared: dict[str, dict[str, float | None]]  # metric -> candidate, production, floor, ...
+
+
+def gate(candidate: dict[str, float], production: dict[str, float] | None, *,
+         tolerance: float = 0.05, metrics: tuple[str, ...] = ("ndcg@10", "recall@10"),
+         min_legality: float = 0.99, per_user: tuple[dict, dict] | None = None,
+         z: float = 1.645) -> GateResult:
+    """Promote unless the candidate is worse than production by more than `tolerance`
+    (relative) on a gated metric, or generates illegal IDs. No production: first model.
+
+    With `per_user` (candidate's and production's per-user values on the same users), "worse
+    beyond the tolerance" must also hold beyond noise: the paired difference to the floor,
+    d_u = cand_u - (1 - tolerance) prod_u, is below 0 at one-sided 5% (mean + z se < 0). A small
+    held-out window then does not block a candidate by chance, and a clearly worse one is still
+    blocked (measured: tests/test_pipeline.py)."""
+    reasons: list[str] = []
+    compared: dict[str, dict[str, float | None]] = {}
+    if candidate.get("legality", 1.0) < min_legality:
+        reasons.append(f"legality {candidate['legality']:.4f} < {min_legality}")
+    for m in metrics:
+        cand = float(candidate[m])
+        if production is None:
+            compared[m] = {"candidate": cand, "production": None, "floor": None}
+            continue
+        prod = float(production[m])
+        floor = prod * (1.0 - tolerance)
+        row: dict[str, float | None] = {"candidate": cand, "production": prod, "floor": floor}
+        worse = cand < floor
+        if per_user is not None and m in per_user[0] and m in per_user[1]:
+            d = (np.asarray(per_user[0][m], dtype=np.float64)
+                 - (1.0 - tolerance) * np.asarray(per_user[1][m], dtype=np.float64))
+            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+            row.update({"diff_to_floor": float(d.mean()), "se": se,
+                        "upper": float(d.mean()) + z * se})
+            worse = worse and float(d.mean()) + z * se < 0
+        compared[m] = row
+        if worse:
+            reasons.append(f"{m} {cand:.4f} < {floor:.4f} (production {prod:.4f} "
+                           f"- {tolerance:.0%})")
+    if reasons:
+        return GateResult("blocked", reasons, compared)
+    why = ("no production model: first deployment" if production is None else
+           f"not worse than production beyond {tolerance:.0%} on {', '.join(metrics)}")
+    return GateResult("promote", [why], compared)
+
+
+def evaluate_gate(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
+                  codebook_dir: str | Path, out: str | Path, *, root: str | Path,
+                  tolerance: float = 0.05, max_users: int | None = 1000) -> dict[str, Any]:
+    """Measure the candidate and the production model on the same held-out window, then gate.
+    Returns (and writes to out/gate.json) the decision; the caller stops on "blocked"."""
+    snap = Snapshot.load(snapshot_dir)
+    cand = evaluate(cfg, snapshot_dir, Path(model_dir) / "checkpoint", codebook_dir,
+                    max_users=max_users)
+    prod = registry.read_production(root)
+    prod_eval = (evaluate(cfg, snapshot_dir, prod.checkpoint, prod.codebook, max_users=max_users)
+                 if prod is not None else None)
+    result = gate(cand["metrics"], prod_eval["metrics"] if prod_eval else None,
+                  tolerance=tolerance,
+                  per_user=(cand.pop("per_user"), prod_eval.pop("per_user")) if prod_eval else None)
+    cand.pop("per_user", None)
+    for e in (cand, prod_eval):
+        if e is not None:
+            e.pop("users")
+    summary = {"decision": result.decision, "reasons": result.reasons,
+               "compared": result.compared, "tolerance": tolerance,
+               "candidate": cand, "production": prod_eval,
+               "production_version": prod.version if prod else None,
+               "popularity": popularity_metrics(snapshot_dir, max_users=max_users),
+               "heldout": [ms_to_iso(snap.holdout_start_ms), ms_to_iso(snap.until_ms)]}
+    with atomic_dir(out) as tmp:
+        (tmp / "gate.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# -- export and publish ----------------------------------------------------------------------------
+def export(cfg: Config, model_dir: str | Path, codebook_dir: str | Path, out: str | Path, *,
+           model_name: str = "onerec") -> dict[str, Any]:
+    """The whole generation as one ONNX graph in a Triton model repository (onerec.export)."""
+    _require("export")
+    from onerec.export import export_version
+
+    space = load_space(codebook_dir)
+    model = load_model(Path(model_dir) / "checkpoint", space.fingerprint)
+    t0 = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        version_dir = export_version(model, space, cfg, tmp, model_name=model_name, version=1)
+        files = sorted(str(p.relative_to(tmp)) for p in version_dir.rglob("*") if p.is_file())
+    return {"repository": str(out), "model_name": model_name, "files": files,
+            "export_s": round(time.perf_counter() - t0, 3)}
+
+
+def model_version(model_dir: str | Path, until: str) -> str:
+    """A version label: the cycle's day and the checkpoint's content hash."""
+    h = hashlib.sha256((Path(model_dir) / "checkpoint" / "state.pt").read_bytes()).hexdigest()
+    return f"{until}-{h[:8]}"
+
+
+def publish(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
+            codebook_dir: str | Path, gate_dir: str | Path, out: str | Path, *,
+            root: str | Path, export_dir: str | Path | None = None, env: str = "dev",
+            storage_prefix: str = "", canary_percent: int = 10, promote: bool = False,
+            gitops_repo: str | Path | None = None) -> dict[str, Any]:
+    """Store the version under ROOT/models, commit it to the GitOps repository as a canary (and
+    promote it at once with `promote`: a laptop has no live A/B), then make it the production
+    model the next cycle warm-starts from. Refuses a candidate the gate blocked."""
+    from onerec import gitops
+
+    snap = Snapshot.load(snapshot_dir)
+    verdict = json.loads((Path(gate_dir) / "gate.json").read_text())
+    if verdict["decision"] != "promote":
+        raise StageError(f"publish: the gate blocked this candidate ({'; '.join(verdict['reasons'])})")
+    summary = json.loads((Path(model_dir) / "summary.json").read_text())
+    version = model_version(model_dir, snap.until)
+    store = Path(root) / registry.MODELS / version
+    with atomic_dir(store) as tmp:
+        if export_dir is not None:
+            shutil.copytree(export_dir, tmp, dirs_exist_ok=True)
+        else:
+            shutil.copytree(Path(model_dir) / "checkpoint", tmp / "checkpoint")
+            shutil.copytree(codebook_dir, tmp / "codebook")
+    prefix = storage_prefix.rstrip("/") or (Path(root) / registry.MODELS).resolve().as_uri()
+    uri = f"{prefix}/{version}"
+    repo = Path(gitops_repo) if gitops_repo else Path(root) / registry.GITOPS
+    if not (repo / ".git").exists():
+        gitops.init_repo(repo)
+    m = verdict["candidate"]["metrics"]
+    reason = (f"continuous training {snap.until}: gate {verdict['decision']} "
+              f"(ndcg@10 {m['ndcg@10']:.4f}, recall@10 {m['recall@10']:.4f}; "
+              f"{verdict['reasons'][0]})")
+    commits = [gitops.publish(repo, env, version, uri, canary_percent, reason)]
+    if promote:
+        commits.append(gitops.promote(repo, env, "no live traffic to A/B locally; " + reason))
+    meta = {"version": version, "storage_uri": uri, "watermark_ms": summary["watermark_ms"],
+            "until": snap.until, "metrics": m, "published_at": ms_to_iso(int(time.time() * 1000)),
+            "canary": not promote}
+    registry.write_production(root, checkpoint=Path(model_dir) / "checkpoint",
+                              codebook=Path(codebook_dir), meta=meta,
+                              reference=Path(snapshot_dir) / "reference.json")
+    result = {**meta, "gitops_repo": str(repo), "commits": commits,
+              "state": gitops.read_state(repo, env).describe()}
+    with atomic_dir(out) as tmp:
+        (tmp / "publish.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+# -- bookkeeping ------------------------------------------------------------------------------------
+def run_stage(stage: str, root: str | Path, run_id: str, fn: Callable[..., dict[str, Any]], /,
+              *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one stage and record what happened in ROOT/runs/<run_id>/<stage>.json (also when it
+    fails: a report should say which stage stopped the cycle and why)."""
+    t0 = time.perf_counter()
+    try:
+        out = fn(*args, **kwargs)
+    except Exception as e:
+        registry.record(root, run_id, stage, {"status": "failed", "error": str(e),
+                                              "wall_s": round(time.perf_counter() - t0, 3)})
+        raise
+    status = "skipped" if "skipped" in out and len(out) == 1 else "ran"
+    registry.record(root, run_id, stage, {"status": status, "wall_s":
+                                          round(time.perf_counter() - t0, 3), "result": out})
+    return out

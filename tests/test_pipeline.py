@@ -1,0 +1,381 @@
+"""The continuous-training pipeline: compile, kfp.local end to end, warm start past the
+watermark, the gate, the PyTorchJob of the pretrain step, submission objects."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import kubernetes_validate
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from onerec import gitops, registry, stages
+from onerec.config import Config
+from onerec.cycle_report import cycle_summary, write_report
+from onerec.data import kuairand
+from onerec.stream import requests_from_events
+from onerec.tokenizer import Codebook
+from pipelines import run as prun
+from pipelines.continuous import compile_pipeline
+from pipelines.pytorchjob import JobSpec
+from pipelines.training import StepOptions, preview_job, run_step
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "kuairand-pure"
+DAY1, DAY2 = "2022-04-26", "2022-04-27"
+CORE = "validate,codebook,pretrain,gate,publish"
+COMPONENTS = {"validate-data", "refresh-codebook", "pretrain", "train-reward-model", "align",
+              "evaluation-gate", "export-model", "publish"}
+
+
+def _cfg() -> Config:
+    return Config.from_preset("tiny")
+
+
+def _run(tmp: Path, root: Path, until: str, run_id: str, **kw) -> None:
+    params = prun.local_params(_cfg(), until=until, run_id=run_id, root=root, data_dir=DATA,
+                               stages_csv=CORE, max_steps=12, gate_max_users=150, **kw)
+    prun.run_local(params, tmp / "kfp")
+
+
+# -- compile -------------------------------------------------------------------------------------
+def _docs(path: Path) -> tuple[dict, dict]:
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec = docs[0]
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(
+        docs) > 1 else {}
+    return spec, platform
+
+
+def test_cluster_pipeline_compiles_with_dag_and_gpu_settings(tmp_path):
+    path = compile_pipeline(tmp_path / "p.yaml", cluster=True)
+    from kfp import components
+
+    assert components.load_component_from_file(str(path)).name == "onerec-continuous-training"
+    spec, platform = _docs(path)
+    assert {c.removeprefix("comp-") for c in spec["components"]} >= COMPONENTS
+    root = spec["root"]["dag"]["tasks"]
+    deps = {name: set(t.get("dependentTasks", [])) for name, t in root.items()}
+    assert deps["refresh-codebook"] == {"validate-data"}
+    assert deps["pretrain"] == {"validate-data", "refresh-codebook"}
+    assert deps["align"] >= {"pretrain", "train-reward-model"}
+    assert deps["evaluation-gate"] >= {"align", "refresh-codebook"}
+    # export and publish sit under the gate's condition
+    cond = root["condition-1"]
+    assert "promote" in cond["triggerPolicy"]["condition"]
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(inner) == {"export-model", "publish"}
+    assert "export-model" in inner["publish"]["dependentTasks"]
+    # the cluster defaults: PyTorchJobs, the PVC root
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["launcher"]["defaultValue"] == "pytorchjob"
+    assert params["root"]["defaultValue"] == "/mnt/onerec"
+    # kfp-kubernetes: the data PVC everywhere, the gate and export on the GPU pool
+    executors = spec["deploymentSpec"]["executors"]
+    for name in ("exec-evaluation-gate", "exec-export-model"):
+        assert platform[name]["nodeSelector"]["labels"] == {"onerec.io/pool": "gpu"}
+        assert platform[name]["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        acc = executors[name]["container"]["resources"]["accelerator"]
+        assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
+    for name in ("exec-validate-data", "exec-pretrain", "exec-publish"):
+        assert platform[name]["pvcMount"][0]["mountPath"] == "/mnt/onerec"
+        assert "nodeSelector" not in platform[name]
+    assert executors["exec-pretrain"]["container"]["image"].endswith("onerec-train:0.1.0")
+
+
+def test_local_variant_has_no_cluster_settings(tmp_path):
+    spec, platform = _docs(compile_pipeline(tmp_path / "l.yaml", cluster=False))
+    assert platform == {}
+    assert spec["root"]["inputDefinitions"]["parameters"]["launcher"]["defaultValue"] == "local"
+
+
+# -- stage lists and the gate rule ------------------------------------------------------------------
+def test_stage_list_is_checked():
+    assert stages.parse_stages("gate,pretrain,codebook,validate") == list(stages.CORE_STAGES)
+    with pytest.raises(stages.StageError, match="'gate' cannot be left out"):
+        stages.parse_stages("validate,codebook,pretrain")
+    with pytest.raises(stages.StageError, match="unknown stage 'serve'"):
+        stages.parse_stages(CORE + ",serve")
+    with pytest.raises(stages.StageError, match="align needs reward"):
+        stages.parse_stages(CORE + ",align")
+
+
+def test_gate_blocks_a_clearly_worse_candidate_but_not_noise():
+    rng = np.random.default_rng(0)
+    prod = rng.random(2000)
+    base = {"ndcg@10": float(prod.mean()), "recall@10": float(prod.mean()), "legality": 1.0}
+    worse = prod * 0.5
+    cand = {"ndcg@10": float(worse.mean()), "recall@10": float(worse.mean()), "legality": 1.0}
+    per = ({"ndcg@10": worse, "recall@10": worse}, {"ndcg@10": prod, "recall@10": prod})
+    res = stages.gate(cand, base, tolerance=0.05, per_user=per)
+    assert res.decision == "blocked" and len(res.reasons) == 2
+    # 6% worse on the mean, but per-user values that disagree: within noise of 30 users
+    noisy = rng.random(30)
+    noisy *= 0.94 * prod[:30].mean() / noisy.mean()
+    per = ({"ndcg@10": noisy, "recall@10": noisy}, {"ndcg@10": prod[:30], "recall@10": prod[:30]})
+    small = {k: float(prod[:30].mean()) for k in ("ndcg@10", "recall@10")}
+    res = stages.gate({k: float(noisy.mean()) for k in small}, small, per_user=per)
+    assert res.decision == "promote"
+    assert stages.gate(cand, None).decision == "promote"
+    assert stages.gate({**cand, "legality": 0.5}, None).decision == "blocked"
+
+
+def test_transfer_weights_follow_video_ids_and_grow_code_tables():
+    from onerec.train import build_model
+
+    cfg = _cfg()
+    old_ids = np.array([10, 20, 30])
+    old_codes = torch.tensor([[0, 0, 0], [1, 2, 0], [3, 1, 0], [2, 2, 0]])
+    new_ids = np.array([10, 20, 30, 40])
+    new_codes = torch.cat([old_codes, torch.tensor([[1, 2, 1]])])
+    old = build_model(cfg, old_codes, [4, 4, 1])
+    torch.manual_seed(1)
+    new = build_model(cfg, new_codes, [4, 4, 2])
+    moved = stages.transfer_weights(old, old_ids, new, new_ids)
+    assert moved == {"items_carried": 3, "items_new": 1}
+    assert torch.equal(new.item_emb.weight[1:4], old.item_emb.weight[1:4])
+    assert torch.equal(new.code_emb.weight[:9], old.code_emb.weight[:9])
+    assert torch.equal(new.heads[2].weight[:1], old.heads[2].weight)
+    assert torch.equal(new.encoder[0].state_dict()["norm1.weight"],
+                       old.encoder[0].state_dict()["norm1.weight"])
+
+
+# -- the PyTorchJob of the pretrain step ------------------------------------------------------------
+def test_pretrain_step_pytorchjob_validates():
+    cfg = Config.from_preset("base")
+    doc = preview_job("pretrain", cfg, StepOptions(root="/mnt/onerec", max_steps=500),
+                      "cycle-2022-05-01", JobSpec(workers=1, gpus_per_node=8))
+    assert doc["kind"] == "PyTorchJob" and doc["metadata"]["name"] == "onerec-pretrain-cycle-2022-05-01"
+    master = doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+    c = master["spec"]["containers"][0]
+    assert c["command"][:4] == ["onerec", "pipeline", "step", "pretrain"]
+    assert c["command"][-2:] == ["--config", "/etc/onerec/config.yaml"]
+    assert "/mnt/onerec/jobs/onerec-pretrain-cycle-2022-05-01/in/snapshot" in c["command"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert master["spec"]["nodeSelector"] == {"onerec.io/pool": "gpu"}
+    for replica in doc["spec"]["pytorchReplicaSpecs"].values():
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "check", **replica["template"]["metadata"]},
+               "spec": replica["template"]["spec"]}
+        kubernetes_validate.validate(pod, "1.30.0", strict=True)
+
+
+def test_step_command_parses_with_the_cli():
+    """The command a replica runs is a valid `onerec pipeline step` invocation."""
+    from typer.testing import CliRunner
+
+    from onerec.cli import app
+
+    res = CliRunner().invoke(app, ["pipeline", "step", "--help"])
+    assert res.exit_code == 0
+    opts = StepOptions(root="/r", warm_start=False, epochs=2.0, max_steps=3, time_budget_s=9.0)
+    cmd = preview_job("pretrain", _cfg(), opts, "x")["spec"]["pytorchReplicaSpecs"]["Master"][
+        "template"]["spec"]["containers"][0]["command"]
+    for flag in ("--cold-start", "--epochs", "--max-steps", "--time-budget", "--root", "--out"):
+        assert flag in cmd
+        assert flag.lstrip("-") in res.output.replace("\n", " ") or flag == "--cold-start"
+
+
+def test_pytorchjob_launcher_stages_inputs_launches_waits_and_collects(tmp_path):
+    (tmp_path / "snap").mkdir()
+    (tmp_path / "snap" / "snapshot.json").write_text("{}")
+    (tmp_path / "cb").mkdir()
+    sent = []
+
+    class FakeCore:  # the Kubernetes API server cannot exist here
+        def create_namespaced_config_map(self, namespace, body):
+            sent.append(("configmap", body.metadata.name))
+
+    class FakeTraining:
+        def create_job(self, job, namespace):
+            sent.append(("job", job.metadata.name))
+            self.cmd = job.spec.pytorch_replica_specs["Master"].template.spec.containers[0].command
+
+        def wait_for_job_conditions(self, name, namespace, job_kind, wait_timeout):
+            sent.append(("wait", name))  # the replica's work: write the output folder
+            out = Path(self.cmd[self.cmd.index("--out") + 1])
+            out.mkdir(parents=True)
+            (out / "summary.json").write_text(json.dumps({"watermark_ms": 7}))
+
+    import pipelines.training as tr
+
+    fake = FakeTraining()
+    orig = tr.TrainingClientLauncher.__init__
+
+    def init(self, training_client=None, core_api=None):
+        orig(self, fake, FakeCore())
+
+    tr.TrainingClientLauncher.__init__ = init
+    try:
+        res = run_step("pretrain", _cfg(), {"snapshot": str(tmp_path / "snap"),
+                                            "codebook": str(tmp_path / "cb")},
+                       str(tmp_path / "model"), StepOptions(root=str(tmp_path / "root")),
+                       launcher="pytorchjob", run_id="c1")
+    finally:
+        tr.TrainingClientLauncher.__init__ = orig
+    name = "onerec-pretrain-c1"
+    assert sent == [("configmap", f"{name}-config"), ("job", name), ("wait", name)]
+    assert (tmp_path / "root" / "jobs" / name / "in" / "snapshot" / "snapshot.json").exists()
+    assert res == {"watermark_ms": 7}
+    assert json.loads((tmp_path / "model" / "summary.json").read_text()) == res
+
+
+# -- submission ---------------------------------------------------------------------------------------
+class FakeServer:
+    def __init__(self):
+        self.calls = []
+
+    def upload(self, package, name, description):
+        self.calls.append(("upload", Path(package).exists(), name))
+        return "pid"
+
+    def experiment(self, name):
+        self.calls.append(("experiment", name))
+        return "eid"
+
+    def run(self, package, experiment_id, run_name, params):
+        self.calls.append(("run", experiment_id, run_name, params))
+        return "rid"
+
+    def schedule(self, package, experiment_id, job_name, cron, params):
+        self.calls.append(("schedule", experiment_id, job_name, cron, params))
+        return "rrid"
+
+
+def test_submit_runs_once_or_creates_a_recurring_run(tmp_path):
+    pkg = compile_pipeline(tmp_path / "p.yaml")
+    params = {"config_yaml": Config.from_preset("base").to_yaml(), "until": "2022-05-01",
+              "stages_csv": CORE}
+    srv = FakeServer()
+    sub = prun.submit(srv, pkg, params, name="onerec-ct")
+    assert sub.run_id == "rid" and srv.calls[0] == ("upload", True, "onerec-ct")
+    assert srv.calls[2] == ("run", "eid", "onerec-ct-2022-05-01", params)
+    srv = FakeServer()
+    sub = prun.submit(srv, pkg, params, name="onerec-ct", schedule="0 0 2 * * *")
+    kind, exp, _job, cron, sent = srv.calls[2]
+    assert (kind, exp, cron, sub.recurring_run_id) == ("schedule", "eid", "0 0 2 * * *", "rrid")
+    assert "until" not in sent and sent["stages_csv"] == CORE  # each run takes its own day
+    with pytest.raises(ValueError, match="6 fields"):
+        prun.submit(FakeServer(), pkg, params, name="x", schedule="0 2 * * *")
+
+
+def test_kfp_server_sends_recurring_run_to_kfp_client(tmp_path):
+    got = {}
+
+    class Client:
+        def create_recurring_run(self, **kw):
+            got.update(kw)
+            return type("R", (), {"recurring_run_id": "r1"})()
+
+    srv = prun.KfpServer("http://kfp", client=Client())
+    assert srv.schedule(tmp_path / "p.yaml", "e1", "job", "0 0 2 * * *", {"a": 1}) == "r1"
+    assert got["cron_expression"] == "0 0 2 * * *" and got["experiment_id"] == "e1"
+    assert got["params"] == {"a": 1} and got["pipeline_package_path"].endswith("p.yaml")
+
+
+def test_cli_compile_writes_the_yaml(tmp_path):
+    from typer.testing import CliRunner
+
+    from onerec.cli import app
+
+    res = CliRunner().invoke(app, ["pipeline", "compile", str(tmp_path / "x.yaml")])
+    assert res.exit_code == 0, res.output
+    assert "cluster variant" in res.output
+    assert yaml.safe_load_all((tmp_path / "x.yaml").read_text())
+    res = CliRunner().invoke(app, ["pipeline", "run", "--local", "--stages", "validate"])
+    assert res.exit_code == 2 and "cannot be left out" in res.output
+
+
+# -- kfp.local end to end ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_cycles(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ct")
+    root = tmp / "state"
+    _run(tmp, root, DAY1, "c1")
+    c1_state = tmp / "state-after-c1"
+    shutil.copytree(root, c1_state, symlinks=True)
+    _run(tmp, root, DAY2, "c2")
+    return tmp, root, c1_state
+
+
+def _seen(until_holdout_ms: int) -> set[int]:
+    ev = kuairand.load(DATA).events
+    seen = set(ev.loc[ev["time_ms"] < until_holdout_ms, "video_id"].tolist())
+    hist = kuairand.read_history(DATA)
+    for col in ("watch_seq", "long_watch_seq", "like_seq"):
+        for seq in hist[col]:
+            seen.update(int(v) for v in seq)
+    return seen & set(kuairand.load(DATA).items["video_id"].tolist())
+
+
+def test_local_pipeline_first_cycle_trains_from_scratch_and_publishes(two_cycles):
+    _, root, _ = two_cycles
+    c1 = cycle_summary(root, "c1")
+    assert c1["failed"] == {}
+    assert [s for s, st in c1["stages"].items() if st == "ran"] == CORE.split(",")
+    assert {c1["stages"][s] for s in ("reward", "align", "export")} == {"skipped"}
+    assert c1["codebook"]["mode"] == "fit" and not c1["warm_start"]
+    assert c1["watermark_in_ms"] == -1 and c1["gate"] == "promote" and c1["published"]
+    assert c1["candidate"]["legality"] == 1.0 and c1["n_eval_users"] == 150
+
+
+def test_second_cycle_warm_starts_and_trains_only_past_the_watermark(two_cycles):
+    _, root, c1_state = two_cycles
+    c1, c2 = cycle_summary(root, "c1"), cycle_summary(root, "c2")
+    assert c2["failed"] == {}
+    wm = c1["watermark_out_ms"]
+    assert c2["warm_start"] and c2["init_version"] == c1["published"]
+    assert c2["watermark_in_ms"] == wm and c2["first_request_ms"] > wm
+    # the requests it trained on: exactly those after the watermark, before the held-out day
+    holdout = stages.day_ms(DAY2) - stages.DAY_MS
+    cb = Codebook.load(c1_state / "production" / "codebook")
+    ev = kuairand.load(DATA).events
+    index = {int(v): i + 1 for i, v in enumerate(cb.item_ids.tolist())}
+    reqs = requests_from_events(ev[ev["time_ms"] < holdout].reset_index(drop=True), index,
+                                _cfg().data, history=kuairand.read_history(DATA))
+    assert c2["n_requests"] == int((reqs.time_ms > wm).sum()) > 0
+    assert c2["n_requests"] < len(reqs)
+    # the refresh encoded exactly the videos first seen since cycle 1; old IDs kept
+    new = _seen(holdout) - _seen(holdout - stages.DAY_MS)
+    assert c2["codebook"]["mode"] == "refresh" and c2["codebook"]["n_new_items"] == len(new) > 0
+    cb2 = Codebook.load(root / "production" / "codebook")
+    assert set(cb2.item_ids.tolist()) - set(cb.item_ids.tolist()) == new
+    assert np.array_equal(cb2.semantic_ids_of(cb.item_ids), cb.semantic_ids)
+    assert c2["items_carried"] == len(cb.item_ids)
+    # production moved on: the watermark, the GitOps tree
+    prod = registry.read_production(root)
+    assert prod.version == c2["published"] and prod.watermark_ms == c2["watermark_out_ms"] > wm
+    log = gitops.log(root / registry.GITOPS, "dev")
+    assert any(c2["published"] in line for line in log)
+    assert any(c1["published"] in line for line in log)
+
+
+def test_report_shows_both_cycles(two_cycles, tmp_path):
+    _, root, _ = two_cycles
+    js, md = write_report(root, ["c1", "c2"], tmp_path)
+    cycles = json.loads(js.read_text())["cycles"]
+    assert [c["run_id"] for c in cycles] == ["c1", "c2"]
+    text = md.read_text()
+    assert "warm from " + cycles[1]["init_version"] in text and "cold (" in text
+
+
+def test_gate_blocks_a_worse_candidate_and_publish_is_not_reached(two_cycles):
+    tmp, _, c1_state = two_cycles
+    root = tmp / "state-blocked"
+    shutil.copytree(c1_state, root, symlinks=True)
+    before = registry.read_production(root).meta
+    commits = gitops.log(root / registry.GITOPS, "dev")
+    # a candidate trained from scratch for one step, against the trained production model
+    params = prun.local_params(_cfg(), until=DAY2, run_id="bad", root=root, data_dir=DATA,
+                               stages_csv=CORE, warm_start=False, max_steps=1,
+                               gate_max_users=150)
+    prun.run_local(params, tmp / "kfp")
+    c = cycle_summary(root, "bad")
+    assert c["gate"] == "blocked" and c["stages"]["publish"] == "not reached"
+    assert c["candidate"]["ndcg@10"] < c["production"]["ndcg@10"]
+    assert registry.read_production(root).meta == before
+    assert gitops.log(root / registry.GITOPS, "dev") == commits
