@@ -1,8 +1,8 @@
 """One Config for the whole system: CLI, KFP components, PyTorchJobs, checkpoints, export, serving.
 
 Design choices:
-- Plain nested dataclasses, one per stage (data, validation, tokenizer, model, train, align,
-  serve, features; sasrec for the baseline), every field with a comment. No module declares
+- Plain nested dataclasses, one per stage (data, validation, tokenizer, model, train, reward,
+  align, serve, features; sasrec for the baseline), every field with a comment. No module declares
   hyperparameters of its own: they read them from here, so a checkpoint that saves its Config
   can be rebuilt anywhere.
 - Strict loading. An unknown key, a value of the wrong type or out of range raises
@@ -175,13 +175,66 @@ class TrainConfig:
 
 
 @dataclass
+class RewardConfig:
+    """The P-Score reward model (OneRec section 4.1): multi-task heads and a personalised fusion."""
+
+    d_model: int = 64  # hidden size of the user encoder and item embeddings
+    n_heads: int = 2  # attention heads of the user encoder
+    n_layers: int = 1  # transformer layers over the user's short and positive sequences
+    hidden: int = 128  # width of the shared MLP tower under the task heads
+    dropout: float = 0.1  # dropout in the encoder and the tower
+    batch_size: int = 1024  # impressions per step
+    lr: float = 2e-3  # AdamW learning rate (constant after a short warmup)
+    weight_decay: float = 0.01  # AdamW weight decay
+    steps: int = 1500  # optimizer steps (an upper bound when a time budget is given)
+    warmup_steps: int = 50  # linear learning-rate warmup
+    grad_clip: float = 1.0  # max gradient norm
+    fusion_weight: float = 1.0  # weight of the fused P-Score loss beside the per-task losses
+    duration_buckets: int = 10  # duration-aware watch target: quantile buckets of video duration
+    calibration_bins: int = 10  # equal-width bins of the expected calibration error
+    log_every: int = 100  # steps between log lines
+    seed: int = 0  # seed for init and impression order
+
+    def validate(self, p: str) -> None:
+        for name in ("d_model", "n_heads", "n_layers", "hidden", "batch_size", "steps",
+                     "duration_buckets", "calibration_bins", "log_every"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.d_model % self.n_heads == 0, f"{p}.d_model",
+               f"must be divisible by n_heads={self.n_heads}")
+        _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)")
+        _check(self.lr > 0, f"{p}.lr", "must be > 0")
+        _check(self.weight_decay >= 0, f"{p}.weight_decay", "must be >= 0")
+        _check(self.warmup_steps >= 0, f"{p}.warmup_steps", "must be >= 0")
+        _check(self.grad_clip > 0, f"{p}.grad_clip", "must be > 0")
+        _check(self.fusion_weight >= 0, f"{p}.fusion_weight", "must be >= 0")
+
+
+@dataclass
 class AlignConfig:
+    """ECPO preference alignment (OneRec section 4.2) and the rewards it optimises."""
+
     group_size: int = 8  # G: videos sampled per user for group-normalised advantages
     clip_eps: float = 0.2  # PPO ratio clip epsilon
-    early_clip_delta: float = 0.1  # ECPO delta for negative advantages
-    ntp_loss_weight: float = 0.5  # weight of the next-token loss mixed into ECPO
-    lr: float = 1e-4  # learning rate of the alignment phase
-    steps: int = 200  # alignment optimizer steps
+    early_clip: bool = True  # ECPO's early clip of negative advantages; false = plain GRPO
+    early_clip_delta: float = 0.1  # ECPO delta: negative-advantage ratios stay <= 1 + eps + delta
+    ntp_loss_weight: float = 0.5  # weight of the next-token loss on real positives mixed in
+    lr: float = 1e-4  # learning rate of the alignment phase (constant)
+    steps: int = 200  # alignment optimizer rounds (one sampled group per round)
+    batch_size: int = 32  # users per round; the policy samples group_size videos for each
+    ppo_epochs: int = 2  # optimizer updates per sampled group (ratios leave 1 after the first)
+    temperature: float = 1.0  # sampling temperature of the policy (1 = the policy itself)
+    kl_weight: float = 0.0  # KL(policy || reference) penalty; the KL is logged either way
+    grad_clip: float = 1.0  # max gradient norm
+    format_weight: float = 1.0  # weight of the format (legal ID) advantage
+    format_k: int = 2  # format reward: legal samples per group, drawn at random, rewarded
+    industrial_weight: float = 1.0  # weight of the industrial rules beside the P-Score
+    demoted_authors: list[int] = field(default_factory=list)  # industrial: authors demoted
+    author_penalty: float = 0.2  # industrial: subtracted from a demoted author's video
+    fresh_days: float = 0.0  # industrial: uploaded within this many days is fresh (0: off)
+    fresh_bonus: float = 0.05  # industrial: added to a fresh video's reward
+    checkpoint_every: int = 100  # rounds between atomic checkpoints
+    log_every: int = 10  # rounds between log lines
+    seed: int = 0  # seed for sampling and context order
 
     def validate(self, p: str) -> None:
         _check(self.group_size >= 2, f"{p}.group_size", "must be >= 2")
@@ -189,7 +242,18 @@ class AlignConfig:
         _check(self.early_clip_delta >= 0, f"{p}.early_clip_delta", "must be >= 0")
         _check(self.ntp_loss_weight >= 0, f"{p}.ntp_loss_weight", "must be >= 0")
         _check(self.lr > 0, f"{p}.lr", "must be > 0")
-        _check(self.steps > 0, f"{p}.steps", "must be > 0")
+        for name in ("steps", "batch_size", "ppo_epochs", "checkpoint_every", "log_every"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.temperature > 0, f"{p}.temperature", "must be > 0")
+        _check(self.kl_weight >= 0, f"{p}.kl_weight", "must be >= 0")
+        _check(self.grad_clip > 0, f"{p}.grad_clip", "must be > 0")
+        _check(self.format_weight >= 0, f"{p}.format_weight", "must be >= 0")
+        _check(1 <= self.format_k <= self.group_size, f"{p}.format_k",
+               f"must be in [1, group_size={self.group_size}]")
+        _check(self.industrial_weight >= 0, f"{p}.industrial_weight", "must be >= 0")
+        _check(self.author_penalty >= 0, f"{p}.author_penalty", "must be >= 0")
+        _check(self.fresh_days >= 0, f"{p}.fresh_days", "must be >= 0 (0 turns the rule off)")
+        _check(self.fresh_bonus >= 0, f"{p}.fresh_bonus", "must be >= 0")
 
 
 @dataclass
@@ -283,6 +347,7 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
@@ -369,7 +434,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "dropout": 0.0},
         "train": {"batch_size": 16, "max_steps": 20, "warmup_steps": 2,
                   "checkpoint_every": 10, "log_every": 5},
-        "align": {"group_size": 4, "steps": 5},
+        "reward": {"d_model": 16, "n_heads": 2, "hidden": 32, "dropout": 0.0, "batch_size": 128,
+                   "steps": 20, "warmup_steps": 2, "duration_buckets": 4, "log_every": 5},
+        "align": {"group_size": 4, "steps": 5, "batch_size": 8, "format_k": 2,
+                  "checkpoint_every": 5, "log_every": 1},
         "serve": {"beam_width": 8, "max_beam_width": 64, "top_n": 5},
         "sasrec": {"d_model": 16, "n_layers": 1, "n_heads": 1, "ffn_hidden": 32, "max_len": 8,
                    "dropout": 0.0, "batch_size": 32, "max_epochs": 5, "eval_batch_size": 64},
@@ -386,7 +454,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "n_long_tokens": 32},
         "train": {"batch_size": 1024, "max_steps": 50_000, "warmup_steps": 1000,
                   "precision": "bf16", "checkpoint_every": 2000, "log_every": 100},
-        "align": {"group_size": 32, "steps": 5000},
+        "reward": {"d_model": 128, "n_heads": 4, "n_layers": 2, "hidden": 256,
+                   "batch_size": 4096, "steps": 20_000},
+        "align": {"group_size": 32, "steps": 5000, "batch_size": 256, "format_k": 4},
         "serve": {"beam_width": 512},
     },
 }

@@ -47,6 +47,7 @@ class Requests:
     target_offsets: np.ndarray  # (R + 1,) targets of request r: targets[off[r]:off[r+1]]
     targets: np.ndarray  # (T,) item index of each target
     target_len: np.ndarray | None = None  # (T,) causal encoder: short items the target sees
+    target_rows: np.ndarray | None = None  # (T,) event-log row of each target (its feedback)
 
     def __len__(self) -> int:
         return len(self.user)
@@ -63,7 +64,8 @@ class Requests:
         return Requests(self.user[idx], self.time_ms[idx], self.short[idx], self.pos[idx],
                         self.long[idx], np.concatenate([[0], np.cumsum(counts)]),
                         self.targets[pick],
-                        None if self.target_len is None else self.target_len[pick])
+                        None if self.target_len is None else self.target_len[pick],
+                        None if self.target_rows is None else self.target_rows[pick])
 
 
 def _left_pad(seq: Any, width: int) -> np.ndarray:
@@ -105,13 +107,15 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
     click = events["is_click"].to_numpy().astype(bool)
     positive = (events["long_view"].to_numpy() | events["is_like"].to_numpy()).astype(bool)
     out_user, out_time, out_s, out_p, out_g, offsets, targets = [], [], [], [], [], [0], []
+    rows: list[int] = []  # event-log row of each target, so callers can read its feedback
     open_req: dict[int, tuple[int, list[int]]] = {}  # user -> (start time, pending events)
 
     def close(u: int) -> None:
         start, idxs = open_req.pop(u)
-        tgts = [item_index[videos[i]] for i in idxs
-                if (positive[i] or not positive_only) and videos[i] in item_index]
+        kept = [i for i in idxs if (positive[i] or not positive_only) and videos[i] in item_index]
+        tgts = [item_index[videos[i]] for i in kept]
         if tgts:
+            rows.extend(kept)
             out_user.append(u % n_user_buckets)
             out_time.append(start)
             out_s.append(_left_pad(short.get(u, ()), s_len))
@@ -151,7 +155,7 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
         pos=np.asarray(out_p, dtype=np.int64).reshape(-1, p_len),
         long=np.asarray(out_g, dtype=np.int64).reshape(-1, g_len),
         target_offsets=np.asarray(offsets, dtype=np.int64),
-        targets=np.asarray(targets, dtype=np.int64))
+        targets=np.asarray(targets, dtype=np.int64), target_rows=np.asarray(rows, dtype=np.int64))
     return reqs.select(order)
 
 
