@@ -1,0 +1,160 @@
+"""ECPO: the early clip, group advantages, sampling log-probabilities, the alignment loop."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from onerec.config import Config
+from onerec.data.synthetic import make_dataset
+from onerec.ecpo import (
+    align,
+    ecpo_loss,
+    group_advantages,
+    load_policy,
+    sample_group,
+    sequence_logprob,
+)
+from onerec.items import ItemSpace
+from onerec.model import Batch
+from onerec.reward import build_reward_model
+from onerec.stream import requests_from_events
+from onerec.train import build_model, load_checkpoint
+
+EPS, DELTA = 0.2, 0.1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster than two fighting over a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def grads(logp0: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
+          delta: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    logp = logp0.clone().requires_grad_(True)
+    loss, _ = ecpo_loss(logp, logp_old, adv, clip_eps=EPS, early_clip_delta=delta)
+    loss.backward()
+    return loss.detach(), logp.grad
+
+
+def test_ecpo_equals_grpo_when_no_negative_advantage_is_clipped_early():
+    g = torch.Generator().manual_seed(0)
+    logp_old = -torch.rand(64, generator=g) * 5
+    # ratios in [0.5, 1 + eps + delta): the early clip never binds, whatever the sign of A
+    ratio = 0.5 + torch.rand(64, generator=g) * (0.5 + EPS + DELTA - 1e-3)
+    adv = torch.randn(64, generator=g)
+    logp = logp_old + ratio.log()
+    l_e, g_e = grads(logp, logp_old, adv, DELTA)
+    l_g, g_g = grads(logp, logp_old, adv, None)
+    torch.testing.assert_close(l_e, l_g)
+    torch.testing.assert_close(g_e, g_g)
+    # positive advantages are never early-clipped, however far the ratio moved
+    big = logp_old + math.log(10.0)
+    pos = adv.abs()
+    torch.testing.assert_close(grads(big, logp_old, pos, DELTA), grads(big, logp_old, pos, None))
+
+
+def test_early_clip_bounds_the_gradient_of_negative_advantages():
+    logp_old = torch.tensor([-3.0, -3.0, -3.0])
+    logp = logp_old + torch.tensor([math.log(10.0), math.log(3.0), math.log(1.05)])
+    adv = torch.tensor([-1.0, -2.0, -1.0])
+    _, g_grpo = grads(logp, logp_old, adv, None)
+    _, g_ecpo = grads(logp, logp_old, adv, DELTA)
+    n = 3
+    # d loss / d logp = -A * ratio / n on the unclipped branch: GRPO scales with the ratio
+    torch.testing.assert_close(g_grpo, torch.tensor([10.0 * 1, 3.0 * 2, 1.05 * 1]) / n)
+    bound = (1 + EPS + DELTA) * adv.abs() / n
+    assert (g_ecpo.abs() <= bound + 1e-6).all()
+    torch.testing.assert_close(g_ecpo[:2], bound[:2])  # clipped exactly at 1 + eps + delta
+    torch.testing.assert_close(g_ecpo[2], g_grpo[2])  # a small ratio is left alone
+    _, stats = ecpo_loss(logp, logp_old, adv, clip_eps=EPS, early_clip_delta=DELTA)
+    assert stats["early_clip_frac"] == pytest.approx(2 / 3)
+
+
+def test_group_advantages_are_normalised_within_each_group():
+    r = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0], [0.0, 9.0, 1.0, 3.0]])
+    valid = torch.tensor([[True] * 4, [True] * 4, [False, False, True, True]])
+    a = group_advantages(r, valid)
+    torch.testing.assert_close(a[0].mean(), torch.tensor(0.0))
+    torch.testing.assert_close(a[0].std(unbiased=False), torch.tensor(1.0), atol=1e-4, rtol=0)
+    assert (a[1] == 0).all()  # equal rewards: no preference
+    assert a[2, 0] == 0 and a[2, 1] == 0 and a[2, 2] < 0 < a[2, 3]
+
+
+def tiny_policy(vocab=(2, 3, 2), n_items=6):
+    cfg = Config.from_preset("tiny")
+    g = torch.Generator().manual_seed(1)
+    codes = torch.cat([torch.zeros(1, len(vocab), dtype=torch.long),
+                       torch.stack([torch.randint(0, k, (n_items,), generator=g)
+                                    for k in vocab], 1)])
+    return cfg, build_model(cfg, codes, list(vocab)).eval(), codes
+
+
+def test_sequence_logprob_is_a_distribution_over_semantic_ids():
+    _cfg, model, _codes = tiny_policy()
+    ctx = Batch(user=torch.zeros(2, dtype=torch.long), short=torch.tensor([[0, 1, 2], [3, 4, 5]]),
+                pos=torch.tensor([[0, 1], [0, 0]]), long=torch.tensor([[1, 2], [0, 6]]))
+    every = torch.tensor(list(itertools.product(*(range(k) for k in model.vocab_sizes))))
+    with torch.no_grad():
+        logp, _ = sequence_logprob(model, ctx, every.unsqueeze(0).expand(2, -1, -1))
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(2))
+    # sampling follows those probabilities: the most likely ID is sampled most often
+    codes = sample_group(model, ctx, 400, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (2, 400, 3)
+    counts = (codes[0].unsqueeze(1) == every.unsqueeze(0)).all(-1).float().mean(0)
+    assert abs(float(counts[logp[0].argmax()]) - float(logp[0].exp().max())) < 0.08
+
+
+@pytest.fixture(scope="module")
+def aligned_setup():
+    cfg = Config.from_preset("tiny", ["align.steps=3", "align.checkpoint_every=2",
+                                      "align.demoted_authors=[1, 2]", "align.fresh_days=5"])
+    ds = make_dataset(cfg.data)
+    item_ids = ds.items["video_id"].to_numpy()
+    vocab = [4, 4, 3]
+    g = torch.Generator().manual_seed(0)
+    codes = torch.cat([torch.zeros(1, 3, dtype=torch.long),
+                       torch.stack([torch.randint(0, k, (len(item_ids),), generator=g)
+                                    for k in vocab], 1)])
+    space = ItemSpace(item_ids=item_ids, codes=codes, vocab_sizes=vocab, fingerprint="cb-test")
+    reqs = requests_from_events(ds.events, space.index, cfg.data)
+    rm = build_reward_model(cfg, codes, vocab).eval()
+    rm.item_ids, rm.codebook_fingerprint = item_ids, "cb-test"
+    return cfg, ds, space, reqs, rm
+
+
+@pytest.mark.parametrize("early_clip", [True, False])
+def test_align_logs_its_signals_and_writes_a_pretraining_format_checkpoint(
+        tmp_path, aligned_setup, early_clip):
+    cfg, ds, space, reqs, rm = aligned_setup
+    cfg = Config.from_dict({**cfg.to_dict(), "align": {**cfg.align.__dict__,
+                                                       "early_clip": early_clip}})
+    policy = build_model(cfg, space.codes, space.vocab_sizes)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    model, res = align(cfg, policy, rm, reqs, space, tmp_path, items_table=ds.items)
+    assert res.steps == 3 and len(res.history) == 3
+    rec = res.history[-1]
+    for key in ("reward", "pscore", "legality", "kl", "grad_norm", "clip_frac",
+                "early_clip_frac", "ntp_loss", "distinct"):
+        assert np.isfinite(rec[key]), key
+    assert 0.0 <= rec["legality"] <= 1.0 and rec["kl"] >= 0.0
+    if not early_clip:
+        assert all(h["early_clip_frac"] == 0.0 for h in res.history)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # serving/export load it like a pretrained checkpoint
+    ck = load_checkpoint(res.checkpoint, "cb-test")
+    meta = json.loads((res.checkpoint / "meta.json").read_text())
+    assert meta["step"] == 3 and meta["algorithm"] == ("ecpo" if early_clip else "grpo")
+    back, cfg2, _ = load_policy(res.checkpoint, "cb-test")
+    assert cfg2.align.early_clip is early_clip and ck["state"]["step"] == 3
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v)
