@@ -182,8 +182,10 @@ class RewardConfig:
     n_heads: int = 2  # attention heads of the user encoder
     n_layers: int = 1  # transformer layers over the user's short and positive sequences
     hidden: int = 128  # width of the shared MLP tower under the task heads
-    dropout: float = 0.1  # dropout in the encoder and the tower
-    batch_size: int = 1024  # impressions per step
+    max_seq_len: int = 20  # most recent short-term (clicked) videos the reward model reads
+    max_pos_seq_len: int = 20  # most recent positive-feedback videos the reward model reads
+    dropout: float = 0.0  # dropout in the encoder and the tower (about one epoch: none needed)
+    batch_size: int = 512  # impressions per step
     lr: float = 2e-3  # AdamW learning rate (constant after a short warmup)
     weight_decay: float = 0.01  # AdamW weight decay
     steps: int = 1500  # optimizer steps (an upper bound when a time budget is given)
@@ -196,8 +198,8 @@ class RewardConfig:
     seed: int = 0  # seed for init and impression order
 
     def validate(self, p: str) -> None:
-        for name in ("d_model", "n_heads", "n_layers", "hidden", "batch_size", "steps",
-                     "duration_buckets", "calibration_bins", "log_every"):
+        for name in ("d_model", "n_heads", "n_layers", "hidden", "max_seq_len", "max_pos_seq_len",
+                     "batch_size", "steps", "duration_buckets", "calibration_bins", "log_every"):
             _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
         _check(self.d_model % self.n_heads == 0, f"{p}.d_model",
                f"must be divisible by n_heads={self.n_heads}")

@@ -31,6 +31,7 @@ re-score them with the P-Score, keep the best k.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -45,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from onerec.config import Config, DataConfig, RewardConfig
+from onerec.config import Config, RewardConfig
 from onerec.io import atomic_dir
 from onerec.model import Attention, Batch
 from onerec.stream import Requests, requests_from_events
@@ -254,11 +255,14 @@ class RewardData:
         return np.flatnonzero(before), np.flatnonzero(~before)
 
 
-def reward_data(events: pd.DataFrame, item_index: dict[int, int], data_cfg: DataConfig,
+def reward_data(events: pd.DataFrame, item_index: dict[int, int], cfg: Config,
                 shaper: DurationShaper, *, history: pd.DataFrame | None = None,
                 n_user_buckets: int = 1) -> RewardData:
     """Every impression of a time-ordered log, with its user's context strictly before it."""
-    lean = DataConfig(**{**data_cfg.__dict__, "max_long_seq_len": 1})  # the RM reads no lifelong
+    # the RM reads no lifelong sequence, and only the most recent part of the others
+    lean = dataclasses.replace(cfg.data, max_long_seq_len=1,
+                               max_seq_len=cfg.reward.max_seq_len,
+                               max_pos_seq_len=cfg.reward.max_pos_seq_len)
     events = events.reset_index(drop=True)
     reqs = requests_from_events(events, item_index, lean, history=history,
                                 n_user_buckets=n_user_buckets, positive_only=False)
@@ -293,8 +297,8 @@ def build_reward_model(cfg: Config, item_codes: torch.Tensor, vocab_sizes: list[
                        n_user_buckets: int = 1) -> RewardModel:
     torch.manual_seed(cfg.reward.seed)
     return RewardModel(cfg.reward, item_codes=item_codes, vocab_sizes=vocab_sizes,
-                       n_user_buckets=n_user_buckets, max_seq_len=cfg.data.max_seq_len,
-                       max_pos_len=cfg.data.max_pos_seq_len)
+                       n_user_buckets=n_user_buckets, max_seq_len=cfg.reward.max_seq_len,
+                       max_pos_len=cfg.reward.max_pos_seq_len)
 
 
 def train_reward_model(cfg: Config, data: RewardData, train_idx: np.ndarray,
@@ -451,8 +455,8 @@ def load_reward_model(path: str | Path, codebook_fingerprint: str | None = None,
             f"refusing codebook {codebook_fingerprint}")
     codes = state["model"]["item_codes"]
     model = RewardModel(cfg.reward, item_codes=codes, vocab_sizes=state["vocab_sizes"],
-                        n_user_buckets=state["n_user_buckets"], max_seq_len=cfg.data.max_seq_len,
-                        max_pos_len=cfg.data.max_pos_seq_len)
+                        n_user_buckets=state["n_user_buckets"],
+                        max_seq_len=cfg.reward.max_seq_len, max_pos_len=cfg.reward.max_pos_seq_len)
     model.load_state_dict(state["model"])
     model.item_ids = np.asarray(state["item_ids"], dtype=np.int64)
     model.codebook_fingerprint = meta["codebook_fingerprint"]

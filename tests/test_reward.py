@@ -56,7 +56,7 @@ def tiny():
     ev = ds.events
     shaper = DurationShaper.fit(ev["duration_ms"].to_numpy(), ev["play_time_ms"].to_numpy(),
                                 cfg.reward.duration_buckets)
-    data = reward_data(ev, index, cfg.data, shaper)
+    data = reward_data(ev, index, cfg, shaper)
     codes = random_codes(len(item_ids))
     return cfg, ds, item_ids, codes, shaper, data
 
