@@ -35,6 +35,7 @@ app.add_typer(data_app, name="data")
 
 
 def _register_stages() -> None:
+    from onerec.align_cli import register as register_align
     from onerec.features.cli import register as register_features
     from onerec.pipeline_cli import register as register_pipeline
     from onerec.rollout_cli import register as register_rollout
@@ -44,6 +45,7 @@ def _register_stages() -> None:
     register_features(app)
     register_rollout(app)
     register_pipeline(app)
+    register_align(app)
 
 
 _register_stages()

@@ -158,3 +158,38 @@ def test_align_logs_its_signals_and_writes_a_pretraining_format_checkpoint(
     assert cfg2.align.early_clip is early_clip and ck["state"]["step"] == 3
     for k, v in model.state_dict().items():
         torch.testing.assert_close(back.state_dict()[k], v)
+
+
+def test_onerec_align_cli_trains_the_reward_model_then_aligns(tmp_path):
+    from typer.testing import CliRunner
+
+    from onerec.cli import app
+    from onerec.data.synthetic import write_folder
+    from onerec.pretrain import run_kuairand
+
+    cfg = Config.from_preset("tiny", ["data.test_days=2", "train.max_steps=5",
+                                      "tokenizer.codebook_size=4"])
+    data = write_folder(make_dataset(cfg.data, n_events=2000), tmp_path / "data")
+    run_kuairand(cfg, data, tmp_path / "pre", beam_width=4, max_test_users=5)
+    args = ["align", "--checkpoint", str(tmp_path / "pre" / "train" / "checkpoint"),
+            "--codebook", str(tmp_path / "pre" / "codebook"), "--data-dir", str(data),
+            "--preset", "tiny", "--set", "data.test_days=2", "--steps", "2"]
+    runner = CliRunner()
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["algorithm"] == "ecpo" and metrics["align_steps"] == 2
+    assert "auc" in metrics["reward_model"]["heldout"]["click"]
+    load_checkpoint(tmp_path / "a" / "align" / "checkpoint")
+    # reuse the reward model, plain GRPO
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--grpo", "--reward-model",
+                            str(tmp_path / "a" / "reward_model")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["algorithm"] == "grpo"
+    # errors a user can fix: one line, exit 2, nothing written
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "c"), "--set", "align.clip_eps=0"])
+    assert r.exit_code == 2 and "align.clip_eps" in r.output
+    r = runner.invoke(app, [*args[:2], str(tmp_path / "nowhere"), *args[3:],
+                            "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "--checkpoint" in r.output
+    assert not (tmp_path / "c").exists()
