@@ -220,12 +220,14 @@ class AlignConfig:
     early_clip: bool = True  # ECPO's early clip of negative advantages; false = plain GRPO
     early_clip_delta: float = 0.1  # ECPO delta: negative-advantage ratios stay <= 1 + eps + delta
     ntp_loss_weight: float = 0.5  # weight of the next-token loss on real positives mixed in
-    lr: float = 1e-4  # learning rate of the alignment phase (constant)
-    steps: int = 200  # alignment optimizer rounds (one sampled group per round)
-    batch_size: int = 32  # users per round; the policy samples group_size videos for each
+    lr: float = 1e-5  # learning rate of the alignment phase (constant; 5e-5 collapsed diversity)
+    steps: int = 200  # alignment rounds (one sampled group per round)
+    batch_size: int = 32  # users per round; the sampler draws group_size videos for each
     ppo_epochs: int = 2  # optimizer updates per sampled group (ratios leave 1 after the first)
+    sync_every: int = 1  # rounds between copies of the policy into the sampler (pi_old); > 1
+    # samples off-policy, as a separate sampling service does, which is where early clipping acts
     temperature: float = 1.0  # sampling temperature of the policy (1 = the policy itself)
-    kl_weight: float = 0.0  # KL(policy || reference) penalty; the KL is logged either way
+    kl_weight: float = 0.1  # KL(policy || pretrained) penalty; the KL is logged either way
     grad_clip: float = 1.0  # max gradient norm
     format_weight: float = 1.0  # weight of the format (legal ID) advantage
     format_k: int = 2  # format reward: legal samples per group, drawn at random, rewarded
@@ -244,7 +246,8 @@ class AlignConfig:
         _check(self.early_clip_delta >= 0, f"{p}.early_clip_delta", "must be >= 0")
         _check(self.ntp_loss_weight >= 0, f"{p}.ntp_loss_weight", "must be >= 0")
         _check(self.lr > 0, f"{p}.lr", "must be > 0")
-        for name in ("steps", "batch_size", "ppo_epochs", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "ppo_epochs", "sync_every", "checkpoint_every",
+                     "log_every"):
             _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
         _check(self.temperature > 0, f"{p}.temperature", "must be > 0")
         _check(self.kl_weight >= 0, f"{p}.kl_weight", "must be >= 0")

@@ -24,7 +24,9 @@ videos while rewards reshape it; an optional KL penalty to the frozen pretrained
 reward, legality, clip fractions and gradient norm.
 
 Each round samples one group per user, then takes `align.ppo_epochs` optimizer steps on it
-(ratios move away from 1 after the first step, which is where the clipping acts). Dropout is
+(ratios move away from 1 after the first step). The sampler (pi_old) is a copy of the policy
+refreshed every `align.sync_every` rounds: 1 is on-policy; larger values reproduce a sampling
+service that lags the trainer, where ratios drift far enough for the clipping to act. Dropout is
 off throughout (the model runs in eval mode), so ratios measure policy change, not dropout
 noise. Checkpoints are the pretraining format (`onerec.train.save_checkpoint`), so serving and
 export load an aligned model exactly like a pretrained one.
@@ -218,10 +220,12 @@ def align(cfg: Config, model: OneRec, reward_model: RewardModel, reqs: Requests,
         idx = stream.next_indices()
         batch = collate(reqs, idx, space.codes).to(device)
         ctx = Batch(batch.user, batch.short, batch.pos, batch.long)
-        codes = sample_group(model, ctx, ac.group_size, temperature=ac.temperature,
+        if step % ac.sync_every == 0:  # pi_old: the sampler's copy of the policy
+            sampler = copy.deepcopy(model) if ac.sync_every > 1 else model
+        codes = sample_group(sampler, ctx, ac.group_size, temperature=ac.temperature,
                              generator=gen)
         with torch.no_grad():
-            logp_old, _ = sequence_logprob(model, ctx, codes)
+            logp_old, _ = sequence_logprob(sampler, ctx, codes)
             logp_ref, _ = sequence_logprob(ref, ctx, codes)
         rw = rewarder(ctx, codes, torch.from_numpy(reqs.time_ms[idx]))
         adv = rw["adv"].to(device)

@@ -132,12 +132,13 @@ def aligned_setup():
     return cfg, ds, space, reqs, rm
 
 
-@pytest.mark.parametrize("early_clip", [True, False])
+@pytest.mark.parametrize("early_clip, sync_every", [(True, 1), (False, 2)])
 def test_align_logs_its_signals_and_writes_a_pretraining_format_checkpoint(
-        tmp_path, aligned_setup, early_clip):
+        tmp_path, aligned_setup, early_clip, sync_every):
     cfg, ds, space, reqs, rm = aligned_setup
     cfg = Config.from_dict({**cfg.to_dict(), "align": {**cfg.align.__dict__,
-                                                       "early_clip": early_clip}})
+                                                       "early_clip": early_clip,
+                                                       "sync_every": sync_every}})
     policy = build_model(cfg, space.codes, space.vocab_sizes)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     model, res = align(cfg, policy, rm, reqs, space, tmp_path, items_table=ds.items)
