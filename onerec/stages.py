@@ -429,7 +429,7 @@ def train_reward(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path
     before = events[events["time_ms"] < snap.holdout_start_ms]
     shaper = rw.DurationShaper.fit(before["duration_ms"].to_numpy(),
                                    before["play_time_ms"].to_numpy(), cfg.reward.duration_buckets)
-    data = rw.reward_data(events, space.index, cfg.data, shaper,
+    data = rw.reward_data(events, space.index, cfg, shaper,
                           history=kuairand.read_history(snap.data_dir))
     train_idx, test_idx = data.split(snap.holdout_start_ms)
     model = rw.build_reward_model(cfg, space.codes, space.vocab_sizes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,22 @@ def test_onerec_align_cli_trains_the_reward_model_then_aligns(tmp_path):
                             "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "--checkpoint" in r.output
     assert not (tmp_path / "c").exists()
+
+
+def test_pipeline_reward_and_align_stages_run_on_the_shipped_sample(tmp_path):
+    """The continuous-training stages (onerec.stages) drive this module's API end to end."""
+    from onerec import stages
+
+    data = Path(__file__).resolve().parents[1] / "data" / "kuairand-pure"
+    cfg = Config.from_preset("tiny", ["align.steps=2", "reward.steps=3"])
+    root = tmp_path / "state"
+    stages.validate(cfg, data, tmp_path / "snap", until="2022-04-26", root=root)
+    stages.refresh_codebook(cfg, tmp_path / "snap", tmp_path / "cb", root=root)
+    stages.pretrain(cfg, tmp_path / "snap", tmp_path / "cb", tmp_path / "pre", root=root,
+                    max_steps=2)
+    rm = stages.train_reward(cfg, tmp_path / "snap", tmp_path / "cb", tmp_path / "rm")
+    assert rm["steps"] == 3 and "click" in rm["metrics"]
+    out = stages.align(cfg, tmp_path / "snap", tmp_path / "cb", tmp_path / "pre", tmp_path / "rm",
+                       tmp_path / "aligned")
+    assert out["aligned"] and out["align_steps"] == 2
+    load_checkpoint(tmp_path / "aligned" / "checkpoint")
