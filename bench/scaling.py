@@ -153,7 +153,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters")
     ax.set_ylabel("next-token loss (nats / token)")
-    ax.set_title(result["title"], fontsize=9)
+    ax.set_title(result["title"].replace(": ", ":\n", 1), fontsize=8)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
