@@ -336,6 +336,8 @@ def serve(
         help="Seconds between scans for new versions (0: explicit reload only).")] = 2.0,
     model_name: Annotated[str | None, typer.Option(
         help="Model folder in the repo [default: the only one].")] = None,
+    rm_selection: Annotated[Path | None, typer.Option(
+        help="Reward-model folder (`onerec align`): re-rank each beam by P-Score.")] = None,
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
     """Serve the exported model locally: a KServe ModelServer speaking Open Inference Protocol
@@ -355,7 +357,7 @@ def serve(
         argv += ["--set", ov]
     for flag, value in (("--feature_repo", feature_repo), ("--codebook", codebook),
                         ("--cold_start", cold_start), ("--cold_start_data", cold_start_data),
-                        ("--model_name", model_name)):
+                        ("--model_name", model_name), ("--rm_selection", rm_selection)):
         if value is not None:
             argv += [flag, str(value)]
     try:

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "its last days' most engaged videos (when no --cold_start)")
     p.add_argument("--reranker", default=None,
                    help="module:function reranking each beam (default: generator order)")
+    p.add_argument("--rm_selection", type=Path, default=None,
+                   help="reward-model folder (onerec align): re-rank each beam by P-Score "
+                        "(OneRec with RM selection)")
     p.add_argument("--poll_interval", type=float, default=2.0,
                    help="seconds between scans for new versions (0: only explicit reload)")
     p.add_argument("--graph_name", default=None,
@@ -108,6 +111,19 @@ def cold_start_table(args: argparse.Namespace, cfg: Config) -> Any:
     return np.asarray(ids, dtype=np.int64)
 
 
+def reranker_of(args: argparse.Namespace, codebook_fp: str | None) -> Any:
+    """--rm_selection (the reward model) or --reranker (module:function), not both."""
+    from serving.transformer import load_reranker
+
+    if args.rm_selection is not None:
+        if args.reranker:
+            raise SystemExit("--rm_selection and --reranker are exclusive: pass one")
+        from serving.rm_selection import RMSelection
+
+        return RMSelection.load(args.rm_selection, codebook_fp)
+    return load_reranker(args.reranker)
+
+
 def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
     """-> (ModelServer, [transformer, predictor], VersionManager); nothing loaded yet."""
     from kserve import ModelServer
@@ -115,7 +131,7 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
 
     from serving import metrics
     from serving.predictor import GraphPredictor
-    from serving.transformer import OneRecTransformer, load_reranker
+    from serving.transformer import OneRecTransformer
     from serving.versions import VersionManager
 
     cfg = Config.load(args.config, args.preset, args.overrides)
@@ -145,7 +161,7 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
     transformer = OneRecTransformer(
         name, manager, limits, feature_repo=args.feature_repo,
         cold_start=cold_start_table(args, cfg),
-        reranker=load_reranker(args.reranker), graph_name=graph_name)
+        reranker=reranker_of(args, codebook_fp), graph_name=graph_name)
     models.append(transformer)
     if not remote:
         models.append(GraphPredictor(graph_name, manager, limits))

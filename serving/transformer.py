@@ -283,7 +283,10 @@ class OneRecTransformer(Model):
         if len(warm):
             vids = p.pred.to_videos(result.items)
             sc = np.where(vids >= 0, result.scores, 0.0).astype(np.float32)
-            vids, sc = self.reranker(p.user_id[warm], vids, sc)
+            if getattr(self.reranker, "wants_contexts", False):  # RM selection
+                vids, sc = self.reranker(p.user_id[warm], vids, sc, contexts=p.graph)
+            else:
+                vids, sc = self.reranker(p.user_id[warm], vids, sc)
             k = min(n, vids.shape[1])
             video[warm, :k], score[warm, :k] = vids[:, :k], sc[:, :k]
         table = self.cold_start_override if self.cold_start_override is not None \

@@ -247,3 +247,44 @@ def test_cold_start_table_from_a_file_or_built_from_data(tmp_path: Path, shipped
     assert len(got) == cfg.serve.max_top_n and set(got) <= set(events["video_id"].tolist())
     args.cold_start_data = None
     assert cold_start_table(args, cfg) is None
+
+
+def test_rm_selection_orders_each_beam_by_pscore_and_keeps_generator_scores(
+        tmp_path: Path) -> None:
+    import torch
+
+    from onerec.config import Config
+    from onerec.model import Batch
+    from onerec.reward import build_reward_model, save_reward_model
+    from serving.rm_selection import RMSelection
+
+    cfg = Config.from_preset("tiny")
+    vocab = [4, 3, 2]
+    torch.manual_seed(0)
+    codes = torch.cat([torch.zeros(1, 3, dtype=torch.long),
+                       torch.stack([torch.randint(0, k, (12,)) for k in vocab], 1)])
+    rm = build_reward_model(cfg, codes, vocab)
+    rm.item_ids = np.arange(100, 112, dtype=np.int64)  # item index i -> video 99 + i
+    rm.codebook_fingerprint = "cb"
+    save_reward_model(tmp_path / "rm", rm, cfg)
+    with pytest.raises(ValueError, match="codebook"):
+        RMSelection.load(tmp_path / "rm", codebook_fingerprint="other")
+    select = RMSelection.load(tmp_path / "rm", codebook_fingerprint="cb")
+    assert select.wants_contexts
+    ctx = {"user": np.zeros(2, np.int64), "short": np.array([[0, 3, 4], [0, 0, 7]]),
+           "pos": np.zeros((2, 1), np.int64), "long": np.zeros((2, 1), np.int64)}
+    videos = np.array([[101, 105, 110, -1], [102, 103, 104, 111]])
+    logp = np.array([[-1.0, -2.0, -3.0, 0.0], [-0.5, -1.5, -2.5, -3.5]], dtype=np.float32)
+    out_v, out_s = select(np.array([7, 8]), videos, logp, contexts=ctx)
+    batch = Batch(*(torch.from_numpy(ctx[n]) for n in ("user", "short", "pos", "long")))
+    for r in range(2):
+        real = [int(v) for v in videos[r] if v >= 0]
+        ps = select.reward_model.pscore(
+            Batch(batch.user[r:r + 1], batch.short[r:r + 1], batch.pos[r:r + 1],
+                  batch.long[r:r + 1]), torch.tensor([[v - 99 for v in real]]))[0]
+        expected = [real[j] for j in np.argsort(-ps.numpy(), kind="stable")]
+        assert out_v[r, :len(real)].tolist() == expected  # best P-Score first
+        assert sorted(out_v[r, :len(real)].tolist()) == sorted(real)  # same candidates
+        for v, s in zip(out_v[r, :len(real)], out_s[r, :len(real)], strict=True):
+            assert s == logp[r, list(videos[r]).index(v)]  # each keeps its generator score
+    assert out_v[0, 3] == -1  # padding stays padding

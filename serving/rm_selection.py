@@ -1,0 +1,54 @@
+"""OneRec with RM selection in serving: re-rank each user's beam by the P-Score reward model.
+
+OneRec (section 4) serves "generate N, re-score with the reward model, return the top k". The
+transformer's reranker hook gets the beam (video ids, generator log-probabilities); this
+reranker also needs the user's context, so it declares `wants_contexts` and the transformer
+passes the graph inputs it built (item indices in the codebook's order, the space the reward
+model was trained in: its codebook fingerprint is checked at load). Videos come back ordered by
+P-Score; each keeps its generator log-probability in `scores`, so a client still sees how
+likely the generator found it. The reward model runs on CPU in the transformer process: a
+few hundred candidates per user are one small batched forward.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onerec.model import Batch
+from onerec.reward import RewardModel, load_reward_model, rm_select
+
+
+class RMSelection:
+    """Reranker(user_ids, video_ids (B, W), scores (B, W), contexts) -> reordered ids, scores."""
+
+    wants_contexts = True
+
+    def __init__(self, reward_model: RewardModel) -> None:
+        self.reward_model = reward_model
+
+    @classmethod
+    def load(cls, path: str | Path, codebook_fingerprint: str | None = None) -> RMSelection:
+        model, _, _ = load_reward_model(path, codebook_fingerprint)
+        return cls(model)
+
+    def __call__(self, user_ids: np.ndarray, video_ids: np.ndarray, scores: np.ndarray,
+                 contexts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        for name in ("user", "short", "pos", "long"):
+            if contexts[name].shape[0] != video_ids.shape[0]:
+                raise ValueError(f"contexts[{name!r}] has {contexts[name].shape[0]} rows for "
+                                 f"{video_ids.shape[0]} beams")
+        batch = Batch(*(torch.from_numpy(np.ascontiguousarray(contexts[n]))
+                        for n in ("user", "short", "pos", "long")))
+        batch.user = batch.user.reshape(-1)
+        beams = [[int(v) for v in row if v >= 0] for row in video_ids]
+        picked = rm_select(self.reward_model, batch, beams, k=video_ids.shape[1])
+        out_v = np.full_like(video_ids, -1)
+        out_s = np.zeros_like(scores)
+        for r, row in enumerate(picked):
+            logp = {int(v): float(s) for v, s in zip(video_ids[r], scores[r], strict=True)}
+            out_v[r, :len(row)] = row
+            out_s[r, :len(row)] = [logp[v] for v in row]
+        return out_v, out_s
