@@ -11,8 +11,12 @@ the disambiguation token). Speed does not depend on the weights, only on the sha
 Users: random histories of the Config's fixed shapes (short/pos/long), each left-padded to a
 random fill of 25-100 %, so attention masks differ between users as in serving.
 
-For each beam width, three paths over the same users, with the valid-prefix constraint on:
-- reference: `onerec.beam_search.beam_search` (full-prefix decode every step, PrefixIndex);
+For each beam width, these paths over the same users, with the valid-prefix constraint on:
+- textbook: the reference with `share_memory=False` (every beam its own copy of the encoder
+  output, so cross-attention K/V are projected per beam; no cache): what a generic seq2seq beam
+  search does; batch-1 latency only (at B=64 x beam 512 its copies take gigabytes);
+- reference: `onerec.beam_search.beam_search` (full-prefix decode every step, PrefixIndex; the
+  beams of a user already share its cross-attention K/V);
 - fast: `onerec.generate.Generator` in PyTorch (KV cache, shared cross K/V, trie), with
   `--threads` intra-op threads and, as "fast-1t", with one (per-op OpenMP wake-ups cost more
   than a second thread gains on small ops, above all on a shared machine);
@@ -40,7 +44,7 @@ from bench.runtime import reexec_with_tuned_env
 
 COLUMNS = ["beam", "path", "p50 ms (B=1)", "p99 ms (B=1)", "users/s B=16", "users/s B=64",
            "p50 vs reference", "B=64 vs reference"]
-PATHS = ("reference", "fast", "fast-1t", "onnx")
+PATHS = ("textbook", "reference", "fast", "fast-1t", "onnx")
 
 
 def build(args: argparse.Namespace):
@@ -157,24 +161,28 @@ def main(argv: list[str] | None = None) -> dict:
             finally:
                 torch.set_num_threads(args.threads)
 
-        runners[w] = {"reference": ref, "fast": fast, "fast-1t": fast_1t,
+        def textbook(x, w=w):
+            return beam_search(model, x, beam_width=w, top_n=w, index=index, share_memory=False)
+
+        runners[w] = {"textbook": textbook, "reference": ref, "fast": fast, "fast-1t": fast_1t,
                       "onnx": lambda x, s=session: run_onnx(s, x)}
     n = len(space)
     results: dict[tuple[int, str], list[dict[str, float]]] = {}
     for r in range(args.runs):
         for w in args.beams:
             for name in PATHS:
-                k1 = args.reference_users if name == "reference" else args.users
-                batches = {1: [make_users(cfg, n, 1, 1000 * r + i) for i in range(k1)],
-                           16: [make_users(cfg, n, 16, 2000 + r * 10 + i)
-                                for i in range(args.batches)],
-                           64: [make_users(cfg, n, 64, 3000 + r * 10 + i)
-                                for i in range(args.batches)]}
+                k1 = args.reference_users if name in ("reference", "textbook") else args.users
+                batches = {1: [make_users(cfg, n, 1, 1000 * r + i) for i in range(k1)]}
+                if name != "textbook":
+                    batches[16] = [make_users(cfg, n, 16, 2000 + r * 10 + i)
+                                   for i in range(args.batches)]
+                    batches[64] = [make_users(cfg, n, 64, 3000 + r * 10 + i)
+                                   for i in range(args.batches)]
                 m = measure(runners[w][name], batches)
                 results.setdefault((w, name), []).append(m)
                 console.print(f"run {r + 1}/{args.runs} beam {w:>4} {name:>9}: "
-                              f"p50 {m['p50']:.1f} ms, {m['b64']:.0f} users/s at B=64",
-                              highlight=False)
+                              f"p50 {m['p50']:.1f} ms, {m.get('b64', float('nan')):.0f} "
+                              "users/s at B=64", highlight=False)
     rows = []
     summary: dict = {}
     for w in args.beams:
@@ -183,14 +191,21 @@ def main(argv: list[str] | None = None) -> dict:
             ms = results[(w, name)]
 
             def med(key: str, ms=ms) -> float:
-                return statistics.median(m[key] for m in ms)
+                return statistics.median(m.get(key, float("nan")) for m in ms)
+
+            def fmt(v: float, spec: str) -> str:
+                return "-" if v != v else format(v, spec)
 
             speed = statistics.median(a["p50"] / b["p50"] for a, b in zip(ref, ms, strict=True))
-            thr = statistics.median(b["b64"] / a["b64"] for a, b in zip(ref, ms, strict=True))
+            thr = statistics.median(b.get("b64", float("nan")) / a["b64"]
+                                    for a, b in zip(ref, ms, strict=True))
             rows.append([str(w), name, f"{med('p50'):.1f}", f"{med('p99'):.1f}",
-                         f"{med('b16'):.0f}", f"{med('b64'):.0f}", f"{speed:.1f}x",
-                         f"{thr:.1f}x"])
+                         fmt(med("b16"), ".0f"), fmt(med("b64"), ".0f"), f"{speed:.2f}x",
+                         fmt(thr, ".1f") + ("x" if thr == thr else "")])
             summary[f"{w}/{name}"] = {k: med(k) for k in ("p50", "p99", "b16", "b64")}
+        summary[f"{w}/fast_vs_textbook_p50"] = statistics.median(
+            a["p50"] / b["p50"] for a, b in zip(results[(w, "textbook")],
+                                                results[(w, "onnx")], strict=True))
         onnx_vs_fast = statistics.median(
             a["p50"] / b["p50"] for a, b in zip(results[(w, "fast")], results[(w, "onnx")],
                                                 strict=True))
@@ -201,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
                 COLUMNS, rows, left=("path",))
     for w in args.beams:
         console.print(f"beam {w}: ONNX Runtime vs PyTorch fast path, p50 at B=1: "
-                      f"{summary[f'{w}/onnx_vs_fast_p50']:.2f}x", highlight=False)
+                      f"{summary[f'{w}/onnx_vs_fast_p50']:.2f}x; ONNX Runtime vs textbook: "
+                      f"{summary[f'{w}/fast_vs_textbook_p50']:.1f}x", highlight=False)
     return summary
 
 

@@ -61,8 +61,14 @@ class PrefixIndex:
 
 @torch.no_grad()
 def beam_search(model: OneRec, batch: Batch, *, beam_width: int, top_n: int,
-                index: PrefixIndex | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> codes (B, top_n, L) and their log-probabilities (B, top_n), best first."""
+                index: PrefixIndex | None = None,
+                share_memory: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> codes (B, top_n, L) and their log-probabilities (B, top_n), best first.
+
+    `share_memory=False` is the textbook form (each beam gets its own copy of the user's
+    encoder output, so cross-attention keys/values are projected per beam): same result, the
+    baseline that `bench.generation` also reports.
+    """
     if top_n > beam_width:
         raise ValueError(f"top_n={top_n} must be <= beam_width={beam_width}")
     model.eval()
@@ -74,7 +80,11 @@ def beam_search(model: OneRec, batch: Batch, *, beam_width: int, top_n: int,
     for lv in range(model.levels):
         w = prefixes.shape[1]
         flat = prefixes.reshape(b * w, lv)
-        hidden, _ = model.decode(flat, memory, mask, group=w)  # beams share the user's memory
+        if share_memory:  # beams share the user's memory
+            hidden, _ = model.decode(flat, memory, mask, group=w)
+        else:
+            hidden, _ = model.decode(flat, memory.repeat_interleave(w, 0),
+                                     mask.repeat_interleave(w, 0))
         logp = model.level_logits(hidden[:, -1], lv).log_softmax(-1).view(b, w, -1)
         if index is not None:
             logp = logp.masked_fill(~index.allowed(prefixes), float("-inf"))

@@ -161,3 +161,13 @@ def test_beams_sharing_memory_equal_beams_with_copied_memory():
     shared, _ = model.decode(prefix, memory, mask, group=4)
     copied, _ = model.decode(prefix, memory.repeat_interleave(4, 0), mask.repeat_interleave(4, 0))
     torch.testing.assert_close(shared, copied, rtol=1e-5, atol=1e-6)
+
+
+def test_textbook_beam_search_with_copied_memory_returns_the_same_beams():
+    model = tiny_model().eval()
+    batch = random_batch(model, b=3)
+    index = PrefixIndex(model.item_codes, model.vocab_sizes)
+    shared = beam_search(model, batch, beam_width=6, top_n=6, index=index)
+    copied = beam_search(model, batch, beam_width=6, top_n=6, index=index, share_memory=False)
+    assert torch.equal(shared[0], copied[0])
+    torch.testing.assert_close(shared[1], copied[1], rtol=1e-5, atol=1e-5)
