@@ -14,6 +14,9 @@ ModelConfig protobuf (from tritonclient) in the tests.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 _TYPES = {"int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32",
@@ -73,9 +76,31 @@ def tensorrt_config(name: str, inputs: list[dict[str, Any]], outputs: list[dict[
                    comment="OneRec generation (encoder + beam search), TensorRT FP16 engine")
 
 
+def _model_config_pb2() -> Any:
+    """tritonclient's model_config_pb2 module, loaded without `tritonclient.grpc/__init__`.
+
+    That package init also registers Triton's gRPC service protos, whose `inference.*` names
+    collide with kserve's in protobuf's default pool; ModelConfig alone does not, so the module
+    file is loaded on its own and this works in a process that has imported kserve too.
+    """
+    name = "tritonclient.grpc.model_config_pb2"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("parse_config needs tritonclient[grpc] (the `serving` extra)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+    mspec = importlib.util.spec_from_file_location(name, path)
+    if mspec is None or mspec.loader is None:
+        raise ImportError(f"tritonclient has no {path}")
+    module = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
 def parse_config(text: str):  # -> tritonclient.grpc.model_config_pb2.ModelConfig
     """Parse config.pbtxt text with Triton's ModelConfig schema (needs tritonclient[grpc])."""
     from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
 
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
+    return text_format.Parse(text, _model_config_pb2().ModelConfig())
