@@ -219,3 +219,16 @@ def simulate_feedback(behaviour: UserBehaviour, splitter: TrafficSplitter, n_req
     return pd.DataFrame({"user_id": users, "variant": arms, "clicks": clicks,
                          "long_views": longs, "impressions": impressions_per_request,
                          "reward": (clicks + longs) / impressions_per_request})
+
+
+def simulate_canary(data_dir: str, canary_percent: float, canary_version: str, n_requests: int,
+                    *, canary_effect: float = 0.03, mde: float = 0.02,
+                    seed: int = 0) -> tuple[ABResult, int]:
+    """The local A/B loop of one canary: KuaiRand users split at `canary_percent` % (salted
+    by the canary version), `n_requests` simulated requests with the canary's true relative
+    effect `canary_effect`, then `analyze`. -> (result, number of simulated users)."""
+    behaviour = UserBehaviour.from_kuairand(data_dir)
+    splitter = TrafficSplitter(canary_percent, salt=canary_version)
+    feedback = simulate_feedback(behaviour, splitter, n_requests, canary_effect=canary_effect,
+                                 seed=seed)
+    return analyze(feedback, mde=mde), len(behaviour.user_ids)

@@ -277,39 +277,53 @@ def pretrain(
 @app.command()
 def demo(
     data_dir: Annotated[Path, typer.Option(help="KuaiRand-layout folder.")] = DEFAULT_DATA,
-    out: Annotated[Path, typer.Option(help="Run folder for reports.")] = Path("runs/demo"),
-    minutes: Annotated[float, typer.Option(help="Pretraining wall-time budget.")] = 3.0,
+    out: Annotated[Path, typer.Option(help="Run folder: report.md/json, validation/, "
+                                      "pipeline/ (state, GitOps repo), serving/.")] =
+        Path("runs/demo"),
+    minutes: Annotated[float, typer.Option(help="Training budget per cycle (alignment gets "
+                                           "half of it).")] = 1.0,
+    cycles: Annotated[int, typer.Option(help="Continuous-training cycles (successive days).")]
+        = 2,
+    stages_: Annotated[str | None, typer.Option(
+        "--stages", help="Comma list of pipeline stages [default: every stage installed].")]
+        = None,
+    max_steps: Annotated[int, typer.Option(help="Training steps per cycle (0: one pass over "
+                                           "the cycle's requests, cut by the budget).")] = 0,
+    eval_users: Annotated[int, typer.Option(help="Users the gate measures.")] = 300,
+    ab_requests: Annotated[int, typer.Option(help="Simulated requests in the A/B.")] = 50_000,
+    skip_serve: Annotated[bool, typer.Option("--skip-serve", help="Do not start the server.")]
+        = False,
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
-    """The main job on the shipped data: validate it, build the semantic-ID codebook, pretrain
-    OneRec on the days before the cut and evaluate it on the last days. Alignment, export,
-    serving and rollout join as they land."""
-    cfg = load_config(config, preset, set_)
-    console.rule("[bold]OneRec demo")
-    console.print(f"config: preset={cfg.preset} fingerprint={cfg.fingerprint()}")
-    data_summary(data_dir)
-    console.rule("1. data validation")
-    ok = run_validation(data_dir, cfg, None, out / "validation")
-    if not ok:
-        raise fail("data validation failed: the run stops here (nothing trains on bad data)", 1)
-    console.rule("2. semantic IDs (RQ-Kmeans codebook)")
-    from onerec.tokenizer.cli import build_codebook, metrics_table
-    from onerec.tokenizer.codebook import CodebookError
-    from onerec.tokenizer.rq_kmeans import TokenizerError
+    """The main job on the shipped data: validate it; run the continuous-training pipeline
+    under kfp.local for CYCLES days (validate, codebook, pretrain, reward, align, gate, export,
+    publish; the last version goes out as a canary in a local GitOps repository); serve it
+    (KServe, tritonclient over HTTP and gRPC); decide the canary by A/B on simulated users;
+    write the run report (OUT/report.md)."""
+    from onerec.demo import DemoError, DemoOptions, run_demo
+    from onerec.stages import StageError, day_ms
 
+    cfg = load_config(config, preset, set_)
+    if cycles < 1:
+        raise fail("--cycles: must be >= 1")
+    stage_list = ""
+    if stages_:
+        from onerec.stages import parse_stages
+
+        try:
+            stage_list = ",".join(parse_stages(stages_))
+        except StageError as e:
+            raise fail(str(e)) from None
+    opts = DemoOptions(data_dir=data_dir, out=out, minutes=minutes, cycles=cycles,
+                       stages_csv=stage_list, max_steps=max_steps, eval_users=eval_users,
+                       skip_serve=skip_serve, ab_requests=ab_requests)
     try:
-        cb = build_codebook(cfg, "kuairand", data_dir, out / "codebook")
-    except (DataError, TokenizerError, CodebookError) as e:
-        raise fail(f"codebook: {e}") from None
-    console.print(metrics_table(cb.metrics, f"codebook v{cb.version}.{cb.revision}"))
-    console.print(f"codebook {out / 'codebook'} fingerprint {cb.fingerprint}")
-    console.rule("3. streaming pretraining + offline evaluation (temporal split)")
-    try:
-        run_pretrain(cfg, "kuairand", data_dir, out / "pretrain", minutes, None)
+        day_ms(opts.start)
+        run_demo(cfg, opts, console)
     except DataError as e:
-        raise fail(f"pretrain: {e}") from None
-    console.rule("[green]done")
-    console.print(f"run folder: {out}")
+        raise fail(str(e)) from None
+    except DemoError as e:
+        raise fail(f"{e}; report: {out / 'report.md'}", e.code) from None
 
 
 # -- serve / recommend (issue #6; serving/ holds the code, kserve is imported only by `serve`) ----

@@ -13,7 +13,6 @@ are imported inside the commands, so the rest of the CLI starts without them.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -95,11 +94,8 @@ def run_cmd(
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
     """Run N continuous-training cycles on successive days under kfp.local; print the report."""
-    import shutil
-
-    from onerec.cycle_report import cycle_summary, write_report
+    from onerec.pipeline_local import CycleOptions, cycle_line, run_cycles
     from onerec.stages import StageError, day_ms
-    from pipelines.run import cycle_days, local_params, run_local
 
     if not local:
         raise _fail("run: only --local is supported here; use `onerec pipeline submit` for a "
@@ -112,44 +108,18 @@ def run_cmd(
         raise _fail(f"--start: {e}") from None
     cfg = _config(config, preset, set_, "tiny")
     stage_list = _stages(stages_)
-    state = out / "state"
-    if fresh and out.exists():
-        shutil.rmtree(out)
     console.print(f"stages: {stage_list}  config: preset={cfg.preset} "
                   f"fingerprint={cfg.fingerprint()}", highlight=False)
-    run_ids, walls = [], {}
-    for i, until in enumerate(cycle_days(start, cycles), 1):
-        run_id = f"cycle-{i}-{until}"
-        run_ids.append(run_id)
-        console.rule(f"cycle {i}: until {until}")
-        params = local_params(cfg, until=until, run_id=run_id, root=state, data_dir=data_dir,
-                              stages_csv=stage_list, warm_start=not cold,
-                              train_budget_s=train_minutes * 60, align_budget_s=train_minutes * 30,
-                              max_steps=max_steps, gate_max_users=eval_users,
-                              gate_tolerance=tolerance)
-        t0 = time.perf_counter()
-        failed = None
-        try:
-            run_local(params, out / "kfp")
-        except RuntimeError as e:
-            failed = str(e)
-        walls[run_id] = round(time.perf_counter() - t0, 1)
-        c = cycle_summary(state, run_id)
-        console.print(
-            f"{run_id}: codebook {c['codebook']['mode']} (+{c['codebook']['n_new_items']} "
-            f"videos), {'warm' if c['warm_start'] else 'cold'} start, {c['n_requests']} "
-            f"requests after watermark {c['watermark_in_ms']}, {c['steps']} steps, watermark "
-            f"-> {c['watermark_out_ms']}; gate {c['gate']} "
-            f"(ndcg@10 {c['candidate'].get('ndcg@10', float('nan')):.4f}"
-            + (f" vs production {c['production']['ndcg@10']:.4f}" if c["production"] else "")
-            + f"); published {c['published'] or '-'}; {walls[run_id]} s", highlight=False)
-        if failed:
-            write_report(state, run_ids, out, {"wall_s": walls})
-            raise _fail(f"{run_id} failed: {c['failed'] or failed}; report: {out / 'report.md'}",
-                        1)
-    js, md = write_report(state, run_ids, out, {"wall_s": walls, "stages": stage_list,
-                                                "config_fingerprint": cfg.fingerprint()})
-    console.print(f"report: {md}  ({js})")
+    opts = CycleOptions(cycles=cycles, start=start, stages_csv=stage_list,
+                        train_minutes=train_minutes, max_steps=max_steps, eval_users=eval_users,
+                        tolerance=tolerance, warm_start=not cold, fresh=fresh)
+    run = run_cycles(
+        cfg, data_dir, out, opts,
+        on_start=lambda i, until: console.rule(f"cycle {i}: until {until}"),
+        on_cycle=lambda i, c, wall: console.print(cycle_line(c, wall), highlight=False))
+    if run.failed:
+        raise _fail(f"{run.run_ids[-1]} failed: {run.failed}; report: {run.report_md}", 1)
+    console.print(f"report: {run.report_md}  ({run.report_json})")
 
 
 @pipeline_app.command("submit")

@@ -128,13 +128,11 @@ def simulate_cmd(env: EnvArg, repo: RepoOpt = Path("."),
     if not data_dir.is_dir():
         err_console.print(f"[bold red]error:[/] {data_dir}: no KuaiRand folder (--data-dir)")
         raise typer.Exit(2)
-    behaviour = ab.UserBehaviour.from_kuairand(str(data_dir))
-    splitter = ab.TrafficSplitter(state.canary_percent, salt=state.canary.version)
-    feedback = ab.simulate_feedback(behaviour, splitter, requests, canary_effect=effect,
-                                    seed=seed)
-    result = ab.analyze(feedback, mde=mde)
+    result, n_users = ab.simulate_canary(str(data_dir), state.canary_percent,
+                                         state.canary.version, requests, canary_effect=effect,
+                                         mde=mde, seed=seed)
     console.print(f"{state.describe()}; {requests} simulated requests "
-                  f"({len(behaviour.user_ids)} KuaiRand users)")
+                  f"({n_users} KuaiRand users)")
     console.print(result.summary(), highlight=False)
     if apply and result.decision != "wait":
         step = gitops.promote if result.decision == "promote" else gitops.rollback

@@ -1,0 +1,316 @@
+"""`onerec demo` (`make demo`): the main job end to end on the shipped KuaiRand sample.
+
+    1. data summary and validation (Great Expectations), stopping on a failed suite;
+    2. continuous training: `cycles` pipeline runs under kfp.local on successive days, the same
+       code as `onerec pipeline run --local` (`onerec.pipeline_local`): validate, codebook,
+       pretrain, reward, align, gate, export, publish; the last cycle publishes a canary in the
+       local GitOps repository (`<out>/pipeline/state/gitops`) instead of promoting it;
+    3. serving: the KServe ModelServer on the newest published version (a subprocess on free
+       ports), recommendations over HTTP and gRPC (tritonclient, in a client subprocess) for a
+       known user, a user given only by a history and an unknown user (cold start); the server
+       is stopped on every path;
+    4. A/B: the canary against the stable version on simulated KuaiRand users
+       (`onerec.ab.simulate_canary`), and the promote or rollback commit the decision makes in
+       the local GitOps repository (nothing is pushed);
+    5. the run report: `<out>/report.md` and `<out>/report.json` (`onerec.demo_report`).
+
+The CLI command (`onerec/cli.py`) parses options and calls `run_demo`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from onerec.config import Config
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the report written so far says which (exit code inside)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class DemoOptions:
+    data_dir: Path = Path("data/kuairand-pure")
+    out: Path = Path("runs/demo")
+    minutes: float = 1.0  # training budget per cycle (alignment gets half of it)
+    cycles: int = 2
+    start: str = "2022-04-28"  # `until` of the first cycle
+    stages_csv: str = ""  # "" = every stage installed here
+    max_steps: int = 0  # training steps per cycle (0: one pass, cut by the budget)
+    eval_users: int = 300  # users the gate measures
+    skip_serve: bool = False
+    ab_requests: int = 50_000
+    ab_effect: float = 0.03  # the canary's true relative effect in the simulation
+    env: str = "dev"
+
+
+class _Clock:
+    """Wall time per demo step, in order."""
+
+    def __init__(self) -> None:
+        self.walls: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.walls[name] = round(time.perf_counter() - t0, 1)
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.t0, 1)
+
+
+def run_demo(cfg: Config, opts: DemoOptions, console: Console) -> Path:
+    """Every step in order; returns the report's Markdown path. Raises DemoError (after
+    writing the report so far) when a step fails."""
+    from onerec import demo_report
+
+    out = opts.out
+    out.mkdir(parents=True, exist_ok=True)
+    clock = _Clock()
+    report: dict[str, Any] = {"config": {"preset": cfg.preset, "fingerprint": cfg.fingerprint()},
+                              "options": {k: str(v) for k, v in vars(opts).items()},
+                              "wall_s": clock.walls}
+    console.rule("[bold]OneRec demo")
+    console.print(f"config: preset={cfg.preset} fingerprint={cfg.fingerprint()}  run folder: "
+                  f"{out}", highlight=False)
+    try:
+        console.rule("1. data: summary and validation")
+        report["data"] = clock.run("data validation", lambda: _validate(cfg, opts, console))
+        console.rule(f"2. continuous training: {opts.cycles} cycles under kfp.local")
+        report["pipeline"] = _pipeline(cfg, opts, console, clock)
+        version = report["pipeline"]["served_version"]
+        if opts.skip_serve:
+            report["serving"] = {"skipped": "--skip-serve"}
+        elif version is None:
+            report["serving"] = {"skipped": "no exported version was published"}
+        else:
+            console.rule(f"3. serving {version}: KServe ModelServer, tritonclient HTTP + gRPC")
+            report["serving"] = clock.run("serving", lambda: _serve(cfg, opts, version,
+                                                                    report, console))
+        console.rule("4. A/B: canary analysis on simulated KuaiRand users")
+        report["ab"] = clock.run("A/B", lambda: _ab(opts, report, console))
+    except DemoError as e:
+        report["error"] = str(e)
+        raise
+    except Exception as e:  # a refusal or a serving failure: say which, keep the report
+        from onerec.demo_serving import ServingError
+        from onerec.gitops import GitOpsError
+
+        if not isinstance(e, (ServingError, GitOpsError)):
+            report["error"] = f"{type(e).__name__}: {e}"
+            raise
+        report["error"] = str(e)
+        raise DemoError(str(e)) from e
+    finally:
+        report["wall_s"]["total"] = clock.total()
+        js, md = demo_report.write(report, out)
+    console.rule("[green]done")
+    console.print(demo_report.summary_lines(report), highlight=False)
+    console.print(f"report: [bold]{md}[/]  ({js})")
+    return md
+
+
+# -- 1. data -------------------------------------------------------------------------------------
+def _validate(cfg: Config, opts: DemoOptions, console: Console) -> dict[str, Any]:
+    import json
+
+    from onerec.cli import run_validation
+    from onerec.data import kuairand
+
+    summary = kuairand.load(opts.data_dir).summary()
+    table = Table(title=str(opts.data_dir))
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for k, v in summary.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(table)
+    ok = run_validation(opts.data_dir, cfg, None, opts.out / "validation")
+    rep = json.loads((opts.out / "validation" / "report.json").read_text())
+    result = {"summary": summary, "success": ok,
+              "suites": {n: {k: s[k] for k in ("success", "evaluated", "failed")}
+                         for n, s in rep["suites"].items()},
+              "failures": [f.get("message", str(f)) for f in rep.get("failures", [])],
+              "report": str(opts.out / "validation" / "report.json")}
+    if not ok:
+        raise DemoError("data validation failed: the run stops here (nothing trains on bad data)")
+    return result
+
+
+# -- 2. continuous training ------------------------------------------------------------------------
+def _pipeline(cfg: Config, opts: DemoOptions, console: Console, clock: _Clock) -> dict[str, Any]:
+    from onerec import gitops, registry
+    from onerec.pipeline_local import CycleOptions, cycle_line, run_cycles
+
+    folder = opts.out / "pipeline"
+    kfp_log = folder / "kfp.log"
+    copts = CycleOptions(cycles=opts.cycles, start=opts.start, stages_csv=opts.stages_csv,
+                         train_minutes=opts.minutes, max_steps=opts.max_steps,
+                         eval_users=opts.eval_users, canary_last=True)
+    def on_start(i: int, until: str) -> None:
+        console.print(f"cycle {i}: until {until} (kfp.local; step logs: {kfp_log}) ...",
+                      highlight=False)
+
+    def on_cycle(i: int, c: dict[str, Any], wall: float) -> None:
+        clock.walls[f"pipeline {c['run_id']}"] = wall
+        ran = [s for s, st in c["stages"].items() if st == "ran"]
+        console.print(f"  stages run: {', '.join(ran)}", highlight=False)
+        console.print("  " + cycle_line(c, wall), highlight=False)
+
+    run = run_cycles(cfg, opts.data_dir, folder, copts, on_start=on_start, on_cycle=on_cycle,
+                     kfp_log=kfp_log)
+    result: dict[str, Any] = {"cycles": run.summaries, "report_md": str(run.report_md),
+                              "report_json": str(run.report_json), "kfp_log": str(kfp_log),
+                              "state": str(run.state), "failed": run.failed,
+                              "served_version": None, "gitops": None}
+    if run.failed:
+        raise DemoError(f"{run.run_ids[-1]} failed: {run.failed}; pipeline report "
+                        f"{run.report_md}, step logs {kfp_log}")
+    published = [c for c in run.summaries if c["published"]]
+    exported = [c for c in published if c["stages"].get("export") == "ran"]
+    if exported:
+        result["served_version"] = exported[-1]["published"]
+    repo = run.state / registry.GITOPS
+    if (repo / ".git").exists():
+        state = gitops.read_state(repo, opts.env)
+        result["gitops"] = {"repo": str(repo), "state": state.describe(),
+                            "log": gitops.log(repo, opts.env, 10)}
+        console.print(f"GitOps {repo}: {state.describe()}", highlight=False)
+    console.print(f"pipeline report: {run.report_md}", highlight=False)
+    return result
+
+
+# -- 3. serving ----------------------------------------------------------------------------------
+def demo_requests(data_dir: Path, until: str, max_len: int = 50) -> list[dict[str, Any]]:
+    """Three requests: a known KuaiRand user with their logged histories before `until` (the
+    most active clicker), a new user given only a short history (the last day's most clicked
+    videos), and a new user with nothing (the cold-start table answers)."""
+    from onerec.data import kuairand
+    from onerec.stages import day_ms
+
+    ev = kuairand.load(data_dir).events
+    ev = ev[ev["time_ms"] < day_ms(until)].sort_values("time_ms", kind="stable")
+    clicks = ev[ev["is_click"] == 1]
+    known = int(clicks["user_id"].value_counts().idxmax())
+    mine = ev[ev["user_id"] == known]
+
+    def tail(df: pd.DataFrame) -> list[int]:
+        return [int(v) for v in df["video_id"].tolist()[-max_len:]]
+
+    last_day = clicks[clicks["time_ms"] >= day_ms(until) - 86_400_000]
+    popular = [int(v) for v in last_day["video_id"].value_counts().index[:5]]
+    new_id = int(ev["user_id"].max()) + 1
+    return [
+        {"name": "known user", "users": [known],
+         "histories": {"short_history": [tail(mine[mine["is_click"] == 1])],
+                       "pos_history": [tail(mine[(mine["long_view"] == 1)
+                                                 | (mine["is_like"] == 1)])],
+                       "long_history": [tail(mine)]}},
+        {"name": "history only (new user)", "users": [new_id],
+         "histories": {"short_history": [popular]}},
+        {"name": "unknown user (cold start)", "users": [new_id + 1]},
+    ]
+
+
+def _serve(cfg: Config, opts: DemoOptions, version: str, report: dict[str, Any],
+           console: Console) -> dict[str, Any]:
+    from onerec import registry
+    from onerec.demo_serving import Server, query
+
+    folder = opts.out / "serving"
+    repo = Path(report["pipeline"]["state"]) / registry.MODELS / version
+    until = next(c["until"] for c in report["pipeline"]["cycles"] if c["published"] == version)
+    requests = demo_requests(opts.data_dir, until)
+    cfg_path = cfg.save(folder / "config.yaml")
+    server = Server(repo=repo, config=cfg_path, log_path=folder / "server.log",
+                    cold_start_data=opts.data_dir.resolve())
+    console.print(f"python -m serving.server --repo {repo} (REST :{server.http_port}, gRPC "
+                  f":{server.grpc_port}; log {server.log_path})", highlight=False)
+    with server:
+        ready_s = server.wait_ready()
+        console.print(f"model ready after {ready_s:.1f} s", highlight=False)
+        answers = query(server, requests, folder)
+    console.print(f"server stopped (exit code {server.proc.returncode if server.proc else '-'})",
+                  highlight=False)
+    rows = _answer_rows(answers)
+    table = Table(title=f"recommendations from {version} (top {len(rows[0]['video_ids'])})"
+                  if rows and rows[0]["video_ids"] else f"recommendations from {version}")
+    for col in ("protocol", "request", "user", "cold start", "unknown ids", "video ids",
+                "best score", "ms"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["protocol"], r["request"], str(r["user_id"]), str(r["cold_start"]),
+                      str(r["unknown_ids"]), " ".join(map(str, r["video_ids"])) or "-",
+                      f"{r['scores'][0]:.3f}" if r["scores"] else "-", str(r["latency_ms"]))
+    console.print(table)
+    agree = all(a["rows"] == b["rows"] for a, b in zip(answers["http"], answers["grpc"],
+                                                       strict=True))
+    console.print(f"HTTP and gRPC answers {'agree' if agree else 'DIFFER'}")
+    return {"version": version, "repository": str(repo), "http_port": server.http_port,
+            "grpc_port": server.grpc_port, "ready_s": round(ready_s, 1),
+            "model_version": answers["http"][0]["model_version"] if answers["http"] else None,
+            "requests": requests, "rows": rows, "http_grpc_agree": agree,
+            "server_exit_code": server.proc.returncode if server.proc else None,
+            "server_log": str(server.log_path)}
+
+
+def _answer_rows(answers: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for protocol, results in answers.items():
+        for res in results:
+            for row in res["rows"]:
+                rows.append({"protocol": protocol, "request": res["name"],
+                             "latency_ms": res["latency_ms"], **row})
+    return rows
+
+
+# -- 4. A/B --------------------------------------------------------------------------------------
+def _ab(opts: DemoOptions, report: dict[str, Any], console: Console) -> dict[str, Any]:
+    from onerec import ab, gitops
+
+    g = report["pipeline"].get("gitops")
+    if g is None:
+        console.print("no GitOps repository (nothing was published): nothing to analyse")
+        return {"decision": None, "reason": "nothing was published"}
+    repo = Path(g["repo"])
+    state = gitops.read_state(repo, opts.env)
+    if state.canary is None:
+        console.print(f"{state.describe()}: no canary to analyse (the last cycle's gate "
+                      "blocked its candidate, or it was promoted)", highlight=False)
+        return {"decision": None, "reason": "no canary", "state": state.describe()}
+    result, n_users = ab.simulate_canary(str(opts.data_dir), state.canary_percent,
+                                         state.canary.version, opts.ab_requests,
+                                         canary_effect=opts.ab_effect)
+    console.print(f"{state.describe()}; {opts.ab_requests} simulated requests from {n_users} "
+                  f"KuaiRand users (assumed true effect {opts.ab_effect:+.0%})", highlight=False)
+    console.print(f"decision: [bold]{result.summary()}[/]", highlight=False)
+    out: dict[str, Any] = {"decision": result.decision, "result": result.to_dict(),
+                           "summary": result.summary(), "before": state.describe(),
+                           "n_users": n_users, "requests": opts.ab_requests,
+                           "assumed_effect": opts.ab_effect, "commit": None}
+    if result.decision != "wait":
+        step = gitops.promote if result.decision == "promote" else gitops.rollback
+        sha = step(repo, opts.env, f"A/B: {result.summary()}")
+        subject = gitops.log(repo, opts.env, 1)[0]
+        out.update({"commit": sha, "commit_subject": subject,
+                    "after": gitops.read_state(repo, opts.env).describe()})
+        console.print(f"GitOps commit in {repo}: {subject} (local; push to let Argo CD sync)",
+                      highlight=False)
+    else:
+        console.print("wait: no commit (collect more traffic, then run the analysis again)")
+    out["log"] = gitops.log(repo, opts.env, 10)
+    return out

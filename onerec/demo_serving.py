@@ -1,0 +1,179 @@
+"""The demo's serving step: start the KServe ModelServer on a published version, ask it for
+recommendations over HTTP and gRPC with tritonclient, stop it.
+
+Two processes besides the demo's: the server (`python -m serving.server`, which imports kserve)
+and the client (`python -m onerec.demo_serving query ...`, tritonclient only). tritonclient's
+gRPC client and kserve register the same protobuf symbols, so they never share a process; the
+demo process itself imports neither (it polls readiness with plain urllib).
+
+    python -m onerec.demo_serving query --http HOST:PORT --grpc HOST:PORT --requests FILE
+        prints one JSON object: {"http": [...], "grpc": [...]} (one entry per request)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ServingError(RuntimeError):
+    """The server did not come up, or a request failed."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    """This checkout first on PYTHONPATH (as kfp.local's steps get it)."""
+    env = dict(os.environ)
+    paths = [str(REPO), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+@dataclass
+class Server:
+    """`python -m serving.server` in a subprocess; a context manager that always stops it."""
+
+    repo: Path
+    config: Path  # the Config YAML (limits: serve.*)
+    log_path: Path
+    cold_start_data: Path | None = None
+    host: str = "127.0.0.1"
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    model: str = "onerec"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "serving.server", "--repo", str(self.repo),
+               "--config", str(self.config), "--http_port", str(self.http_port),
+               "--grpc_port", str(self.grpc_port), "--poll_interval", "0",
+               "--model_name", self.model]
+        if self.cold_start_data is not None:
+            cmd += ["--cold_start_data", str(self.cold_start_data)]
+        return cmd
+
+    def __enter__(self) -> Server:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     env=_env(), cwd=REPO)
+        log.close()  # the child holds its own descriptor
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_ready(self, timeout_s: float = 180.0) -> float:
+        """Poll /v2/models/<model>/ready until true; seconds waited. Raises if the server
+        exits or the timeout passes (its log says why)."""
+        url = f"http://{self.http_url}/v2/models/{self.model}/ready"
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout_s:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise ServingError(f"the server exited (code {code}) before the model was "
+                                   f"ready; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - t0
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.5)
+        raise ServingError(f"model {self.model} not ready after {timeout_s:.0f} s; see "
+                           f"{self.log_path}")
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM (KServe shuts down gracefully), then SIGKILL after `timeout_s`."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+def query(server: Server, requests: list[dict[str, Any]], work_dir: Path,
+          timeout_s: float = 120.0) -> dict[str, list[dict[str, Any]]]:
+    """Send each request over HTTP and gRPC from a client subprocess; -> per protocol, per
+    request: the rows (user, video ids, scores, cold start, unknown ids) and the version."""
+    spec = work_dir / "requests.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps(requests, indent=2))
+    cmd = [sys.executable, "-m", "onerec.demo_serving", "query", "--http", server.http_url,
+           "--grpc", server.grpc_url, "--model", server.model, "--requests", str(spec)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO,
+                         timeout=timeout_s)
+    if res.returncode != 0:
+        raise ServingError(f"client failed: {res.stderr.strip()[-2000:]}")
+    out: dict[str, list[dict[str, Any]]] = json.loads(res.stdout)
+    (work_dir / "responses.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+# -- the client process ------------------------------------------------------------------------
+def _ask(url: str, protocol: str, model: str,
+         requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from serving.client import RecommendClient
+
+    client = RecommendClient(url, protocol, model)
+    out = []
+    try:
+        for req in requests:
+            t0 = time.perf_counter()
+            res = client.recommend(req["users"], req.get("histories"),
+                                   beam_width=req.get("beam_width"), top_n=req.get("top_n"))
+            out.append({"name": req["name"], "model_version": res.model_version,
+                        "beam_width": res.beam_width, "top_n": res.top_n,
+                        "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
+                        "rows": [vars(r) for r in res.rows]})
+    finally:
+        client.close()
+    return out
+
+
+def _main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m onerec.demo_serving")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("query", help="ask a running server; print JSON")
+    q.add_argument("--http", required=True)
+    q.add_argument("--grpc", required=True)
+    q.add_argument("--model", default="onerec")
+    q.add_argument("--requests", type=Path, required=True)
+    args = p.parse_args(argv)
+    reqs = json.loads(args.requests.read_text())
+    print(json.dumps({"http": _ask(args.http, "http", args.model, reqs),
+                      "grpc": _ask(args.grpc, "grpc", args.model, reqs)}))
+
+
+if __name__ == "__main__":
+    _main()
