@@ -220,9 +220,9 @@ def demo_requests(data_dir: Path, until: str, max_len: int = 50) -> list[dict[st
                        "pos_history": [tail(mine[(mine["long_view"] == 1)
                                                  | (mine["is_like"] == 1)])],
                        "long_history": [tail(mine)]}},
-        {"name": "history only (new user)", "users": [new_id],
+        {"name": "history only", "users": [new_id],
          "histories": {"short_history": [popular]}},
-        {"name": "unknown user (cold start)", "users": [new_id + 1]},
+        {"name": "unknown user", "users": [new_id + 1]},
     ]
 
 
@@ -249,13 +249,13 @@ def _serve(cfg: Config, opts: DemoOptions, version: str, report: dict[str, Any],
     rows = _answer_rows(answers)
     table = Table(title=f"recommendations from {version} (top {len(rows[0]['video_ids'])})"
                   if rows and rows[0]["video_ids"] else f"recommendations from {version}")
-    for col in ("protocol", "request", "user", "cold start", "unknown ids", "video ids",
-                "best score", "ms"):
-        table.add_column(col)
+    for col in ("proto", "request", "user", "cold", "video ids (best first)", "score", "ms"):
+        table.add_column(col, no_wrap=col != "video ids (best first)")
     for r in rows:
-        table.add_row(r["protocol"], r["request"], str(r["user_id"]), str(r["cold_start"]),
-                      str(r["unknown_ids"]), " ".join(map(str, r["video_ids"])) or "-",
-                      f"{r['scores'][0]:.3f}" if r["scores"] else "-", str(r["latency_ms"]))
+        table.add_row(r["protocol"], r["request"], str(r["user_id"]),
+                      "yes" if r["cold_start"] else "no",
+                      " ".join(map(str, r["video_ids"])) or "-",
+                      f"{r['scores'][0]:.2f}" if r["scores"] else "-", f"{r['latency_ms']:.0f}")
     console.print(table)
     agree = all(a["rows"] == b["rows"] for a, b in zip(answers["http"], answers["grpc"],
                                                        strict=True))
