@@ -1,4 +1,4 @@
-"""`onerec validate` and `onerec demo` end to end on real files: exit codes and what is written."""
+"""`onerec validate` end to end on real files: exit codes and what is written."""
 
 from __future__ import annotations
 
@@ -75,21 +75,6 @@ def test_write_reference_then_validate_against_it(tmp_path):
                               "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert "drift" in json.loads((tmp_path / "r" / "report.json").read_text())["suites"]
-
-
-def test_demo_runs_every_stage_on_the_shipped_sample(tmp_path, shipped_dir):
-    res = runner.invoke(app, ["demo", "--data-dir", str(shipped_dir), "--out", str(tmp_path),
-                              "--preset", "tiny", "--minutes", "0.1",
-                              "--set", "serve.beam_width=4", "--set", "train.max_steps=5"])
-    assert res.exit_code == 0, res.output
-    report = json.loads((tmp_path / "validation" / "report.json").read_text())
-    assert report["success"] is True
-    assert set(report["suites"]) >= {"events", "items", "users", "drift"}
-    assert (tmp_path / "codebook" / "codebook.json").exists()
-    metrics = json.loads((tmp_path / "pretrain" / "metrics.json").read_text())
-    assert metrics["metrics"]["legality"] == 1.0 and metrics["steps"] == 5
-    assert 0.0 <= metrics["metrics"]["recall@10"] <= 1.0
-    assert "OneRec" in res.stdout and "popularity" in res.stdout
 
 
 def test_pretrain_rejects_an_unknown_dataset():
