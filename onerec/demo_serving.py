@@ -62,6 +62,10 @@ class Server:
     model: str = "onerec"
     proc: subprocess.Popen[bytes] | None = None
 
+    def __post_init__(self) -> None:
+        while self.grpc_port == self.http_port:  # two draws can coincide
+            self.grpc_port = free_port()
+
     @property
     def http_url(self) -> str:
         return f"{self.host}:{self.http_port}"
@@ -71,8 +75,8 @@ class Server:
         return f"{self.host}:{self.grpc_port}"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "serving.server", "--repo", str(self.repo),
-               "--config", str(self.config), "--http_port", str(self.http_port),
+        cmd = [sys.executable, "-m", "serving.server", "--repo", str(self.repo.resolve()),
+               "--config", str(self.config.resolve()), "--http_port", str(self.http_port),
                "--grpc_port", str(self.grpc_port), "--poll_interval", "0",
                "--model_name", self.model]
         if self.cold_start_data is not None:
@@ -83,7 +87,7 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                     env=_env(), cwd=REPO)
+                                     env=_env())
         log.close()  # the child holds its own descriptor
         return self
 
@@ -130,9 +134,8 @@ def query(server: Server, requests: list[dict[str, Any]], work_dir: Path,
     spec.parent.mkdir(parents=True, exist_ok=True)
     spec.write_text(json.dumps(requests, indent=2))
     cmd = [sys.executable, "-m", "onerec.demo_serving", "query", "--http", server.http_url,
-           "--grpc", server.grpc_url, "--model", server.model, "--requests", str(spec)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO,
-                         timeout=timeout_s)
+           "--grpc", server.grpc_url, "--model", server.model, "--requests", str(spec.resolve())]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout_s)
     if res.returncode != 0:
         raise ServingError(f"client failed: {res.stderr.strip()[-2000:]}")
     out: dict[str, list[dict[str, Any]]] = json.loads(res.stdout)
