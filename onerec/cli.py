@@ -285,7 +285,7 @@ def demo(
     cycles: Annotated[int, typer.Option(help="Continuous-training cycles (successive days).")]
         = 2,
     stages_: Annotated[str | None, typer.Option(
-        "--stages", help="Comma list of pipeline stages [default: every stage installed].")]
+        "--stages", help="Comma list of pipeline stages (default: every stage installed).")]
         = None,
     max_steps: Annotated[int, typer.Option(help="Training steps per cycle (0: one pass over "
                                            "the cycle's requests, cut by the budget).")] = 0,
