@@ -51,7 +51,7 @@ class DemoOptions:
     max_steps: int = 0  # training steps per cycle (0: one pass, cut by the budget)
     eval_users: int = 300  # users the gate measures
     skip_serve: bool = False
-    ab_requests: int = 50_000
+    ab_requests: int = 100_000
     ab_effect: float = 0.03  # the canary's true relative effect in the simulation
     env: str = "dev"
 
