@@ -290,7 +290,7 @@ def demo(
     max_steps: Annotated[int, typer.Option(help="Training steps per cycle (0: one pass over "
                                            "the cycle's requests, cut by the budget).")] = 0,
     eval_users: Annotated[int, typer.Option(help="Users the gate measures.")] = 300,
-    ab_requests: Annotated[int, typer.Option(help="Simulated requests in the A/B.")] = 100_000,
+    ab_requests: Annotated[int, typer.Option(help="Simulated requests in the A/B.")] = 300_000,
     skip_serve: Annotated[bool, typer.Option(
         "--skip-serve", help="Start no server: no serving step, no A/B.")] = False,
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,

@@ -53,7 +53,7 @@ class DemoOptions:
     max_steps: int = 0  # training steps per cycle (0: one pass, cut by the budget)
     eval_users: int = 300  # users the gate measures
     skip_serve: bool = False
-    ab_requests: int = 100_000  # simulated A/B requests (users drawn by activity)
+    ab_requests: int = 300_000  # simulated A/B requests (~12 a user: reaches the planned sample)
     env: str = "dev"
 
 
