@@ -317,14 +317,14 @@ def _ab(cfg: Config, opts: DemoOptions, report: dict[str, Any],
                   f"before {until}; servers' logs in {aopts.work_dir}", highlight=False)
     outcome = run(cfg, aopts, log=lambda line: console.print(line, highlight=False))
     outcome.feedback.to_parquet(aopts.work_dir / "feedback.parquet")
-    table = Table(title="A/B arms (feedback drawn from the behaviour model)")
-    for col in ("arm", "version", "users", "requests", "mean reward", "mean P(click)",
-                "cold start", "serve s"):
-        table.add_column(col, justify="left" if col in ("arm", "version") else "right")
+    table = Table(title="A/B arms", caption="reward: mean per request; P(click): the behaviour "
+                  "model's, mean over the served slates")
+    for col in ("arm", "version", "users", "requests", "reward", "P(click)"):
+        table.add_column(col, justify="left" if col in ("arm", "version") else "right",
+                         no_wrap=True)
     for arm, a in outcome.arms.items():
         table.add_row(arm, a["version"], f"{a['users']:,}", f"{a['requests']:,}",
-                      _num(a["mean_reward"]), _num(a["mean_p_click"]),
-                      str(a.get("cold_start", "-")), _num(a.get("serve_s"), 1))
+                      _num(a["mean_reward"]), _num(a["mean_p_click"]))
     console.print(table)
     result = outcome.result
     console.print(f"decision: [bold]{result.summary()}[/]", highlight=False)
@@ -348,5 +348,5 @@ def _ab(cfg: Config, opts: DemoOptions, report: dict[str, Any],
     return out
 
 
-def _num(v: float | None, digits: int = 4) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"

@@ -45,6 +45,8 @@ HISTORY_KEYS = ("short_history", "pos_history", "long_history")
 
 @dataclass
 class ABOptions:
+    """One experiment: which versions, at what split, on how much simulated traffic."""
+
     data_dir: Path
     work_dir: Path  # servers' logs, request and slate files
     state: Path  # pipeline state: <state>/models/<version> are the exported repositories
@@ -52,18 +54,20 @@ class ABOptions:
     canary: str
     canary_percent: float
     until: str  # the canary's training cutoff: histories are taken before it
-    n_requests: int = 100_000
+    n_requests: int = 300_000  # ~12 a user: enough for the planned sample at 10% canary
     mde: float = 0.02  # minimum relative effect of interest (ab.analyze)
     seed: int = 0
 
 
 @dataclass
 class ABOutcome:
+    """What `run` found; the caller decides what to commit."""
+
     result: Any  # onerec.ab.ABResult
     feedback: pd.DataFrame
-    arms: dict[str, dict[str, Any]]  # per arm: version, users, requests, rewards, timings
-    behaviour: dict[str, Any]  # the simulator's fit time and held-out check
-    walls: dict[str, float] = field(default_factory=dict)
+    arms: dict[str, dict[str, Any]]  # per arm: version, users, requests, reward, P(click), ...
+    behaviour: dict[str, Any]  # the behaviour model's held-out check (simusers.holdout)
+    walls: dict[str, float] = field(default_factory=dict)  # seconds per part
 
 
 @dataclass
