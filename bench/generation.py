@@ -1,7 +1,7 @@
 """Generation speed: the fast generator and its ONNX graph against the reference beam search.
 
     python -m bench.generation [--checkpoint DIR --codebook DIR] [--beams 32 128 512]
-                               [--runs 3] [--threads 2] [--exporter dynamo]
+                               [--runs 3] [--threads 2] [--exporter dynamo] [--json FILE]
 
 Model: a trained checkpoint with its codebook when given (e.g. runs/bench-quality/kuairand/
 train/checkpoint and .../codebook); otherwise the `small` preset with random weights over a
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--items", type=int, default=7583, help="videos of the random codebook")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"))
+    ap.add_argument("--json", default=None, help="also write the summary (medians) here")
     args = ap.parse_args(argv)
     if bool(args.checkpoint) != bool(args.codebook):
         ap.error("--checkpoint and --codebook go together")
@@ -222,6 +223,11 @@ def main(argv: list[str] | None = None) -> dict:
         console.print(f"beam {w}: ONNX Runtime vs PyTorch fast path, p50 at B=1: "
                       f"{summary[f'{w}/onnx_vs_fast_p50']:.2f}x; ONNX Runtime vs textbook: "
                       f"{summary[f'{w}/fast_vs_textbook_p50']:.1f}x", highlight=False)
+    if args.json:
+        import json
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2, default=float))
     return summary
 
 

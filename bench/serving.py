@@ -4,6 +4,7 @@ and gRPC with tritonclient, at several beam widths; then a load test with concur
     PYTHONPATH=. python -m bench.serving --repo runs/model_repository           # the demo model
     PYTHONPATH=. python -m bench.serving --repo runs/model_repository --quick   # ~1 minute
     PYTHONPATH=. python -m bench.serving --standin --quick    # the harness on a stand-in graph
+    PYTHONPATH=. python -m bench.serving --repo R --checkpoint CKPT --codebook CB  # + generation
 
 The server runs in a subprocess (`python -m serving.server`, new versions not polled), on free
 ports, with the Config of the newest version folder (its config.yaml) when there is one. Each
@@ -14,6 +15,10 @@ p50 / p99 per request and the throughput they imply. Load test: `--clients` proc
 sending requests back to back for `--duration` seconds (loopback), reporting requests,
 throughput, p50 / p99 and errors. The client runs in this process, which never imports kserve
 (tritonclient.grpc and kserve cannot share a process).
+
+With `--checkpoint/--codebook` (the served version's), `bench.generation` then runs on the same
+model and beams, with no server: reference beam search vs fast path vs ONNX Runtime, ratios
+within each run (the issue's "fast path vs reference as a ratio in the same run").
 
 The stand-in (`--standin`) is the test graph of tests/serving_util.py: it does no generation,
 so its numbers are the serving overhead alone (protocol, transformer, id mapping).
@@ -65,13 +70,13 @@ def standin_repo(root: Path, lengths: tuple[int, int, int], n_items: int) -> Pat
     return root
 
 
-def start_server(repo: Path, config: Path | None, max_beam: int) -> tuple[subprocess.Popen, str,
-                                                                          str, Path]:
+def start_server(repo: Path, config: Path | None, max_beam: int, ort_threads: int = 0
+                 ) -> tuple[subprocess.Popen, str, str, Path]:
     http, grpc = free_port(), free_port()
     log = Path(tempfile.mkdtemp(prefix="onerec-bench-")) / "server.log"
     cmd = [sys.executable, "-m", "serving.server", "--repo", str(repo), "--http_port", str(http),
            "--grpc_port", str(grpc), "--poll_interval", "0", "--enable_latency_logging", "false",
-           "--set", f"serve.max_beam_width={max_beam}"]
+           "--set", f"serve.max_beam_width={max_beam}", "--ort_threads", str(ort_threads)]
     if config is not None:
         cmd += ["--config", str(config)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -179,6 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true",
                    help="30 requests per cell, 4 clients for 5 s")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument("--ort-threads", type=int, default=0,
+                   help="the server's ONNX Runtime intra-op threads (0: its default)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="the exported model's checkpoint: also run bench.generation on it "
+                        "(reference vs fast path vs ONNX Runtime at the same beams)")
+    p.add_argument("--codebook", type=Path, default=None, help="its codebook (with --checkpoint)")
+    p.add_argument("--runs", type=int, default=3, help="bench.generation runs (with --checkpoint)")
     args = p.parse_args(argv)
     if args.quick:
         args.requests, args.clients, args.duration = 30, 4, min(args.duration, 5.0)
@@ -208,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     reqs = make_requests(items, lengths, max(args.requests + 5, 64))
     console.print(f"repo {repo} ({'stand-in graph' if args.standin else 'exported model'}), "
                   f"{len(items)} items, histories {lengths}, beams {args.beams}")
-    proc, http, grpc, log = start_server(repo, config, max(max(args.beams), 512))
+    proc, http, grpc, log = start_server(repo, config, max(max(args.beams), 512),
+                                         args.ort_threads)
     urls = {"http": http, "grpc": grpc}
     results: dict = {"latency": [], "load": []}
     try:
@@ -243,9 +256,27 @@ def main(argv: list[str] | None = None) -> None:
                 [[str(r["beam"]), r["protocol"], str(r["requests"]), f"{r['rps']:.1f}",
                   f"{r['p50']:.2f}", f"{r['p99']:.2f}", str(r["errors"])]
                  for r in results["load"]], left=["protocol"])
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2))
     console.print(f"server log: {log}")
+    if args.checkpoint is not None:
+        results["generation"] = generation(args, console)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def generation(args: argparse.Namespace, console: Console) -> dict:
+    """bench.generation on the served model's checkpoint, in a subprocess (it imports torch
+    and reruns itself with tuned allocator settings): the reference beam search, the PyTorch
+    fast path and the ONNX graph in ONNX Runtime at the same beams, ratios within each run."""
+    if args.codebook is None:
+        raise SystemExit("--checkpoint needs --codebook")
+    out = Path(tempfile.mkdtemp(prefix="onerec-bench-gen-")) / "generation.json"
+    cmd = [sys.executable, "-m", "bench.generation", "--checkpoint", str(args.checkpoint),
+           "--codebook", str(args.codebook), "--runs", str(args.runs), "--json", str(out),
+           "--beams", *map(str, args.beams)]
+    console.print("generation in-process (no server): " + " ".join(cmd[1:]), highlight=False)
+    subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    return json.loads(out.read_text())
 
 
 if __name__ == "__main__":
