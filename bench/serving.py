@@ -70,13 +70,15 @@ def standin_repo(root: Path, lengths: tuple[int, int, int], n_items: int) -> Pat
     return root
 
 
-def start_server(repo: Path, config: Path | None, max_beam: int, ort_threads: int = 0
+def start_server(repo: Path, config: Path | None, max_beam: int, ort_threads: int | None = None
                  ) -> tuple[subprocess.Popen, str, str, Path]:
     http, grpc = free_port(), free_port()
     log = Path(tempfile.mkdtemp(prefix="onerec-bench-")) / "server.log"
     cmd = [sys.executable, "-m", "serving.server", "--repo", str(repo), "--http_port", str(http),
            "--grpc_port", str(grpc), "--poll_interval", "0", "--enable_latency_logging", "false",
-           "--set", f"serve.max_beam_width={max_beam}", "--ort_threads", str(ort_threads)]
+           "--set", f"serve.max_beam_width={max_beam}"]
+    if ort_threads is not None:
+        cmd += ["--ort_threads", str(ort_threads)]
     if config is not None:
         cmd += ["--config", str(config)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -184,8 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true",
                    help="30 requests per cell, 4 clients for 5 s")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
-    p.add_argument("--ort-threads", type=int, default=0,
-                   help="the server's ONNX Runtime intra-op threads (0: its default)")
+    p.add_argument("--ort-threads", type=int, default=None,
+                   help="the server's ONNX Runtime intra-op threads (0: ORT's default) "
+                        "[default: the Config's serve.ort_threads]")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="the exported model's checkpoint: also run bench.generation on it "
                         "(reference vs fast path vs ONNX Runtime at the same beams)")

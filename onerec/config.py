@@ -271,10 +271,16 @@ class ServeConfig:
     host: str = "127.0.0.1"  # local ModelServer address
     http_port: int = 8080  # Open Inference Protocol REST port
     grpc_port: int = 8081  # Open Inference Protocol gRPC port
+    # ONNX Runtime intra-op threads per graph session (0: ORT's default, every core). One is
+    # fastest on a 2-core server: beam 512 p50 11.7-12.1 ms against 19.3-20.5 ms with the
+    # default, beam 32 3.4-3.8 against 5.9-6.8 (bench.serving, docs/results.md); scale out
+    # with replicas rather than threads.
+    ort_threads: int = 1
 
     def validate(self, p: str) -> None:
         for name in ("beam_width", "max_beam_width", "top_n", "max_top_n", "max_request_seq_len"):
             _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.ort_threads >= 0, f"{p}.ort_threads", "must be >= 0 (0: ONNX Runtime's default)")
         _check(self.beam_width <= self.max_beam_width, f"{p}.beam_width",
                f"must be <= max_beam_width={self.max_beam_width}")
         _check(self.top_n <= self.max_top_n, f"{p}.top_n", f"must be <= max_top_n={self.max_top_n}")

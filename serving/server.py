@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model name of the graph: served here as <model>-graph, or the remote "
                         "predictor's (with --predictor_host; default: --model_name, KServe's "
                         "convention for a transformer and its predictor)")
-    p.add_argument("--ort_threads", type=int, default=0,
-                   help="ONNX Runtime intra-op threads (0: its default)")
+    p.add_argument("--ort_threads", type=int, default=None,
+                   help="ONNX Runtime intra-op threads per graph (0: its default, every core) "
+                        "[default: serve.ort_threads of the Config, 1]")
     p.set_defaults(model_name=None, http_port=None, grpc_port=None)
     return p
 
@@ -155,7 +156,8 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
 
     remote = bool(args.predictor_host)  # the cluster: the graph runs on Triton
     manager = VersionManager(model_dir, expected=Expected(args.config_fingerprint, codebook_fp),
-                             threads=args.ort_threads, sessions=not remote, on_swap=on_swap,
+                             threads=cfg.serve.ort_threads if args.ort_threads is None
+                             else args.ort_threads, sessions=not remote, on_swap=on_swap,
                              on_refuse=on_refuse)
     graph_name = args.graph_name or (name if remote else f"{name}-graph")
     transformer = OneRecTransformer(
