@@ -20,7 +20,9 @@ For each beam width, these paths over the same users, with the valid-prefix cons
 - fast: `onerec.generate.Generator` in PyTorch (KV cache, shared cross K/V, trie), with
   `--threads` intra-op threads and, as "fast-1t", with one (per-op OpenMP wake-ups cost more
   than a second thread gains on small ops, above all on a shared machine);
-- onnx: the exported graph (`onerec.export.onnx`) in ONNX Runtime on CPU.
+- onnx: the exported graph (`onerec.export.onnx`) in ONNX Runtime on CPU, and as "onnx-1t"
+  with one intra-op thread (on 2 cores the graph's ~1.2k small nodes may gain less from a
+  second thread than the hand-offs cost).
 Latency: per user at batch 1, p50 and p99 over `--users` users; throughput: users/s at batch
 16 and 64 over a few batches. The whole measurement runs `--runs` times and the table reports
 the medians; ratios (fast / reference, onnx / fast) are taken within each run. The process
@@ -44,7 +46,7 @@ from bench.runtime import reexec_with_tuned_env
 
 COLUMNS = ["beam", "path", "p50 ms (B=1)", "p99 ms (B=1)", "users/s B=16", "users/s B=64",
            "p50 vs reference", "B=64 vs reference"]
-PATHS = ("textbook", "reference", "fast", "fast-1t", "onnx")
+PATHS = ("textbook", "reference", "fast", "fast-1t", "onnx", "onnx-1t")
 
 
 def build(args: argparse.Namespace):
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         console.print(f"exported beam {w} in {time.perf_counter() - t0:.1f} s")
         gen = Generator(model, trie, beam_width=w)
         session = ort_session(path, threads=args.threads)
+        session_1t = ort_session(path, threads=1)
 
         def fast(x, gen=gen):
             with torch.inference_mode():
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
             return beam_search(model, x, beam_width=w, top_n=w, index=index, share_memory=False)
 
         runners[w] = {"textbook": textbook, "reference": ref, "fast": fast, "fast-1t": fast_1t,
-                      "onnx": lambda x, s=session: run_onnx(s, x)}
+                      "onnx": lambda x, s=session: run_onnx(s, x),
+                      "onnx-1t": lambda x, s=session_1t: run_onnx(s, x)}
     n = len(space)
     results: dict[tuple[int, str], list[dict[str, float]]] = {}
     for r in range(args.runs):

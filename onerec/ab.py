@@ -12,10 +12,13 @@
   minimum effect of interest. It returns promote, rollback or wait; a clearly harmful canary is
   rolled back before the planned sample is reached (at a much stricter level, to keep the
   repeated looks from firing on noise). `two_proportion_ztest` serves binary per-request metrics.
-- `UserBehaviour` is a simulated population for the demo: per-user click and long-view
-  propensities estimated from real KuaiRand-Pure impressions (beta-binomial shrinkage toward the
-  global rates, so a user with three impressions is not a 0% or 100% clicker), and
-  `simulate_feedback` draws sessions from it with a chosen relative effect for the canary.
+- `UserBehaviour` is a simulated population: per-user click and long-view propensities
+  estimated from real KuaiRand-Pure impressions (beta-binomial shrinkage toward the global
+  rates, so a user with three impressions is not a 0% or 100% clicker), and
+  `simulate_feedback` draws sessions from it with a chosen relative effect for the canary: a
+  check of the decision rule on a known effect (`onerec rollout simulate`, tests). The demo's
+  A/B assumes no effect: it serves both versions (`onerec.demo_ab`) and draws feedback on their
+  slates from a behaviour model of users and videos (`onerec.simusers`).
 """
 
 from __future__ import annotations

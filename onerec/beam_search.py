@@ -9,7 +9,10 @@ cross-attention K/V, one exported graph) is checked against:
   the `beam_width` best cumulative log-probabilities per user;
 - with a `PrefixIndex`, codes that no real item continues are masked to -inf at every level,
   so every returned semantic ID is a real item (legality 1 by construction); without it the
-  model may generate IDs that map to no video, which the evaluation reports as legality.
+  model may generate IDs that map to no video, which the evaluation reports as legality;
+- with a `PrefixIndex`, the last token (the disambiguation token among items sharing the L
+  codes) is renormalised over its legal codes (`disambiguation_logp`): an ID that only one item
+  has scores the log-probability of its codes, with nothing taken off for the tie-breaker.
 """
 
 from __future__ import annotations
@@ -59,6 +62,21 @@ class PrefixIndex:
         return self.items_by_sid.get(tuple(sid), [])
 
 
+def disambiguation_logp(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of the last token (the disambiguation token) renormalised over `legal`.
+
+    The last token only tells apart the items that share the L RQ-Kmeans codes (its rank among
+    them), so under the valid-prefix constraint its distribution is taken over the legal codes
+    alone: the beam's score is then the log-probability of the item given its codes' prefix.
+    An ID that one item has (nearly all: the collision rate is a few %) gets log 1 = 0 exactly,
+    which is what lets the fast generator skip the decoder step for those beams. Rows with no
+    legal code (dead beams) are -inf throughout.
+    """
+    alive = legal.any(-1, keepdim=True)
+    masked = logits.float().masked_fill(~legal, float("-inf")).masked_fill(~alive, 0.0)
+    return masked.log_softmax(-1).masked_fill(~legal, float("-inf"))
+
+
 @torch.no_grad()
 def beam_search(model: OneRec, batch: Batch, *, beam_width: int, top_n: int,
                 index: PrefixIndex | None = None,
@@ -85,9 +103,13 @@ def beam_search(model: OneRec, batch: Batch, *, beam_width: int, top_n: int,
         else:
             hidden, _ = model.decode(flat, memory.repeat_interleave(w, 0),
                                      mask.repeat_interleave(w, 0))
-        logp = model.level_logits(hidden[:, -1], lv).log_softmax(-1).view(b, w, -1)
-        if index is not None:
-            logp = logp.masked_fill(~index.allowed(prefixes), float("-inf"))
+        logits = model.level_logits(hidden[:, -1], lv).view(b, w, -1)
+        if index is None:
+            logp = logits.log_softmax(-1)
+        elif lv == model.levels - 1:
+            logp = disambiguation_logp(logits, index.allowed(prefixes))
+        else:
+            logp = logits.log_softmax(-1).masked_fill(~index.allowed(prefixes), float("-inf"))
         total = (scores.unsqueeze(-1) + logp).view(b, -1)  # (B, W*K)
         k = model.vocab_sizes[lv]
         width = min(beam_width, total.shape[1])

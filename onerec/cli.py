@@ -278,7 +278,7 @@ def pretrain(
 def demo(
     data_dir: Annotated[Path, typer.Option(help="KuaiRand-layout folder.")] = DEFAULT_DATA,
     out: Annotated[Path, typer.Option(help="Run folder: report.md/json, validation/, "
-                                      "pipeline/ (state, GitOps repo), serving/.")] =
+                                      "pipeline/ (state, GitOps repo), serving/, ab/.")] =
         Path("runs/demo"),
     minutes: Annotated[float, typer.Option(help="Training budget per cycle (alignment gets "
                                            "half of it).")] = 1.0,
@@ -290,16 +290,16 @@ def demo(
     max_steps: Annotated[int, typer.Option(help="Training steps per cycle (0: one pass over "
                                            "the cycle's requests, cut by the budget).")] = 0,
     eval_users: Annotated[int, typer.Option(help="Users the gate measures.")] = 300,
-    ab_requests: Annotated[int, typer.Option(help="Simulated requests in the A/B.")] = 100_000,
-    skip_serve: Annotated[bool, typer.Option("--skip-serve", help="Do not start the server.")]
-        = False,
+    ab_requests: Annotated[int, typer.Option(help="Simulated requests in the A/B.")] = 300_000,
+    skip_serve: Annotated[bool, typer.Option(
+        "--skip-serve", help="Start no server: no serving step, no A/B.")] = False,
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
     """The main job on the shipped data: validate it; run the continuous-training pipeline
     under kfp.local for CYCLES days (validate, codebook, pretrain, reward, align, gate, export,
     publish; the last version goes out as a canary in a local GitOps repository); serve it
-    (KServe, tritonclient over HTTP and gRPC); decide the canary by A/B on simulated users;
-    write the run report (OUT/report.md)."""
+    (KServe, tritonclient over HTTP and gRPC); decide the canary by an A/B of both served
+    versions on simulated KuaiRand users; write the run report (OUT/report.md)."""
     from onerec.demo import DemoError, DemoOptions, run_demo
     from onerec.stages import StageError, day_ms
 

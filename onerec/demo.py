@@ -11,9 +11,11 @@
        and gRPC (tritonclient, in a client subprocess) for a known user sent by id only (the
        transformer reads the sequences from Feast online), a user given only by a history and
        an unknown user (cold start); the server is stopped on every path;
-    4. A/B: the canary against the stable version on simulated KuaiRand users
-       (`onerec.ab.simulate_canary`), and the promote or rollback commit the decision makes in
-       the local GitOps repository (nothing is pushed);
+    4. A/B: both published versions served at once, simulated KuaiRand users split between
+       them at the canary percentage, their clicks and long views on the slates each version
+       served drawn from a behaviour model of real users (`onerec.demo_ab`, `onerec.simusers`),
+       the analysis (`onerec.ab.analyze`), and the promote or rollback commit the decision
+       makes in the local GitOps repository (nothing is pushed);
     5. the run report: `<out>/report.md` and `<out>/report.json` (`onerec.demo_report`).
 
 The CLI command (`onerec/cli.py`) parses options and calls `run_demo`.
@@ -52,8 +54,7 @@ class DemoOptions:
     max_steps: int = 0  # training steps per cycle (0: one pass, cut by the budget)
     eval_users: int = 300  # users the gate measures
     skip_serve: bool = False
-    ab_requests: int = 100_000
-    ab_effect: float = 0.03  # the canary's true relative effect in the simulation
+    ab_requests: int = 300_000  # simulated A/B requests (~12 a user: reaches the planned sample)
     env: str = "dev"
 
 
@@ -104,7 +105,7 @@ def run_demo(cfg: Config, opts: DemoOptions, console: Console) -> Path:
             report["serving"] = clock.run("serving", lambda: _serve(cfg, opts, version,
                                                                     report, console))
         console.rule("4. A/B: canary analysis on simulated KuaiRand users")
-        report["ab"] = clock.run("A/B", lambda: _ab(opts, report, console))
+        report["ab"] = clock.run("A/B", lambda: _ab(cfg, opts, report, console))
     except DemoError as e:
         report["error"] = str(e)
         raise
@@ -298,8 +299,10 @@ def _answer_rows(answers: dict[str, list[dict[str, Any]]],
 
 
 # -- 4. A/B --------------------------------------------------------------------------------------
-def _ab(opts: DemoOptions, report: dict[str, Any], console: Console) -> dict[str, Any]:
-    from onerec import ab, gitops
+def _ab(cfg: Config, opts: DemoOptions, report: dict[str, Any],
+        console: Console) -> dict[str, Any]:
+    from onerec import gitops, registry
+    from onerec.demo_ab import ABOptions, run
 
     g = report["pipeline"].get("gitops")
     if g is None:
@@ -311,16 +314,45 @@ def _ab(opts: DemoOptions, report: dict[str, Any], console: Console) -> dict[str
         console.print(f"{state.describe()}: no canary to analyse (the last cycle's gate "
                       "blocked its candidate, or it was promoted)", highlight=False)
         return {"decision": None, "reason": "no canary", "state": state.describe()}
-    result, n_users = ab.simulate_canary(str(opts.data_dir), state.canary_percent,
-                                         state.canary.version, opts.ab_requests,
-                                         canary_effect=opts.ab_effect)
-    console.print(f"{state.describe()}; {opts.ab_requests} simulated requests from {n_users} "
-                  f"KuaiRand users (assumed true effect {opts.ab_effect:+.0%})", highlight=False)
+    if opts.skip_serve:
+        console.print("--skip-serve: no A/B (it serves both versions)")
+        return {"decision": None, "reason": "--skip-serve (the A/B serves both versions)",
+                "state": state.describe()}
+    models = Path(report["pipeline"]["state"]) / registry.MODELS
+    missing = [v for v in (state.stable.version, state.canary.version)
+               if not (models / v).is_dir()]
+    if missing:
+        console.print(f"no exported model repository for {', '.join(missing)}: no A/B",
+                      highlight=False)
+        return {"decision": None, "reason": f"not exported: {', '.join(missing)}",
+                "state": state.describe()}
+    until = next((c["until"] for c in report["pipeline"]["cycles"]
+                  if c["published"] == state.canary.version), opts.start)
+    aopts = ABOptions(data_dir=opts.data_dir, work_dir=opts.out / "ab", state=models.parent,
+                      stable=state.stable.version, canary=state.canary.version,
+                      canary_percent=state.canary_percent, until=until,
+                      n_requests=opts.ab_requests)
+    console.print(f"{state.describe()}; {opts.ab_requests:,} simulated requests; histories "
+                  f"before {until}; servers' logs in {aopts.work_dir}", highlight=False)
+    outcome = run(cfg, aopts, log=lambda line: console.print(line, highlight=False))
+    outcome.feedback.to_parquet(aopts.work_dir / "feedback.parquet")
+    table = Table(title="A/B arms", caption="reward: mean per request; P(click): the behaviour "
+                  "model's, mean over the served slates")
+    for col in ("arm", "version", "users", "requests", "reward", "P(click)"):
+        table.add_column(col, justify="left" if col in ("arm", "version") else "right",
+                         no_wrap=True)
+    for arm, a in outcome.arms.items():
+        table.add_row(arm, a["version"], f"{a['users']:,}", f"{a['requests']:,}",
+                      _num(a["mean_reward"]), _num(a["mean_p_click"]))
+    console.print(table)
+    result = outcome.result
     console.print(f"decision: [bold]{result.summary()}[/]", highlight=False)
     out: dict[str, Any] = {"decision": result.decision, "result": result.to_dict(),
                            "summary": result.summary(), "before": state.describe(),
-                           "n_users": n_users, "requests": opts.ab_requests,
-                           "assumed_effect": opts.ab_effect, "commit": None}
+                           "canary_percent": state.canary_percent, "until": until,
+                           "requests": opts.ab_requests, "arms": outcome.arms,
+                           "behaviour": outcome.behaviour, "walls": outcome.walls,
+                           "feedback": str(aopts.work_dir / "feedback.parquet"), "commit": None}
     if result.decision != "wait":
         step = gitops.promote if result.decision == "promote" else gitops.rollback
         sha = step(repo, opts.env, f"A/B: {result.summary()}")
@@ -333,3 +365,7 @@ def _ab(opts: DemoOptions, report: dict[str, Any], console: Console) -> dict[str
         console.print("wait: no commit (collect more traffic, then run the analysis again)")
     out["log"] = gitops.log(repo, opts.env, 10)
     return out
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"

@@ -2,7 +2,9 @@
 `report.md` (the same for people): data validation, both continuous-training cycles (the tables
 of `onerec.cycle_report`), gate decisions, GitOps state, the served version, where its users'
 sequences came from (Feast online, the request, cold start) and its sample recommendations,
-the A/B decision and its commit, wall times per step and per stage."""
+the A/B (per arm: users, requests, mean reward, mean predicted P(click) of the served slates;
+the behaviour model's held-out check), its decision and commit, wall times per step and per
+stage."""
 
 from __future__ import annotations
 
@@ -122,13 +124,33 @@ def _serving(s: dict[str, Any] | None) -> list[str]:
 def _ab(a: dict[str, Any] | None) -> list[str]:
     if not a:
         return []
-    lines = ["## A/B: canary analysis (simulated KuaiRand users)", ""]
+    lines = ["## A/B: canary analysis (both versions served, simulated KuaiRand users)", ""]
     if a.get("decision") is None:
         return [*lines, f"No decision: {a.get('reason')}.", ""]
-    lines += [f"Before: {a['before']}. {a['requests']:,} simulated requests from "
-              f"{a['n_users']:,} users; the canary's true effect in the simulation is an "
-              f"assumption ({a['assumed_effect']:+.0%}), not a measurement.", "",
-              f"Decision: **{a['decision']}**: {a['summary']}", ""]
+    lines += [f"Before: {a['before']}. {a['requests']:,} simulated requests from users drawn "
+              f"by activity, split {100 - a['canary_percent']:g}/{a['canary_percent']:g} by "
+              f"user; each user's slate is what their arm's server answered for their history "
+              f"before {a['until']}; clicks and long views are drawn from a behaviour model of "
+              f"KuaiRand users (`onerec.simusers`), not from an assumed effect.", "",
+              "| arm | version | users | requests | mean reward | mean P(click) of the slates "
+              "| cold-start users | serving s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for arm, s in a["arms"].items():
+        lines.append(f"| {arm} | `{s['version']}` | {s['users']:,} | {s['requests']:,} | "
+                     f"{_fmt(s['mean_reward'])} | {_fmt(s['mean_p_click'])} | "
+                     f"{s.get('cold_start', '-')} | {_fmt(s.get('serve_s'), 1)} |")
+    lines += ["", f"Decision: **{a['decision']}**: {a['summary']}", ""]
+    b = a.get("behaviour")
+    if b:
+        lines += [f"Behaviour model, held out: the last {b['test_days']} days "
+                  f"({b['test_rows']:,} impressions; fitted on the {b['train_rows']:,} before):",
+                  "", "| target | model | log-loss | AUC |", "| --- | --- | --- | --- |"]
+        for target, models in b["metrics"].items():
+            for name, m in models.items():
+                label = {"global": "global rate", "user": "per-user rate",
+                         "model": "behaviour model"}.get(name, name)
+                lines.append(f"| {target} | {label} | {m['log_loss']} | {m['auc']} |")
+        lines.append("")
     if a.get("commit"):
         lines += [f"GitOps commit (local repository, not pushed): `{a['commit'][:10]}` "
                   f"{a['commit_subject']}. After: {a['after']}.", ""]
@@ -137,6 +159,10 @@ def _ab(a: dict[str, Any] | None) -> list[str]:
     lines += ["Rollout history (`git log` of the environment's overlay):", "", "```",
               *a.get("log", []), "```", ""]
     return lines
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def summary_lines(r: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from onerec.demo_serving import Server, ServingError
 runner = CliRunner()
 # pretrain's reward and align stages have their own pipeline tests; left out here for time
 STAGES = "validate,codebook,pretrain,gate,export,publish"
+AB_REQUESTS = 20_000
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def demo_run(tmp_path_factory, shipped_dir) -> tuple[Path, dict, str]:
     res = runner.invoke(app, ["demo", "--data-dir", str(shipped_dir), "--out", str(out),
                               "--preset", "tiny", "--minutes", "0.1", "--max-steps", "5",
                               "--eval-users", "50", "--stages", STAGES,
-                              "--set", "serve.beam_width=4"])
+                              "--set", "serve.beam_width=4", "--ab-requests", str(AB_REQUESTS)])
     assert res.exit_code == 0, res.output
     return out, json.loads((out / "report.json").read_text()), res.output
 
@@ -87,6 +88,16 @@ def test_demo_decides_the_canary_and_commits_the_decision(demo_run):
     out, report, output = demo_run
     a = report["ab"]
     assert a["decision"] in ("promote", "rollback", "wait")
+    # both published versions were served; every simulated request saw its arm's slate
+    cycles = report["pipeline"]["cycles"]
+    arms = a["arms"]
+    assert [arms[k]["version"] for k in ("stable", "canary")] == [c["published"] for c in cycles]
+    assert sum(arms[k]["requests"] for k in arms) == AB_REQUESTS
+    for arm in arms.values():
+        assert arm["users"] > 0 and arm["model_version"] == 1 and arm["slate_size"] == 4
+        assert 0 < arm["mean_p_click"] < 1
+    assert a["result"]["n_stable"] == arms["stable"]["users"]
+    assert "assumed_effect" not in a and (out / "ab" / "feedback.parquet").exists()
     repo = Path(report["pipeline"]["gitops"]["repo"])
     if a["decision"] == "wait":
         assert a["commit"] is None
@@ -96,7 +107,8 @@ def test_demo_decides_the_canary_and_commits_the_decision(demo_run):
     md = (out / "report.md").read_text()
     for text in ("## Data validation", "cycle-2-2022-04-29", "### Gate decisions",
                  "## Serving", "unknown user", f"Decision: **{a['decision']}**",
-                 "## Wall times"):
+                 "| stable | `", "| canary | `", "not from an assumed effect",
+                 "| click | behaviour model |", "## Wall times"):
         assert text in md
     assert set(report["wall_s"]) >= {"data validation", "pipeline cycle-1-2022-04-28",
                                      "pipeline cycle-2-2022-04-29", "serving", "A/B", "total"}

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from onerec.beam_search import PrefixIndex, beam_search
+from onerec.beam_search import PrefixIndex, beam_search, disambiguation_logp
 from onerec.config import Config
 from onerec.generate import (
     Generator,
@@ -121,6 +121,41 @@ def test_batched_users_equal_one_user_at_a_time():
         alone = generate(model, one, beam_width=16, trie=trie)
         torch.testing.assert_close(together.scores[u:u + 1], alone.scores, rtol=1e-5, atol=1e-5)
         assert torch.equal(together.items[u:u + 1], alone.items)
+
+
+def test_disambiguation_level_is_renormalised_over_legal_codes():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.1, 9.0], [1.0, 1.0, 1.0]])
+    legal = torch.tensor([[True, True, False], [False, True, False], [False, False, False]])
+    logp = disambiguation_logp(logits, legal)
+    assert torch.allclose(logp[0, :2].exp().sum(), torch.tensor(1.0))  # a distribution
+    assert logp[0, 2] == float("-inf")
+    assert logp[1].tolist() == [float("-inf"), 0.0, float("-inf")]  # one legal code: log 1
+    assert (logp[2] == float("-inf")).all()  # a dead beam stays dead, no NaN
+
+
+def test_last_decoder_step_runs_only_for_ids_that_several_items_share():
+    model = tiny_model(vocab=(5, 4, 3), n_items=45, seed=11)
+    batch = ragged_batch(model, b=3, seed=12)
+    trie = ItemTrie.from_codes(model.item_codes, model.vocab_sizes)
+    gen = Generator(model, trie, beam_width=20)
+    seen: list[int] = []
+    hook = model.heads[-1].register_forward_hook(lambda mod, inp, out: seen.append(len(inp[0])))
+    try:
+        _, scores, codes = gen(batch.user, batch.short, batch.pos, batch.long)
+    finally:
+        hook.remove()
+    # the prefixes (c1, c2) the last level starts from, and how many items continue each
+    shared: dict[tuple[int, ...], int] = {}
+    for row in model.item_codes[1:].tolist():
+        shared[tuple(row[:2])] = shared.get(tuple(row[:2]), 0) + 1
+    prefixes = {tuple(c[:2]) for u in range(3)
+                for c, s in zip(codes[u].tolist(), scores[u], strict=True) if torch.isfinite(s)}
+    assert any(shared[p] == 1 for p in prefixes) and any(shared[p] > 1 for p in prefixes)
+    assert len(seen) == 1 and 0 < seen[0] < 3 * 20  # only the beams with a real choice
+    # and the result is still the reference's (renormalised there too)
+    index = PrefixIndex(model.item_codes, model.vocab_sizes)
+    ref_codes, ref_scores = beam_search(model, batch, beam_width=20, top_n=20, index=index)
+    assert_same_top(codes, scores, ref_codes, ref_scores, 20)
 
 
 def test_constrained_beams_past_the_catalogue_are_dead_with_item_zero():
