@@ -357,9 +357,14 @@ def _ab(cfg: Config, opts: DemoOptions, report: dict[str, Any],
         step = gitops.promote if result.decision == "promote" else gitops.rollback
         sha = step(repo, opts.env, f"A/B: {result.summary()}")
         subject = gitops.log(repo, opts.env, 1)[0]
-        out.update({"commit": sha, "commit_subject": subject,
-                    "after": gitops.read_state(repo, opts.env).describe()})
-        console.print(f"GitOps commit in {repo}: {subject} (local; push to let Argo CD sync)",
+        after = gitops.read_state(repo, opts.env)
+        # the training state follows: the candidate becomes production or is discarded
+        moved = registry.follow_rollout(models.parent, after.stable.version,
+                                        after.canary.version if after.canary else None)
+        out.update({"commit": sha, "commit_subject": subject, "after": after.describe(),
+                    "candidate": moved})
+        console.print(f"GitOps commit in {repo}: {subject} (local; push to let Argo CD sync); "
+                      f"candidate {state.canary.version} {moved} in {models.parent}",
                       highlight=False)
     else:
         console.print("wait: no commit (collect more traffic, then run the analysis again)")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from onerec import gitops
+from onerec import gitops, registry
 from onerec.cli import app
 from onerec.demo import demo_requests
 from onerec.demo_report import summary_lines, to_markdown_report
@@ -104,6 +104,17 @@ def test_demo_decides_the_canary_and_commits_the_decision(demo_run):
     else:
         assert gitops.log(repo, "dev", 1)[0] == a["commit_subject"]
         assert gitops.read_state(repo, "dev").canary is None
+    # the training state follows the decision: the next cycle starts from the stable model
+    state = Path(report["pipeline"]["state"])
+    prod, cand = registry.read_production(state), registry.read_canary(state)
+    if a["decision"] == "promote":
+        assert a["candidate"] == "promoted" and cand is None
+        assert prod.version == cycles[1]["published"]
+    elif a["decision"] == "rollback":
+        assert a["candidate"] == "discarded" and cand is None
+        assert prod.version == cycles[0]["published"]
+    else:
+        assert prod.version == cycles[0]["published"] and cand.version == cycles[1]["published"]
     md = (out / "report.md").read_text()
     for text in ("## Data validation", "cycle-2-2022-04-29", "### Gate decisions",
                  "## Serving", "unknown user", f"Decision: **{a['decision']}**",
