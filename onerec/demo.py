@@ -5,10 +5,12 @@
        code as `onerec pipeline run --local` (`onerec.pipeline_local`): validate, codebook,
        pretrain, reward, align, gate, export, publish; the last cycle publishes a canary in the
        local GitOps repository (`<out>/pipeline/state/gitops`) instead of promoting it;
-    3. serving: the KServe ModelServer on the newest published version (a subprocess on free
-       ports), recommendations over HTTP and gRPC (tritonclient, in a client subprocess) for a
-       known user, a user given only by a history and an unknown user (cold start); the server
-       is stopped on every path;
+    3. serving: a Feast feature store for the run (`<out>/serving/feature_repo`: events before
+       the served version's cut, SQLite online store), the KServe ModelServer on the newest
+       published version reading it (a subprocess on free ports), recommendations over HTTP
+       and gRPC (tritonclient, in a client subprocess) for a known user sent by id only (the
+       transformer reads the sequences from Feast online), a user given only by a history and
+       an unknown user (cold start); the server is stopped on every path;
     4. A/B: both published versions served at once, simulated KuaiRand users split between
        them at the canary percentage, their clicks and long views on the slates each version
        served drawn from a behaviour model of real users (`onerec.demo_ab`, `onerec.simusers`),
@@ -27,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -196,64 +197,68 @@ def _pipeline(cfg: Config, opts: DemoOptions, console: Console, clock: _Clock) -
 
 
 # -- 3. serving ----------------------------------------------------------------------------------
-def demo_requests(data_dir: Path, until: str, max_len: int = 50) -> list[dict[str, Any]]:
-    """Three requests: a known KuaiRand user with their logged histories before `until` (the
-    most active clicker), a new user given only a short history (the last day's most clicked
-    videos), and a new user with nothing (the cold-start table answers)."""
+def demo_requests(data_dir: Path, until: str) -> list[dict[str, Any]]:
+    """Three requests: a known KuaiRand user by id only (the most active clicker before
+    `until`; the transformer reads their sequences from Feast online), a new user given only a
+    short history (the last day's most clicked videos), and a new user with nothing (the
+    cold-start table answers). `source` says where each user's sequences come from."""
     from onerec.data import kuairand
     from onerec.stages import day_ms
 
-    ev = kuairand.load(data_dir).events
-    ev = ev[ev["time_ms"] < day_ms(until)].sort_values("time_ms", kind="stable")
+    ds = kuairand.load(data_dir)
+    ev = ds.events[ds.events["time_ms"] < day_ms(until)]
     clicks = ev[ev["is_click"] == 1]
     known = int(clicks["user_id"].value_counts().idxmax())
-    mine = ev[ev["user_id"] == known]
-
-    def tail(df: pd.DataFrame) -> list[int]:
-        return [int(v) for v in df["video_id"].tolist()[-max_len:]]
-
     last_day = clicks[clicks["time_ms"] >= day_ms(until) - 86_400_000]
     popular = [int(v) for v in last_day["video_id"].value_counts().index[:5]]
-    new_id = int(ev["user_id"].max()) + 1
+    new_id = int(max(ds.events["user_id"].max(), ds.users["user_id"].max())) + 1
     return [
-        {"name": "known user", "users": [known],
-         "histories": {"short_history": [tail(mine[mine["is_click"] == 1])],
-                       "pos_history": [tail(mine[(mine["long_view"] == 1)
-                                                 | (mine["is_like"] == 1)])],
-                       "long_history": [tail(mine)]}},
-        {"name": "history only", "users": [new_id],
+        {"name": "known user", "users": [known], "source": "feast"},
+        {"name": "history only", "users": [new_id], "source": "request",
          "histories": {"short_history": [popular]}},
-        {"name": "unknown user", "users": [new_id + 1]},
+        {"name": "unknown user", "users": [new_id + 1], "source": "none"},
     ]
 
 
 def _serve(cfg: Config, opts: DemoOptions, version: str, report: dict[str, Any],
            console: Console) -> dict[str, Any]:
     from onerec import registry
-    from onerec.demo_serving import Server, query
+    from onerec.demo_serving import Server, feature_store, query
+    from onerec.stages import day_ms
 
     folder = opts.out / "serving"
     repo = Path(report["pipeline"]["state"]) / registry.MODELS / version
     until = next(c["until"] for c in report["pipeline"]["cycles"] if c["published"] == version)
     requests = demo_requests(opts.data_dir, until)
+    known = [u for r in requests if r["source"] == "feast" for u in r["users"]]
+    t0 = time.perf_counter()
+    feast = feature_store(cfg, opts.data_dir, day_ms(until), folder / "feature_repo", known)
+    feast["wall_s"] = round(time.perf_counter() - t0, 1)
+    console.print(f"Feast {feast['repo']}: {feast['events']:,} events before {until} on the "
+                  f"pre-log history, {feast['users']:,} users online (SQLite); prepare "
+                  f"{feast['prepare_s']} s, apply {feast['apply_s']} s, materialize "
+                  f"{feast['materialize_s']} s", highlight=False)
     cfg_path = cfg.save(folder / "config.yaml")
     server = Server(repo=repo, config=cfg_path, log_path=folder / "server.log",
-                    cold_start_data=opts.data_dir.resolve())
-    console.print(f"python -m serving.server --repo {repo} (REST :{server.http_port}, gRPC "
-                  f":{server.grpc_port}; log {server.log_path})", highlight=False)
+                    cold_start_data=opts.data_dir.resolve(),
+                    feature_repo=folder / "feature_repo")
+    console.print(f"python -m serving.server --repo {repo} --feature_repo {server.feature_repo} "
+                  f"(REST :{server.http_port}, gRPC :{server.grpc_port}; log "
+                  f"{server.log_path})", highlight=False)
     with server:
         ready_s = server.wait_ready()
         console.print(f"model ready after {ready_s:.1f} s", highlight=False)
         answers = query(server, requests, folder)
     console.print(f"server stopped (exit code {server.proc.returncode if server.proc else '-'})",
                   highlight=False)
-    rows = _answer_rows(answers)
+    rows = _answer_rows(answers, requests)
     table = Table(title=f"recommendations from {version} (top {len(rows[0]['video_ids'])})"
                   if rows and rows[0]["video_ids"] else f"recommendations from {version}")
-    for col in ("proto", "request", "user", "cold", "video ids (best first)", "score", "ms"):
+    for col in ("proto", "request", "user", "sequences", "cold", "video ids (best first)",
+                "score", "ms"):
         table.add_column(col, no_wrap=col != "video ids (best first)")
     for r in rows:
-        table.add_row(r["protocol"], r["request"], str(r["user_id"]),
+        table.add_row(r["protocol"], r["request"], str(r["user_id"]), r["source"],
                       "yes" if r["cold_start"] else "no",
                       " ".join(map(str, r["video_ids"])) or "-",
                       f"{r['scores'][0]:.2f}" if r["scores"] else "-", f"{r['latency_ms']:.0f}")
@@ -261,21 +266,35 @@ def _serve(cfg: Config, opts: DemoOptions, version: str, report: dict[str, Any],
     agree = all(a["rows"] == b["rows"] for a, b in zip(answers["http"], answers["grpc"],
                                                        strict=True))
     console.print(f"HTTP and gRPC answers {'agree' if agree else 'DIFFER'}")
+    from_feast = [r for r in rows if r["source"] == "feast"]
+    feast["known_user_from_feast"] = bool(from_feast) and all(
+        not r["cold_start"] and r["video_ids"] for r in from_feast)
+    how = ("from its Feast online sequences" if feast["known_user_from_feast"]
+           else "WITHOUT its Feast sequences (cold start)")
+    lengths = "; ".join(f"user {u}: " + ", ".join(f"{k} {n}" for k, n in c.items())
+                        for u, c in feast["online_lengths"].items())
+    console.print(f"known user: no history sent, answered {how} ({lengths} video ids online)",
+                  highlight=False)
     return {"version": version, "repository": str(repo), "http_port": server.http_port,
             "grpc_port": server.grpc_port, "ready_s": round(ready_s, 1),
             "model_version": answers["http"][0]["model_version"] if answers["http"] else None,
-            "requests": requests, "rows": rows, "http_grpc_agree": agree,
+            "feast": feast, "requests": requests, "rows": rows, "http_grpc_agree": agree,
             "server_exit_code": server.proc.returncode if server.proc else None,
             "server_log": str(server.log_path)}
 
 
-def _answer_rows(answers: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def _answer_rows(answers: dict[str, list[dict[str, Any]]],
+                 requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per protocol, request and user; `source`: where the user's sequences came from
+    (request, feast; "cold start" when the answer is the cold-start table)."""
+    sent = {r["name"]: r.get("source", "request") for r in requests}
     rows = []
     for protocol, results in answers.items():
         for res in results:
             for row in res["rows"]:
+                source = "cold start" if row["cold_start"] else sent.get(res["name"], "?")
                 rows.append({"protocol": protocol, "request": res["name"],
-                             "latency_ms": res["latency_ms"], **row})
+                             "latency_ms": res["latency_ms"], "source": source, **row})
     return rows
 
 
@@ -338,9 +357,14 @@ def _ab(cfg: Config, opts: DemoOptions, report: dict[str, Any],
         step = gitops.promote if result.decision == "promote" else gitops.rollback
         sha = step(repo, opts.env, f"A/B: {result.summary()}")
         subject = gitops.log(repo, opts.env, 1)[0]
-        out.update({"commit": sha, "commit_subject": subject,
-                    "after": gitops.read_state(repo, opts.env).describe()})
-        console.print(f"GitOps commit in {repo}: {subject} (local; push to let Argo CD sync)",
+        after = gitops.read_state(repo, opts.env)
+        # the training state follows: the candidate becomes production or is discarded
+        moved = registry.follow_rollout(models.parent, after.stable.version,
+                                        after.canary.version if after.canary else None)
+        out.update({"commit": sha, "commit_subject": subject, "after": after.describe(),
+                    "candidate": moved})
+        console.print(f"GitOps commit in {repo}: {subject} (local; push to let Argo CD sync); "
+                      f"candidate {state.canary.version} {moved} in {models.parent}",
                       highlight=False)
     else:
         console.print("wait: no commit (collect more traffic, then run the analysis again)")

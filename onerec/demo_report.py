@@ -1,9 +1,10 @@
 """The demo's run report: `report.json` (everything `onerec.demo.run_demo` collected) and
 `report.md` (the same for people): data validation, both continuous-training cycles (the tables
-of `onerec.cycle_report`), gate decisions, GitOps state, the served version and its sample
-recommendations, the A/B (per arm: users, requests, mean reward, mean predicted P(click) of the
-served slates; the behaviour model's held-out check), its decision and commit, wall times per
-step and per stage."""
+of `onerec.cycle_report`), gate decisions, GitOps state, the served version, where its users'
+sequences came from (Feast online, the request, cold start) and its sample recommendations,
+the A/B (per arm: users, requests, mean reward, mean predicted P(click) of the served slates;
+the behaviour model's held-out check), its decision and commit, wall times per step and per
+stage."""
 
 from __future__ import annotations
 
@@ -96,13 +97,25 @@ def _serving(s: dict[str, Any] | None) -> list[str]:
              f"Version `{s['version']}` (`{s['repository']}`) on a KServe ModelServer: REST "
              f":{s['http_port']}, gRPC :{s['grpc_port']}; model ready after {s['ready_s']} s; "
              f"server stopped with exit code {s['server_exit_code']}. HTTP and gRPC answers "
-             f"{'agree' if s['http_grpc_agree'] else 'differ'}.", "",
-             "| protocol | request | user | cold start | unknown ids | video ids (best first) "
-             "| best score | ms |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"{'agree' if s['http_grpc_agree'] else 'differ'}.", ""]
+    f = s.get("feast")
+    if f:
+        lengths = "; ".join(f"user {u}: " + ", ".join(f"{k} {n}" for k, n in c.items())
+                            for u, c in f["online_lengths"].items())
+        lines += [f"User sequences from Feast (`--feature_repo {f['repo']}`, SQLite online "
+                  f"store): {f['events']:,} events before the version's cut on the pre-log "
+                  f"history, {f['users']:,} users online; prepare {f['prepare_s']} s, apply "
+                  f"{f['apply_s']} s, materialize {f['materialize_s']} s ({f['wall_s']} s in "
+                  f"all). The known user was sent by id only and answered "
+                  f"**{'from Feast' if f['known_user_from_feast'] else 'without Feast'}** "
+                  f"({lengths} video ids online).", ""]
+    lines += ["| protocol | request | user | sequences | cold start | unknown ids "
+              "| video ids (best first) | best score | ms |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in s["rows"]:
         best = f"{row['scores'][0]:.3f}" if row["scores"] else "-"
         lines.append(f"| {row['protocol']} | {row['request']} | {row['user_id']} | "
-                     f"{row['cold_start']} | {row['unknown_ids']} | "
+                     f"{row.get('source', '-')} | {row['cold_start']} | {row['unknown_ids']} | "
                      f"{' '.join(map(str, row['video_ids'])) or '-'} | {best} | "
                      f"{row['latency_ms']} |")
     return [*lines, ""]
@@ -165,6 +178,11 @@ def summary_lines(r: dict[str, Any]) -> str:
         n = sum(1 for row in s["rows"] if row["video_ids"])
         out.append(f"served {s['version']}: {n}/{len(s['rows'])} answers with videos "
                    f"(HTTP + gRPC)")
+        if s.get("feast"):
+            f = s["feast"]
+            how = "from" if f["known_user_from_feast"] else "WITHOUT"
+            out.append(f"Feast: known user answered {how} its online sequences; apply + "
+                       f"materialize {f['apply_s'] + f['materialize_s']:.1f} s")
     elif "skipped" in s:
         out.append(f"serving skipped: {s['skipped']}")
     a = r.get("ab") or {}

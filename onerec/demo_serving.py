@@ -1,5 +1,6 @@
-"""The demo's serving step: start the KServe ModelServer on a published version, ask it for
-recommendations over HTTP and gRPC with tritonclient, stop it.
+"""The demo's serving step: build the run's Feast feature store, start the KServe ModelServer
+on a published version reading user sequences from it, ask it for recommendations over HTTP and
+gRPC with tritonclient, stop it.
 
 Two processes besides the demo's: the server (`python -m serving.server`, which imports kserve)
 and the client (`python -m onerec.demo_serving query ...`, tritonclient only). tritonclient's
@@ -60,6 +61,7 @@ class Server:
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     model: str = "onerec"
+    feature_repo: Path | None = None  # a Feast repo: users without histories are read from it
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -81,6 +83,8 @@ class Server:
                "--model_name", self.model]
         if self.cold_start_data is not None:
             cmd += ["--cold_start_data", str(self.cold_start_data)]
+        if self.feature_repo is not None:
+            cmd += ["--feature_repo", str(self.feature_repo.resolve())]
         return cmd
 
     def __enter__(self) -> Server:
@@ -124,6 +128,27 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(5)
+
+
+def feature_store(cfg: Any, data_dir: Path, until_ms: int, dest: Path,
+                  users: list[int]) -> dict[str, Any]:
+    """The Feast repo the demo's server reads (`onerec.features.serving_repo`): the offline
+    store backfilled with the events before `until_ms` (the served version's cut) on top of
+    KuaiRand's pre-log history, applied, the online store (SQLite) loaded. -> timings, and the
+    online sequence lengths of `users` (what the transformer will read for them)."""
+    import dataclasses
+
+    from onerec.data import kuairand
+    from onerec.features import online_user_context, serving_repo
+
+    ds = kuairand.load(data_dir)
+    ds = dataclasses.replace(ds, events=ds.events[ds.events["time_ms"] < until_ms]
+                             .reset_index(drop=True))
+    store, took = serving_repo(dest, cfg, ds, history=kuairand.read_history(data_dir))
+    online = online_user_context(store, users)
+    return {"repo": str(dest), **took, "events": len(ds.events),
+            "online_lengths": {str(u): {"short": len(c[0]), "pos": len(c[1]), "long": len(c[2])}
+                               for u, c in online.items()}}
 
 
 def query(server: Server, requests: list[dict[str, Any]], work_dir: Path,

@@ -10,6 +10,7 @@ inside `run_cycles`, so importing this module costs nothing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -99,13 +100,24 @@ def run_cycles(cfg: Config, data_dir: Path, out: Path, opts: CycleOptions, *,
 
 @contextlib.contextmanager
 def _redirected(path: Path | None) -> Iterator[None]:
-    """stdout and stderr into `path` (appended) while kfp.local runs; a no-op for None."""
+    """stdout and stderr into `path` (appended) while kfp.local runs; a no-op for None.
+
+    kfp.local leaves a root-logger handler on the stdout it saw, the file: it is removed when
+    the file closes, else every later warning (GE routes them through logging) prints a
+    "Logging error" traceback about a closed file."""
     if path is None:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    before = list(root.handlers)
     with path.open("a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        yield
+        try:
+            yield
+        finally:
+            for h in [h for h in root.handlers if h not in before]:
+                if getattr(h, "stream", None) is f:
+                    root.removeHandler(h)
 
 
 def cycle_line(summary: dict[str, Any], wall_s: float) -> str:

@@ -1,4 +1,4 @@
-"""`onerec rollout init|publish|ramp|promote|rollback|status|simulate`: GitOps canary rollout.
+"""`onerec rollout init|publish|ramp|promote|rollback|sync|status|simulate`: GitOps canary rollout.
 
 A self-contained sub-app: `onerec/cli.py` calls `register(app)`. Every step is one commit in the
 GitOps repository (`--repo`, default: the current folder), made by `onerec.gitops`; Argo CD
@@ -6,6 +6,13 @@ applies it. `simulate` runs the local A/B loop: simulated KuaiRand users split b
 percentage, the analysis, and (with `--apply`) the promote or rollback commit it decides.
 Refusals (dirty tree, unknown environment, missing patch file, no canary) print one red line
 and exit 2.
+
+The continuous-training state (`onerec.registry`: ROOT/production, ROOT/canary) follows each
+promote and rollback (`registry.follow_rollout`), so the next cycle warm-starts from the model
+that is stable in the tree. `--root` names it; by default it is the GitOps repository's parent
+when the repository is ROOT/gitops (where `publish` creates it) and that folder holds a state;
+a GitOps repository of its own has no state to move. `sync` applies the same rule after a
+rollout made outside this command (a revert, another tool).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from onerec import gitops
+from onerec import gitops, registry
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,6 +35,9 @@ rollout_app = typer.Typer(help="GitOps canary rollout: publish, ramp, promote, r
 RepoOpt = Annotated[Path, typer.Option("--repo", help="GitOps repository (holds k8s/overlays).")]
 EnvArg = Annotated[str, typer.Argument(help="Environment: a folder of k8s/overlays (dev, prod).")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why; goes into the commit.")]
+RootOpt = Annotated[Path | None, typer.Option(
+    "--root", help="Continuous-training state (ROOT/production, ROOT/canary) that follows the "
+    "rollout [default: the repository's parent when it is ROOT/gitops].")]
 
 
 T = TypeVar("T")
@@ -44,6 +54,47 @@ def _run(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def _done(repo: Path, env: str, sha: str) -> None:
     state = gitops.read_state(repo, env)
     console.print(f"[green]{sha[:10]}[/] {state.describe()}  (push to let Argo CD sync it)")
+
+
+def state_root(repo: Path, root: Path | None) -> Path | None:
+    """The state folder a rollout in `repo` moves: `root`, else the parent of a repository
+    named ROOT/gitops when that parent holds a production model or a candidate, else None."""
+    if root is not None:
+        if not (root / registry.PRODUCTION).is_dir() and not (root / registry.CANARY).is_dir():
+            err_console.print(f"[bold red]error:[/] --root {root}: no {registry.PRODUCTION}/ or "
+                              f"{registry.CANARY}/ here; is this the pipeline's state folder?")
+            raise typer.Exit(2)
+        return root
+    repo = repo.resolve()
+    parent = repo.parent
+    if repo.name == registry.GITOPS and ((parent / registry.PRODUCTION).is_dir()
+                                          or (parent / registry.CANARY).is_dir()):
+        return parent
+    return None
+
+
+def follow(repo: Path, env: str, root: Path | None) -> str | None:
+    """Move the state under `root` to agree with `env`'s rollout; print what happened."""
+    if root is None:
+        return None
+    state = gitops.read_state(repo, env)
+    cand = registry.read_canary(root)
+    moved = registry.follow_rollout(root, state.stable.version,
+                                    state.canary.version if state.canary else None)
+    prod = registry.read_production(root)
+    where = (f"production {prod.version} (watermark {prod.watermark_ms})" if prod
+             else "no production model")
+    if moved == "promoted":
+        console.print(f"state {root}: candidate {state.stable.version} is production now (the "
+                      "next cycle warm-starts from it; the old one is in previous/)",
+                      highlight=False)
+    elif moved == "discarded" and cand is not None:
+        console.print(f"state {root}: candidate {cand.version} discarded; the next cycle "
+                      f"warm-starts from {where}", highlight=False)
+    elif prod is None or prod.version != state.stable.version:
+        console.print(f"state {root}: {where}; no candidate for {state.stable.version} "
+                      "(published outside the pipeline?)", highlight=False)
+    return moved
 
 
 @rollout_app.command("init")
@@ -73,21 +124,46 @@ def ramp_cmd(env: EnvArg, canary_percent: Annotated[int, typer.Argument(help="Ne
 
 
 @rollout_app.command("promote")
-def promote_cmd(env: EnvArg, repo: RepoOpt = Path("."), reason: ReasonOpt = None) -> None:
-    """The canary becomes the stable version; no canary afterwards."""
+def promote_cmd(env: EnvArg, repo: RepoOpt = Path("."), reason: ReasonOpt = None,
+                root: RootOpt = None) -> None:
+    """The canary becomes the stable version; no canary afterwards. The state's candidate
+    becomes production (what the next cycle warm-starts from)."""
+    state = state_root(repo, root)
     _done(repo, env, _run(gitops.promote, repo, env, reason))
+    follow(repo, env, state)
 
 
 @rollout_app.command("rollback")
-def rollback_cmd(env: EnvArg, repo: RepoOpt = Path("."), reason: ReasonOpt = None) -> None:
-    """Drop the canary; all traffic back on the stable version."""
+def rollback_cmd(env: EnvArg, repo: RepoOpt = Path("."), reason: ReasonOpt = None,
+                 root: RootOpt = None) -> None:
+    """Drop the canary; all traffic back on the stable version. The state's candidate is
+    discarded: the next cycle warm-starts from production, after its watermark."""
+    state = state_root(repo, root)
     _done(repo, env, _run(gitops.rollback, repo, env, reason))
+    follow(repo, env, state)
+
+
+@rollout_app.command("sync")
+def sync_cmd(env: EnvArg, repo: RepoOpt = Path("."), root: RootOpt = None) -> None:
+    """Make the state follow the tree after a rollout made elsewhere (a revert, another tool):
+    promote the candidate if it is stable there, discard it if it is gone."""
+    state = state_root(repo, root)
+    if state is None:
+        err_console.print(f"[bold red]error:[/] {repo}: no state folder found; pass --root")
+        raise typer.Exit(2)
+    _run(gitops.read_state, repo, env)
+    if follow(repo, env, state) is None:
+        cand = registry.read_canary(state)
+        console.print(f"state {state}: in step with {env} "
+                      f"({'candidate ' + cand.version if cand else 'no candidate'})",
+                      highlight=False)
 
 
 @rollout_app.command("status")
 def status_cmd(env: Annotated[str | None, typer.Argument(help="One environment (default: all).")]
-               = None, repo: RepoOpt = Path(".")) -> None:
-    """Stable version, canary and its share per environment, and the last rollout commits."""
+               = None, repo: RepoOpt = Path("."), root: RootOpt = None) -> None:
+    """Stable version, canary and its share per environment, the last rollout commits, and the
+    state's production model and candidate."""
     overlays = repo / gitops.OVERLAYS
     envs = [env] if env else sorted(p.name for p in overlays.iterdir()
                                     if (p / gitops.STABLE_FILE).is_file()) if overlays.is_dir() else []
@@ -104,6 +180,11 @@ def status_cmd(env: Annotated[str | None, typer.Argument(help="One environment (
     if env:
         for line in _run(gitops.log, repo, env, 5):
             console.print(f"  {line}", highlight=False)
+    state = state_root(repo, root)
+    if state is not None:
+        prod, cand = registry.read_production(state), registry.read_canary(state)
+        console.print(f"state {state}: production {prod.version if prod else '-'}, candidate "
+                      f"{cand.version if cand else '-'}", highlight=False)
 
 
 @rollout_app.command("simulate")
@@ -117,7 +198,8 @@ def simulate_cmd(env: EnvArg, repo: RepoOpt = Path("."),
                  = Path("data/kuairand-pure"),
                  seed: int = 0,
                  apply: Annotated[bool, typer.Option(
-                     "--apply", help="Commit the decided promote or rollback.")] = False) -> None:
+                     "--apply", help="Commit the decided promote or rollback.")] = False,
+                 root: RootOpt = None) -> None:
     """A/B on simulated KuaiRand users at the canary's percentage; decide; optionally commit."""
     from onerec import ab
 
@@ -135,8 +217,10 @@ def simulate_cmd(env: EnvArg, repo: RepoOpt = Path("."),
                   f"({n_users} KuaiRand users)")
     console.print(result.summary(), highlight=False)
     if apply and result.decision != "wait":
+        state = state_root(repo, root)
         step = gitops.promote if result.decision == "promote" else gitops.rollback
         _done(repo, env, _run(step, repo, env, f"A/B: {result.summary()}"))
+        follow(repo, env, state)
 
 
 def register(app: typer.Typer) -> None:

@@ -668,9 +668,12 @@ def publish(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
             root: str | Path, export_dir: str | Path | None = None, env: str = "dev",
             storage_prefix: str = "", canary_percent: int = 10, promote: bool = False,
             gitops_repo: str | Path | None = None) -> dict[str, Any]:
-    """Store the version under ROOT/models, commit it to the GitOps repository as a canary (and
-    promote it at once with `promote`: a laptop has no live A/B), then make it the production
-    model the next cycle warm-starts from. Refuses a candidate the gate blocked."""
+    """Store the version under ROOT/models and commit it to the GitOps repository as a canary,
+    held as the candidate in ROOT/canary: production (what the next cycle warm-starts from and
+    the gate compares against) moves only when the rollout promotes it (`onerec rollout promote`,
+    `registry.follow_rollout`); a rollback discards it. With `promote` (a laptop has no live
+    traffic to A/B) it is promoted at once and becomes production here. Refuses a candidate the
+    gate blocked."""
     from onerec import gitops
 
     snap = Snapshot.load(snapshot_dir)
@@ -701,11 +704,11 @@ def publish(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
     meta = {"version": version, "storage_uri": uri, "watermark_ms": summary["watermark_ms"],
             "until": snap.until, "metrics": m, "published_at": ms_to_iso(int(time.time() * 1000)),
             "canary": not promote}
-    registry.write_production(root, checkpoint=Path(model_dir) / "checkpoint",
-                              codebook=Path(codebook_dir), meta=meta,
-                              reference=Path(snapshot_dir) / "reference.json")
+    write = registry.write_production if promote else registry.write_canary
+    held = write(root, checkpoint=Path(model_dir) / "checkpoint", codebook=Path(codebook_dir),
+                 meta=meta, reference=Path(snapshot_dir) / "reference.json")
     result = {**meta, "gitops_repo": str(repo), "commits": commits,
-              "state": gitops.read_state(repo, env).describe()}
+              "state": gitops.read_state(repo, env).describe(), "held_as": held.path.name}
     with atomic_dir(out) as tmp:
         (tmp / "publish.json").write_text(json.dumps(result, indent=2))
     return result

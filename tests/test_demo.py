@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from onerec import gitops
+from onerec import gitops, registry
 from onerec.cli import app
 from onerec.demo import demo_requests
 from onerec.demo_report import summary_lines, to_markdown_report
@@ -63,6 +63,27 @@ def test_demo_serves_the_published_version_over_http_and_grpc(demo_run):
     assert "HTTP and gRPC answers agree" in output
 
 
+def test_demo_answers_the_known_user_from_feast_online(demo_run):
+    out, report, output = demo_run
+    s = report["serving"]
+    known = next(r for r in s["requests"] if r["name"] == "known user")
+    assert "histories" not in known  # sent by id only
+    f = s["feast"]
+    assert Path(f["repo"]) == out / "serving" / "feature_repo"
+    assert (Path(f["repo"]) / "data" / "online_store.db").is_file()
+    online = f["online_lengths"][str(known["users"][0])]
+    assert online["short"] > 0 and online["long"] > 0  # the sequences the server read
+    for proto in ("http", "grpc"):
+        row = next(r for r in s["rows"] if r["protocol"] == proto and r["request"] == "known user")
+        assert row["source"] == "feast" and not row["cold_start"] and row["video_ids"]
+    assert f["known_user_from_feast"] is True
+    assert f["prepare_s"] + f["apply_s"] + f["materialize_s"] < 60
+    assert "--feature_repo" in output and "answered from its Feast online sequences" in (
+        " ".join(output.split()))
+    md = (out / "report.md").read_text()
+    assert "answered **from Feast**" in md and "| feast |" in md
+
+
 def test_demo_decides_the_canary_and_commits_the_decision(demo_run):
     out, report, output = demo_run
     a = report["ab"]
@@ -83,6 +104,17 @@ def test_demo_decides_the_canary_and_commits_the_decision(demo_run):
     else:
         assert gitops.log(repo, "dev", 1)[0] == a["commit_subject"]
         assert gitops.read_state(repo, "dev").canary is None
+    # the training state follows the decision: the next cycle starts from the stable model
+    state = Path(report["pipeline"]["state"])
+    prod, cand = registry.read_production(state), registry.read_canary(state)
+    if a["decision"] == "promote":
+        assert a["candidate"] == "promoted" and cand is None
+        assert prod.version == cycles[1]["published"]
+    elif a["decision"] == "rollback":
+        assert a["candidate"] == "discarded" and cand is None
+        assert prod.version == cycles[0]["published"]
+    else:
+        assert prod.version == cycles[0]["published"] and cand.version == cycles[1]["published"]
     md = (out / "report.md").read_text()
     for text in ("## Data validation", "cycle-2-2022-04-29", "### Gate decisions",
                  "## Serving", "unknown user", f"Decision: **{a['decision']}**",
@@ -98,7 +130,7 @@ def test_demo_requests_cover_known_history_only_and_unknown_users(shipped_dir):
     reqs = demo_requests(shipped_dir, "2022-04-29")
     assert [r["name"] for r in reqs] == ["known user", "history only", "unknown user"]
     known, hist, unknown = reqs
-    assert all(len(known["histories"][k][0]) > 0 for k in known["histories"])
+    assert "histories" not in known and known["source"] == "feast"  # Feast online has them
     assert len(hist["histories"]["short_history"][0]) == 5
     assert "histories" not in unknown
     assert len({known["users"][0], hist["users"][0], unknown["users"][0]}) == 3

@@ -29,8 +29,10 @@ from onerec.features import (
     materialize_all,
     online_user_context,
     prepare_repo,
+    serving_repo,
     training_features,
 )
+from onerec.features.sequences import COLUMNS, VIEWS
 
 ROOT = Path(__file__).resolve().parents[1]
 N_BACKFILL = 600
@@ -94,6 +96,22 @@ def test_materialized_online_contexts_match_the_log(world, cfg, ds):
     for u in world["users"]:
         assert world["materialized"][u] == expected_context(head, u, np.inf, cfg), u
     assert any(len(c[2]) == cfg.data.max_long_seq_len for c in world["materialized"].values())
+
+
+def test_serving_repo_loads_the_same_online_rows_as_materialize(world, tmp_path, cfg, ds):
+    """The sequences written from the backfill's final state (what the demo's server reads)
+    are the rows `materialize` loads from the offline store, every stored column included."""
+    head = Dataset("synthetic", ds.events.iloc[:N_BACKFILL], ds.items, ds.users)
+    store, took = serving_repo(tmp_path / "serving", cfg, head)
+    assert took["users"] == len(set(head.events["user_id"])) and took["materialize_s"] >= 0
+    assert online_user_context(store, world["users"]) == world["materialized"]
+    feats = [f"{v}:{c}" for v in VIEWS for c in COLUMNS[v]] + ["user_profile:fans_user_num"]
+    users = {"user_id": world["users"]}
+    again = prepare_repo(tmp_path / "materialized", cfg, head)
+    full = apply_repo(again)
+    materialize_all(full)
+    assert (store.get_online_features(features=feats, entity_rows=users).to_dict()
+            == full.get_online_features(features=feats, entity_rows=users).to_dict())
 
 
 def test_pushed_events_are_read_back_online(world, cfg, ds):

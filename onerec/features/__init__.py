@@ -14,11 +14,13 @@ from onerec.features.store import (
     online_user_context,
     open_store,
     prepare_repo,
+    serving_repo,
     training_features,
+    write_sequences,
 )
 
 __all__ = [
     "ApplyStats", "FeaturesError", "SequenceBook", "StreamWriter", "UserSequences", "apply_repo",
     "feature_service", "materialize_all", "online_user_context", "open_store", "prepare_repo",
-    "training_features",
+    "serving_repo", "training_features", "write_sequences",
 ]
