@@ -369,10 +369,12 @@ def test_gate_blocks_a_worse_candidate_and_publish_is_not_reached(two_cycles):
     shutil.copytree(c1_state, root, symlinks=True)
     before = registry.read_production(root).meta
     commits = gitops.log(root / registry.GITOPS, "dev")
-    # a candidate trained from scratch for one step, against the trained production model
-    params = prun.local_params(_cfg(), until=DAY2, run_id="bad", root=root, data_dir=DATA,
+    # a candidate trained from scratch for one step at a learning rate that leaves it at its
+    # random initialisation, against the trained production model
+    bad = Config.from_preset("tiny", ["train.lr=1e-7"])
+    params = prun.local_params(bad, until=DAY2, run_id="bad", root=root, data_dir=DATA,
                                stages_csv=CORE, warm_start=False, max_steps=1,
-                               gate_max_users=150)
+                               gate_max_users=1000)  # enough users to tell it apart
     prun.run_local(params, tmp / "kfp")
     c = cycle_summary(root, "bad")
     assert c["gate"] == "blocked" and c["stages"]["publish"] == "not reached"
