@@ -280,7 +280,8 @@ class ServeConfig:
     def validate(self, p: str) -> None:
         for name in ("beam_width", "max_beam_width", "top_n", "max_top_n", "max_request_seq_len"):
             _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
-        _check(self.ort_threads >= 0, f"{p}.ort_threads", "must be >= 0 (0: ONNX Runtime's default)")
+        _check(self.ort_threads >= 0, f"{p}.ort_threads",
+               "must be >= 0 (0: ONNX Runtime's default)")
         _check(self.beam_width <= self.max_beam_width, f"{p}.beam_width",
                f"must be <= max_beam_width={self.max_beam_width}")
         _check(self.top_n <= self.max_top_n, f"{p}.top_n", f"must be <= max_top_n={self.max_top_n}")

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from onerec.config import Config
-from onerec.demo_serving import Server, ServingError, _env
+from onerec.demo_serving import Server, ServingError, subprocess_env
 
 BATCH = 256  # users per request: serving.schema.Limits.max_batch
 HISTORY_KEYS = ("short_history", "pos_history", "long_history")
@@ -127,7 +127,7 @@ def start_slates(server: Server, histories: dict[str, np.ndarray],
            "--model", server.model, "--requests", str(spec.resolve()), "--out",
            str(out.resolve())]
     log = (work_dir / f"{name}-client.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env())
     log.close()
     return proc, out
 

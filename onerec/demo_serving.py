@@ -41,7 +41,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _env() -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
     """This checkout first on PYTHONPATH (as kfp.local's steps get it)."""
     env = dict(os.environ)
     paths = [str(REPO), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
@@ -91,7 +91,7 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                     env=_env())
+                                     env=subprocess_env())
         log.close()  # the child holds its own descriptor
         return self
 
@@ -160,7 +160,8 @@ def query(server: Server, requests: list[dict[str, Any]], work_dir: Path,
     spec.write_text(json.dumps(requests, indent=2))
     cmd = [sys.executable, "-m", "onerec.demo_serving", "query", "--http", server.http_url,
            "--grpc", server.grpc_url, "--model", server.model, "--requests", str(spec.resolve())]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout_s)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(),
+                         timeout=timeout_s)
     if res.returncode != 0:
         raise ServingError(f"client failed: {res.stderr.strip()[-2000:]}")
     out: dict[str, list[dict[str, Any]]] = json.loads(res.stdout)
