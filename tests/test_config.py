@@ -47,6 +47,7 @@ def test_overrides_do_not_leak_into_presets():
     ("model.top_k_experts=9", "model.top_k_experts"),
     ("serve.beam_width=100000", "serve.beam_width"),
     ("train.lr=-1", "train.lr"),
+    ("serve.ort_threads=-1", "serve.ort_threads"),
     ("validation.watch_ratio_quantiles=[1.5]", "validation.watch_ratio_quantiles"),
 ])
 def test_bad_overrides_are_rejected_with_the_key(override, key):

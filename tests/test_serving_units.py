@@ -42,6 +42,16 @@ def test_parameters_default_and_limits() -> None:
 
 
 # -- runtime -------------------------------------------------------------------------------------
+def test_graph_sessions_use_the_configured_intra_op_threads(tmp_path: Path) -> None:
+    from onerec.config import Config
+
+    assert Config.from_preset("small").serve.ort_threads == 1  # the server's default
+    folder = write_version(tmp_path / "m", 1, n_items=5)
+    for threads in (1, 2):
+        sess = load_version(folder, threads=threads).graphs[0].session
+        assert sess.get_session_options().intra_op_num_threads == threads
+
+
 def test_id_mapping_drops_unknown_and_padding(tmp_path: Path) -> None:
     p = load_version(write_version(tmp_path / "m", 1, n_items=5))
     vids = p.items  # shuffled 1000, 1007, ... 1028
