@@ -133,6 +133,9 @@ class ModelConfig:
     dropout: float = 0.1  # dropout in attention and feed-forward
     balance_loss_weight: float = 0.01  # weight of the MoE load-balancing loss
     causal_encoder: bool = False  # short sequence encoded causally: one pass serves every prefix
+    # weight of the auxiliary next-item loss: a full softmax over every item, scored from the
+    # encoder's user state against the (tied) item embeddings, as SASRec trains (0: off)
+    item_loss_weight: float = 0.0
 
     # derived (not read from YAML)
     head_dim: int = field(default=0, init=False)
@@ -150,6 +153,7 @@ class ModelConfig:
                f"must be <= n_experts={self.n_experts}")
         _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)")
         _check(self.balance_loss_weight >= 0, f"{p}.balance_loss_weight", "must be >= 0")
+        _check(self.item_loss_weight >= 0, f"{p}.item_loss_weight", "must be >= 0")
 
 
 @dataclass

@@ -244,7 +244,8 @@ def collate(reqs: Requests, idx: np.ndarray, item_codes: torch.Tensor) -> Batch:
         pos=torch.from_numpy(sub.pos), long=torch.from_numpy(sub.long),
         target_codes=item_codes[torch.from_numpy(sub.targets)],
         target_req=torch.from_numpy(np.repeat(np.arange(len(sub)), counts)),
-        target_len=None if sub.target_len is None else torch.from_numpy(sub.target_len))
+        target_len=None if sub.target_len is None else torch.from_numpy(sub.target_len),
+        target_items=torch.from_numpy(sub.targets))
 
 
 class RequestStream:

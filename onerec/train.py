@@ -80,17 +80,28 @@ def model_flops(model: OneRec, n_requests: int, n_targets: int, context_len: int
     return 6.0 * (enc * n_requests * context_len + dec * n_targets * model.levels)
 
 
-def lr_at(step: int, cfg: Config, time_frac: float = 0.0) -> float:
-    """Linear warmup, then cosine decay to 0 over the rest of training.
+def warmup_for(cfg: Config, total_steps: int) -> int:
+    """Warmup steps of a run of `total_steps`: `train.warmup_steps`, but at most a tenth of the
+    run, so a short run (a continuous-training cycle of a few dozen steps) reaches its peak
+    learning rate instead of ending inside the warmup."""
+    return max(1, min(cfg.train.warmup_steps, total_steps // 10))
+
+
+def lr_at(step: int, cfg: Config, time_frac: float = 0.0, total_steps: int | None = None,
+          ) -> float:
+    """Linear warmup, then cosine decay to 0 over the rest of training (`total_steps`, by
+    default `train.max_steps`: the steps this run will take, so the schedule ends with it).
 
     `time_frac` (elapsed / time budget) lets a wall-clock budget drive the decay: progress is
     the larger of the step and time fractions, so a run cut by its budget still ends with a
     decayed learning rate instead of stopping mid-schedule.
     """
     t = cfg.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+    total = total_steps or t.max_steps
+    warmup = warmup_for(cfg, total)
+    if step < warmup:
+        return t.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
     return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, max(progress, time_frac))))
 
 
@@ -209,7 +220,7 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
         time_frac = ((time.perf_counter() - t_start) / time_budget_s
                      if time_budget_s and world == 1 else 0.0)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg, time_frac)
+            g["lr"] = lr_at(step, cfg, time_frac, total_steps)
         opt.zero_grad(set_to_none=True)
         if autocast is not None:
             with autocast:

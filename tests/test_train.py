@@ -176,3 +176,17 @@ def test_time_budget_drives_the_cosine_schedule():
     assert lr_at(20, cfg, time_frac=0.5) == pytest.approx(0.5e-3)  # half the budget spent
     assert lr_at(20, cfg, time_frac=1.0) == pytest.approx(0.0)
     assert lr_at(900, cfg, time_frac=0.1) < 0.1e-3  # steps ahead of time: steps decide
+
+
+def test_schedule_spans_the_steps_the_run_takes():
+    """A short run (a continuous-training cycle) warms up within a tenth of its steps, peaks,
+    and decays to zero at its last step, whatever train.max_steps says."""
+    from onerec.train import lr_at, warmup_for
+
+    cfg = Config.from_preset("tiny", ["train.max_steps=2000", "train.warmup_steps=100",
+                                      "train.lr=1e-3"])
+    assert warmup_for(cfg, 40) == 4
+    assert warmup_for(cfg, 5000) == 100
+    assert lr_at(3, cfg, total_steps=40) == pytest.approx(1e-3)  # peak after 4 steps
+    assert lr_at(39, cfg, total_steps=40) < 0.01e-3  # decayed at the end of the run
+    assert lr_at(39, cfg) == pytest.approx(0.4e-3)  # a 2000-step schedule: still warming up
