@@ -4,8 +4,9 @@
     python -m bench.quality --dataset kuairand [--data-dir data/kuairand-pure] [--minutes 20]
 
 beauty: any folder in the amazon-beauty format (sequential_data.txt, datamaps.json,
-item_text.txt), TIGER leave-one-out, full ranking; prints ours, our SASRec, popularity and the
-published TIGER and SASRec rows side by side, with training wall times.
+item_text.txt), TIGER leave-one-out, full ranking; prints ours, our SASRec, popularity and,
+when the data is Amazon Beauty itself (its user/item/interaction counts), the published TIGER
+and SASRec rows side by side, with training wall times.
 kuairand: temporal split (the last `data.test_days` days are the test period), targets are each
 user's positive events (long view or like) in the test period; ours vs popularity vs SASRec
 (trained on each user's clicked-video sequence before the cut).
@@ -23,8 +24,12 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.runtime import reexec_with_tuned_env
+
+if TYPE_CHECKING:
+    from onerec.data.sequences import SequenceData
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -34,14 +39,34 @@ PUBLISHED = {  # TIGER (NeurIPS 2023), Table 1, Amazon Beauty
     "SASRec (published)": {"recall@5": 0.0387, "ndcg@5": 0.0249, "recall@10": 0.0605,
                            "ndcg@10": 0.0318},
 }
+# Amazon Beauty as TIGER and SASRec report on it: (users, items, interactions) of
+# ../shared/datasets/amazon-beauty read with onerec.data.sequences.load_beauty. The published
+# rows apply only to data with these counts, not to any folder in the same format.
+BEAUTY_COUNTS = (22_363, 12_101, 198_502)
 COLS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
-def _table(title: str, rows: list[tuple[str, dict, str]]) -> None:
+def is_amazon_beauty(data: SequenceData) -> bool:
+    """True when `data` (a SequenceData) has Amazon Beauty's user, item and interaction counts."""
+    counts = (len(data.sequences), data.n_items, sum(len(s) for s in data.sequences.values()))
+    return counts == BEAUTY_COUNTS
+
+
+def published_rows(data: SequenceData) -> tuple[list[tuple[str, dict, str]], str | None]:
+    """The published reference rows if `data` is Amazon Beauty, else none and a note why."""
+    if is_amazon_beauty(data):
+        return [(k, v, "-") for k, v in PUBLISHED.items()], None
+    n = sum(len(s) for s in data.sequences.values())
+    return [], (f"published TIGER / SASRec rows withheld: this data ({len(data.sequences):,} "
+                f"users, {data.n_items:,} items, {n:,} interactions) is not Amazon Beauty "
+                f"({BEAUTY_COUNTS[0]:,} / {BEAUTY_COUNTS[1]:,} / {BEAUTY_COUNTS[2]:,})")
+
+
+def _table(title: str, rows: list[tuple[str, dict, str]], caption: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=title)
+    t = Table(title=title, caption=caption)
     t.add_column("model")
     for c in COLS:
         t.add_column(c.replace("recall", "R").replace("ndcg", "N"), justify="right")
@@ -80,14 +105,15 @@ def run_beauty(args: argparse.Namespace, cfg) -> dict:
                            max_minutes=args.sasrec_minutes)
         rows.append(("SASRec (ours)", evaluate_rows(sas, split.test),
                      f"{(time.perf_counter() - t0) / 60:.1f} min"))
-    rows += [(k, v, "-") for k, v in PUBLISHED.items()]
+    published, note = published_rows(data)
+    rows += published
     if args.dump_recs:
         dump_recs(args.dump_recs, res["recs"])
     extra = {k: res[k] for k in ("steps", "best_step", "params", "active_params", "codebook",
                                  "codebook_s", "eval_s")}
     extra["legality"] = res["metrics"]["legality"]
     extra["legality_unconstrained"] = res["metrics"]["legality_unconstrained"]
-    return {"rows": rows, "extra": extra, "n_test_users": len(split.test)}
+    return {"rows": rows, "extra": extra, "n_test_users": len(split.test), "note": note}
 
 
 def run_kuairand(args: argparse.Namespace, cfg) -> dict:
@@ -158,11 +184,16 @@ def main(argv: list[str] | None = None) -> dict:
                            "train.checkpoint_every=1000"],
                 "kuairand": []}[args.dataset]
     cfg = Config.from_preset(args.preset, defaults + args.overrides)
+    load_start = tuple(round(x, 2) for x in os.getloadavg())
     t0 = time.perf_counter()
     result = (run_beauty if args.dataset == "beauty" else run_kuairand)(args, cfg)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_end = tuple(round(x, 2) for x in os.getloadavg())
     _table(f"bench.quality --dataset {args.dataset} ({result['n_test_users']} test users, "
-           f"full ranking) {stamp}", result["rows"])
+           f"full ranking) {stamp}", result["rows"],
+           caption=f"load average {load_start} at start, {load_end} at end")
+    if result.get("note"):
+        print(result["note"])
     print(json.dumps(result["extra"], default=str))
     print(f"total wall time {(time.perf_counter() - t0) / 60:.1f} min; "
           f"config fingerprint {cfg.fingerprint()}")

@@ -1,0 +1,68 @@
+"""bench.quality: published Amazon Beauty rows are shown for Amazon Beauty only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from bench import quality
+from onerec.data.sequences import load_beauty
+
+from .conftest import shared_dataset
+
+
+def _beauty_format_folder(path, n_users: int = 30, n_items: int = 40) -> None:
+    """A small folder in the amazon-beauty format (sequential_data, datamaps, item_text)."""
+    rng = np.random.default_rng(0)
+    lines = [" ".join(map(str, [u, *rng.choice(np.arange(1, n_items + 1), rng.integers(5, 10),
+                                               replace=False)]))
+             for u in range(1, n_users + 1)]
+    (path / "sequential_data.txt").write_text("\n".join(lines) + "\n")
+    asins = {f"B{i:05d}": str(i) for i in range(1, n_items + 1)}
+    (path / "datamaps.json").write_text(json.dumps({"item2id": asins}))
+    words = ["red", "blue", "lipstick", "shampoo", "cream", "serum", "mask", "oil"]
+    (path / "item_text.txt").write_text("".join(
+        f"{a} {words[i % 8]} {words[(3 * i) % 8]}\n" for a, i in
+        ((a, int(i)) for a, i in asins.items())))
+
+
+def test_other_data_in_the_beauty_format_gets_no_published_rows(tmp_path, monkeypatch, capsys):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _beauty_format_folder(data_dir)
+    data = load_beauty(data_dir)
+    assert not quality.is_amazon_beauty(data)
+    rows, note = quality.published_rows(data)
+    assert rows == [] and "withheld" in note
+    # the whole benchmark on it: our rows, no published ones, the note, the load average
+    monkeypatch.setenv("ONEREC_NO_TUNING", "1")  # no re-exec of the test process
+    result = quality.main(["--dataset", "beauty", "--data-dir", str(data_dir), "--preset", "tiny",
+                           "--no-sasrec", "--eval-every", "0", "--beam", "4", "--threads", "1",
+                           "--set", "train.max_steps=2", "--set", "train.warmup_steps=1",
+                           "--out", str(tmp_path / "out")])
+    names = [name for name, *_ in result["rows"]]
+    assert names == ["OneRec (ours)", "popularity"]
+    out = capsys.readouterr().out
+    assert "published TIGER / SASRec rows withheld" in out and "(published)" not in out
+    assert "load average" in out
+
+
+def test_amazon_beauty_gets_the_published_rows():
+    data = load_beauty(shared_dataset("amazon-beauty"))
+    assert quality.is_amazon_beauty(data)
+    rows, note = quality.published_rows(data)
+    assert note is None and [r[0] for r in rows] == list(quality.PUBLISHED)
+
+
+def test_same_size_is_not_enough_every_count_must_match():
+    from onerec.data.sequences import SequenceData
+
+    users, items, n = quality.BEAUTY_COUNTS
+    # right users and items, one interaction short
+    seqs = {u: [1, 2, 3] for u in range(users)}
+    seqs[0] = [1, 2, items]
+    data = SequenceData("beauty", seqs, items)
+    assert sum(len(s) for s in seqs.values()) != n
+    assert not quality.is_amazon_beauty(data)
+    assert quality.published_rows(data)[0] == []
