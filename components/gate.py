@@ -8,9 +8,11 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluation_gate(config_yaml: str, root: str, run_id: str, tolerance: float, max_users: int,
-                    snapshot: Input[Dataset], codebook: Input[Artifact], candidate: Input[Model],
-                    report: Output[Artifact], metrics: Output[Metrics]) -> str:
-    """Returns "promote" or "blocked"; the pipeline exports and publishes only on "promote"."""
+                    popularity_floor: bool, snapshot: Input[Dataset], codebook: Input[Artifact],
+                    candidate: Input[Model], report: Output[Artifact],
+                    metrics: Output[Metrics]) -> str:
+    """Returns "promote" or "blocked"; the pipeline exports and publishes only on "promote".
+    `popularity_floor`: also block a candidate significantly below popularity."""
     import yaml
 
     from onerec import stages
@@ -19,10 +21,13 @@ def evaluation_gate(config_yaml: str, root: str, run_id: str, tolerance: float, 
     cfg = Config.from_dict(yaml.safe_load(config_yaml))
     out = stages.run_stage("gate", root, run_id, stages.evaluate_gate, cfg, snapshot.path,
                            candidate.path, codebook.path, report.path, root=root,
-                           tolerance=tolerance, max_users=max_users or None)
+                           tolerance=tolerance, max_users=max_users or None,
+                           popularity_floor=popularity_floor)
     for name, row in out["compared"].items():
         metrics.log_metric(f"candidate_{name}", row["candidate"])
         if row["production"] is not None:
             metrics.log_metric(f"production_{name}", row["production"])
+        if row["popularity"] is not None:
+            metrics.log_metric(f"popularity_{name}", row["popularity"])
     report.metadata.update({"decision": out["decision"], "reasons": out["reasons"]})
     return out["decision"]

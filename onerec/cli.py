@@ -290,6 +290,8 @@ def demo(
     max_steps: Annotated[int, typer.Option(help="Training steps per cycle (0: one pass over "
                                            "the cycle's requests, cut by the budget).")] = 0,
     eval_users: Annotated[int, typer.Option(help="Users the gate measures.")] = 300,
+    popularity_floor: Annotated[bool, typer.Option(help="Gate: block a candidate "
+                                                   "significantly below popularity.")] = True,
     ab_requests: Annotated[int, typer.Option(help="Simulated requests in the A/B.")] = 300_000,
     skip_serve: Annotated[bool, typer.Option(
         "--skip-serve", help="Start no server: no serving step, no A/B.")] = False,
@@ -316,7 +318,8 @@ def demo(
             raise fail(str(e)) from None
     opts = DemoOptions(data_dir=data_dir, out=out, minutes=minutes, cycles=cycles,
                        stages_csv=stage_list, max_steps=max_steps, eval_users=eval_users,
-                       skip_serve=skip_serve, ab_requests=ab_requests)
+                       popularity_floor=popularity_floor, skip_serve=skip_serve,
+                       ab_requests=ab_requests)
     try:
         day_ms(opts.start)
         run_demo(cfg, opts, console)

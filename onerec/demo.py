@@ -53,6 +53,7 @@ class DemoOptions:
     stages_csv: str = ""  # "" = every stage installed here
     max_steps: int = 0  # training steps per cycle (0: one pass, cut by the budget)
     eval_users: int = 300  # users the gate measures
+    popularity_floor: bool = True  # the gate blocks a candidate significantly below popularity
     skip_serve: bool = False
     ab_requests: int = 300_000  # simulated A/B requests (~12 a user: reaches the planned sample)
     env: str = "dev"
@@ -162,7 +163,8 @@ def _pipeline(cfg: Config, opts: DemoOptions, console: Console, clock: _Clock) -
     kfp_log = folder / "kfp.log"
     copts = CycleOptions(cycles=opts.cycles, start=opts.start, stages_csv=opts.stages_csv,
                          train_minutes=opts.minutes, max_steps=opts.max_steps,
-                         eval_users=opts.eval_users, canary_last=True)
+                         eval_users=opts.eval_users, popularity_floor=opts.popularity_floor,
+                         canary_last=True)
     def on_start(i: int, until: str) -> None:
         console.print(f"cycle {i}: until {until} (kfp.local; step logs: {kfp_log}) ...",
                       highlight=False)

@@ -89,6 +89,8 @@ def run_cmd(
                                            "the cycle's requests, cut by the budget).")] = 0,
     eval_users: Annotated[int, typer.Option(help="Users the gate measures.")] = 500,
     tolerance: Annotated[float, typer.Option(help="Gate: relative tolerance.")] = 0.05,
+    popularity_floor: Annotated[bool, typer.Option(help="Gate: block a candidate "
+                                                   "significantly below popularity.")] = True,
     cold: Annotated[bool, typer.Option("--cold", help="Do not warm-start (from scratch "
                                        "every cycle).")] = False,
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
@@ -112,7 +114,8 @@ def run_cmd(
                   f"fingerprint={cfg.fingerprint()}", highlight=False)
     opts = CycleOptions(cycles=cycles, start=start, stages_csv=stage_list,
                         train_minutes=train_minutes, max_steps=max_steps, eval_users=eval_users,
-                        tolerance=tolerance, warm_start=not cold, fresh=fresh)
+                        tolerance=tolerance, popularity_floor=popularity_floor,
+                        warm_start=not cold, fresh=fresh)
     run = run_cycles(
         cfg, data_dir, out, opts,
         on_start=lambda i, until: console.rule(f"cycle {i}: until {until}"),

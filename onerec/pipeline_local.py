@@ -32,6 +32,7 @@ class CycleOptions:
     max_steps: int = 0
     eval_users: int = 500
     tolerance: float = 0.05
+    popularity_floor: bool = True  # the gate also blocks a candidate significantly below it
     warm_start: bool = True
     fresh: bool = True
     canary_last: bool = False  # the last cycle publishes a canary and does not promote it
@@ -78,6 +79,7 @@ def run_cycles(cfg: Config, data_dir: Path, out: Path, opts: CycleOptions, *,
                               train_budget_s=opts.train_minutes * 60,
                               align_budget_s=opts.train_minutes * 30, max_steps=opts.max_steps,
                               gate_max_users=opts.eval_users, gate_tolerance=opts.tolerance,
+                              gate_popularity_floor=opts.popularity_floor,
                               promote=not (opts.canary_last and i == len(days)))
         t0 = time.perf_counter()
         try:

@@ -538,16 +538,27 @@ def evaluate(cfg: Config, snapshot_dir: str | Path, checkpoint: str | Path,
     metrics = rank_metrics_multi(recs.items, [targets[u] for u in users], ks=(5, 10))
     metrics["legality"] = recs.legality
     metrics["coverage@10"] = coverage(recs.items, len(space), 10)
-    per_user = [rank_metrics_multi([r], [targets[u]], ks=(10,))
-                for r, u in zip(recs.items, users, strict=True)]
     return {"metrics": {k: float(v) for k, v in metrics.items()}, "n_users": len(users),
-            "users": users, "per_user": {k: [p[k] for p in per_user] for k in per_user[0]},
+            "users": users, "per_user": per_user_metrics(recs.items, [targets[u] for u in users]),
             "eval_s": round(time.perf_counter() - t0, 3)}
 
 
-def popularity_metrics(snapshot_dir: str | Path, *, max_users: int | None = None
-                       ) -> dict[str, float]:
-    """The popularity baseline on the same users (context for the report, not a gate input)."""
+def per_user_metrics(ranked: list[list[int]], target_sets: list[list[int]]
+                     ) -> dict[str, list[float]]:
+    """Recall/NDCG@10 of each user on its own (`rank_metrics_multi` of one row): the values the
+    gate's paired tests compare, users being the unit, not the pooled mean."""
+    from onerec.evaluate import rank_metrics_multi
+
+    rows = [rank_metrics_multi([r], [t], ks=(10,)) for r, t in zip(ranked, target_sets,
+                                                                   strict=True)]
+    return {k: [row[k] for row in rows] for k in ("recall@10", "ndcg@10")}
+
+
+def evaluate_popularity(snapshot_dir: str | Path, *, max_users: int | None = None
+                        ) -> dict[str, Any]:
+    """The popularity baseline (most-liked/long-viewed videos before the window, the same list
+    for everyone) on the users and targets `evaluate` measures: the floor the gate holds every
+    candidate to, with its per-user values for the paired test."""
     from onerec.baselines import fit_popularity
     from onerec.evaluate import rank_metrics_multi
 
@@ -557,83 +568,137 @@ def popularity_metrics(snapshot_dir: str | Path, *, max_users: int | None = None
     ev = ev[ev["time_ms"] < snap.holdout_start_ms]
     pos = ev[(ev["long_view"] == 1) | (ev["is_like"] == 1)]
     recs = fit_popularity([pos["video_id"].tolist()]).recommend(len(users), 10)
-    return {k: float(v) for k, v in
-            rank_metrics_multi(recs, [targets[u] for u in users], ks=(5, 10)).items()}
+    target_sets = [targets[u] for u in users]
+    metrics = rank_metrics_multi(recs, target_sets, ks=(5, 10))
+    return {"metrics": {k: float(v) for k, v in metrics.items()}, "n_users": len(users),
+            "users": users, "per_user": per_user_metrics(recs, target_sets)}
 
 
 @dataclass
 class GateResult:
     decision: str  # "promote" or "blocked"
     reasons: list[str]
-    compared: dict[str, dict[str, float | None]]  # metric -> candidate, production, floor, ...
+    # metric -> candidate, production, floor, popularity, vs_production {...}, vs_popularity {...}
+    compared: dict[str, dict[str, Any]]
+
+
+def paired_test(a: Any, b: Any, *, z: float = 1.645) -> dict[str, Any]:
+    """One-sided paired test of per-user values d_u = a_u - b_u (the same users): the mean
+    difference, its standard error, the upper bound mean + z se (< 0: `a` significantly below
+    `b`, one-sided 5% at z = 1.645) and the users a test needs to detect a difference of the
+    observed size at 80% power (`onerec.power`)."""
+    from onerec.power import paired_users_needed
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"paired test: per-user values of different users {x.shape}, {y.shape}")
+    d = x - y
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+    return {"mean_diff": float(d.mean()), "se": se, "upper": float(d.mean()) + z * se,
+            "n_users": len(d), "users_needed": paired_users_needed(x, y) if len(d) > 1 else None}
 
 
 def gate(candidate: dict[str, float], production: dict[str, float] | None, *,
-         tolerance: float = 0.05, metrics: tuple[str, ...] = ("ndcg@10", "recall@10"),
-         min_legality: float = 0.99, per_user: tuple[dict, dict] | None = None,
+         popularity: dict[str, float] | None = None, tolerance: float = 0.05,
+         metrics: tuple[str, ...] = ("ndcg@10", "recall@10"), min_legality: float = 0.99,
+         per_user: dict[str, dict[str, Any]] | None = None, popularity_floor: bool = True,
          z: float = 1.645) -> GateResult:
-    """Promote unless the candidate is worse than production by more than `tolerance`
-    (relative) on a gated metric, or generates illegal IDs. No production: first model.
+    """Promote unless the candidate generates illegal IDs, is worse than production by more
+    than `tolerance` (relative) on a gated metric, or (`popularity_floor`) is significantly
+    below popularity on one. No production: the first model, held to the popularity floor only.
 
-    With `per_user` (candidate's and production's per-user values on the same users), "worse
-    beyond the tolerance" must also hold beyond noise: the paired difference to the floor,
-    d_u = cand_u - (1 - tolerance) prod_u, is below 0 at one-sided 5% (mean + z se < 0). A small
-    held-out window then does not block a candidate by chance, and a clearly worse one is still
-    blocked (measured: tests/test_pipeline.py)."""
+    `per_user`: "candidate", "production", "popularity" -> metric -> per-user values, all on the
+    same users (users are the unit). With them, "worse beyond the tolerance" must also hold
+    beyond noise: the paired difference to the floor, d_u = cand_u - (1 - tolerance) prod_u, is
+    below 0 at one-sided 5% (mean + z se < 0). A small held-out window then does not block a
+    candidate by chance, and a clearly worse one is still blocked (measured:
+    tests/test_pipeline.py). The popularity floor is the same test with d_u = cand_u - pop_u
+    and no tolerance: a model that cannot beat the same top 10 for everyone is not shipped,
+    but one level with it within noise is. Without per-user values both are point comparisons."""
+    if popularity_floor and popularity is None:
+        raise ValueError("gate: popularity_floor needs the popularity metrics on the same users")
+    per_user = per_user or {}
+    cand_u, prod_u, pop_u = (per_user.get(k, {}) for k in ("candidate", "production",
+                                                            "popularity"))
     reasons: list[str] = []
-    compared: dict[str, dict[str, float | None]] = {}
+    compared: dict[str, dict[str, Any]] = {}
     if candidate.get("legality", 1.0) < min_legality:
         reasons.append(f"legality {candidate['legality']:.4f} < {min_legality}")
     for m in metrics:
         cand = float(candidate[m])
-        if production is None:
-            compared[m] = {"candidate": cand, "production": None, "floor": None}
-            continue
-        prod = float(production[m])
-        floor = prod * (1.0 - tolerance)
-        row: dict[str, float | None] = {"candidate": cand, "production": prod, "floor": floor}
-        worse = cand < floor
-        if per_user is not None and m in per_user[0] and m in per_user[1]:
-            d = (np.asarray(per_user[0][m], dtype=np.float64)
-                 - (1.0 - tolerance) * np.asarray(per_user[1][m], dtype=np.float64))
-            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
-            row.update({"diff_to_floor": float(d.mean()), "se": se,
-                        "upper": float(d.mean()) + z * se})
-            worse = worse and float(d.mean()) + z * se < 0
+        row: dict[str, Any] = {"candidate": cand, "production": None, "floor": None,
+                               "popularity": None}
+        if production is not None:
+            prod = float(production[m])
+            floor = prod * (1.0 - tolerance)
+            row.update({"production": prod, "floor": floor})
+            worse, test = cand < floor, ""
+            if m in cand_u and m in prod_u:
+                raw = paired_test(cand_u[m], prod_u[m], z=z)
+                vs = paired_test(cand_u[m], (1.0 - tolerance) * np.asarray(prod_u[m]), z=z)
+                vs = {"mean_diff": raw["mean_diff"], "diff_to_floor": vs["mean_diff"],
+                      "se": vs["se"], "upper": vs["upper"], "n_users": vs["n_users"],
+                      "users_needed": raw["users_needed"]}  # to detect cand - prod as observed
+                row["vs_production"] = vs
+                worse = worse and vs["upper"] < 0
+                test = (f"; paired per-user difference to the floor {vs['diff_to_floor']:+.4f}, "
+                        f"one-sided 5% upper bound {vs['upper']:+.4f} < 0, n={vs['n_users']}")
+            if worse:
+                reasons.append(f"{m} {cand:.4f} < {floor:.4f} (production {prod:.4f} "
+                               f"- {tolerance:.0%}){test}")
+        if popularity is not None:
+            pop = float(popularity[m])
+            row["popularity"] = pop
+            below, test = cand < pop, "point comparison, no per-user values"
+            if m in cand_u and m in pop_u:
+                vs = paired_test(cand_u[m], pop_u[m], z=z)
+                row["vs_popularity"] = vs
+                below = vs["upper"] < 0
+                test = (f"paired per-user difference {vs['mean_diff']:+.4f}, one-sided 5% upper "
+                        f"bound {vs['upper']:+.4f} < 0, n={vs['n_users']}")
+            if popularity_floor and below:
+                reasons.append(f"{m} {cand:.4f} significantly below popularity {pop:.4f} "
+                               f"({test})")
         compared[m] = row
-        if worse:
-            reasons.append(f"{m} {cand:.4f} < {floor:.4f} (production {prod:.4f} "
-                           f"- {tolerance:.0%})")
     if reasons:
         return GateResult("blocked", reasons, compared)
-    why = ("no production model: first deployment" if production is None else
-           f"not worse than production beyond {tolerance:.0%} on {', '.join(metrics)}")
-    return GateResult("promote", [why], compared)
+    why = ["no production model: first deployment" if production is None else
+           f"not worse than production beyond {tolerance:.0%} on {', '.join(metrics)}"]
+    if popularity_floor:
+        why.append(f"not significantly below popularity on {', '.join(metrics)}")
+    return GateResult("promote", why, compared)
 
 
 def evaluate_gate(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
                   codebook_dir: str | Path, out: str | Path, *, root: str | Path,
-                  tolerance: float = 0.05, max_users: int | None = 1000) -> dict[str, Any]:
-    """Measure the candidate and the production model on the same held-out window, then gate.
-    Returns (and writes to out/gate.json) the decision; the caller stops on "blocked"."""
+                  tolerance: float = 0.05, max_users: int | None = 1000,
+                  popularity_floor: bool = True) -> dict[str, Any]:
+    """Measure the candidate, the production model and popularity on the same held-out users,
+    then gate. Returns (and writes to out/gate.json) the decision; the caller stops on
+    "blocked"."""
     snap = Snapshot.load(snapshot_dir)
     cand = evaluate(cfg, snapshot_dir, Path(model_dir) / "checkpoint", codebook_dir,
                     max_users=max_users)
     prod = registry.read_production(root)
     prod_eval = (evaluate(cfg, snapshot_dir, prod.checkpoint, prod.codebook, max_users=max_users)
                  if prod is not None else None)
-    result = gate(cand["metrics"], prod_eval["metrics"] if prod_eval else None,
-                  tolerance=tolerance,
-                  per_user=(cand.pop("per_user"), prod_eval.pop("per_user")) if prod_eval else None)
-    cand.pop("per_user", None)
-    for e in (cand, prod_eval):
+    pop = evaluate_popularity(snapshot_dir, max_users=max_users)
+    evals = {"candidate": cand, "production": prod_eval, "popularity": pop}
+    if any(e is not None and e["users"] != cand["users"] for e in evals.values()):
+        raise StageError("gate: the models were not measured on the same held-out users")
+    per_user = {k: e.pop("per_user") for k, e in evals.items() if e is not None}
+    for e in evals.values():
         if e is not None:
             e.pop("users")
+    result = gate(cand["metrics"], prod_eval["metrics"] if prod_eval else None,
+                  popularity=pop["metrics"], tolerance=tolerance, per_user=per_user,
+                  popularity_floor=popularity_floor)
     summary = {"decision": result.decision, "reasons": result.reasons,
                "compared": result.compared, "tolerance": tolerance,
+               "popularity_floor": popularity_floor,
                "candidate": cand, "production": prod_eval,
                "production_version": prod.version if prod else None,
-               "popularity": popularity_metrics(snapshot_dir, max_users=max_users),
+               "popularity": pop["metrics"],
                "heldout": [ms_to_iso(snap.holdout_start_ms), ms_to_iso(snap.until_ms)]}
     with atomic_dir(out) as tmp:
         (tmp / "gate.json").write_text(json.dumps(summary, indent=2))

@@ -81,6 +81,7 @@ def make_pipeline(cluster: bool = False) -> Callable[..., Any]:
         align_budget_s: float = 0.0,
         gate_tolerance: float = 0.05,
         gate_max_users: int = 1000,
+        gate_popularity_floor: bool = True,
         env: str = "dev",
         storage_prefix: str = "",
         canary_percent: int = 10,
@@ -112,7 +113,8 @@ def make_pipeline(cluster: bool = False) -> Callable[..., Any]:
         al.set_display_name("align")
         gt = evaluation_gate(snapshot=v.outputs["snapshot"], codebook=cb.outputs["codebook"],
                              candidate=al.outputs["model"], tolerance=gate_tolerance,
-                             max_users=gate_max_users, **common)
+                             max_users=gate_max_users,
+                             popularity_floor=gate_popularity_floor, **common)
         gt.set_display_name("evaluation gate")
         tasks = [v, cb, pt, rm, al, gt]
         with dsl.If(gt.outputs["Output"] == "promote", name="gate-passed"):

@@ -26,6 +26,8 @@ def demo_run(tmp_path_factory, shipped_dir) -> tuple[Path, dict, str]:
     res = runner.invoke(app, ["demo", "--data-dir", str(shipped_dir), "--out", str(out),
                               "--preset", "tiny", "--minutes", "0.1", "--max-steps", "5",
                               "--eval-users", "50", "--stages", STAGES,
+                              # 5 steps show the demo's mechanics, not a model above popularity
+                              "--no-popularity-floor",
                               "--set", "serve.beam_width=4", "--ab-requests", str(AB_REQUESTS)])
     assert res.exit_code == 0, res.output
     return out, json.loads((out / "report.json").read_text()), res.output

@@ -36,6 +36,9 @@ def _cfg() -> Config:
 
 
 def _run(tmp: Path, root: Path, until: str, run_id: str, **kw) -> None:
+    """One cycle of 12 steps: the pipeline's mechanics, not a model that beats popularity (its
+    gate would block it: the popularity floor is tested on an untrained candidate below)."""
+    kw.setdefault("gate_popularity_floor", False)
     params = prun.local_params(_cfg(), until=until, run_id=run_id, root=root, data_dir=DATA,
                                stages_csv=CORE, max_steps=12, gate_max_users=150, **kw)
     prun.run_local(params, tmp / "kfp")
@@ -110,18 +113,23 @@ def test_gate_blocks_a_clearly_worse_candidate_but_not_noise():
     base = {"ndcg@10": float(prod.mean()), "recall@10": float(prod.mean()), "legality": 1.0}
     worse = prod * 0.5
     cand = {"ndcg@10": float(worse.mean()), "recall@10": float(worse.mean()), "legality": 1.0}
-    per = ({"ndcg@10": worse, "recall@10": worse}, {"ndcg@10": prod, "recall@10": prod})
-    res = stages.gate(cand, base, tolerance=0.05, per_user=per)
+    per = {"candidate": {"ndcg@10": worse, "recall@10": worse},
+           "production": {"ndcg@10": prod, "recall@10": prod}}
+    res = stages.gate(cand, base, tolerance=0.05, per_user=per, popularity_floor=False)
     assert res.decision == "blocked" and len(res.reasons) == 2
+    assert "one-sided 5% upper bound" in res.reasons[0]
     # 6% worse on the mean, but per-user values that disagree: within noise of 30 users
     noisy = rng.random(30)
     noisy *= 0.94 * prod[:30].mean() / noisy.mean()
-    per = ({"ndcg@10": noisy, "recall@10": noisy}, {"ndcg@10": prod[:30], "recall@10": prod[:30]})
+    per = {"candidate": {"ndcg@10": noisy, "recall@10": noisy},
+           "production": {"ndcg@10": prod[:30], "recall@10": prod[:30]}}
     small = {k: float(prod[:30].mean()) for k in ("ndcg@10", "recall@10")}
-    res = stages.gate({k: float(noisy.mean()) for k in small}, small, per_user=per)
+    res = stages.gate({k: float(noisy.mean()) for k in small}, small, per_user=per,
+                      popularity_floor=False)
     assert res.decision == "promote"
-    assert stages.gate(cand, None).decision == "promote"
-    assert stages.gate({**cand, "legality": 0.5}, None).decision == "blocked"
+    assert stages.gate(cand, None, popularity_floor=False).decision == "promote"
+    assert stages.gate({**cand, "legality": 0.5}, None,
+                       popularity_floor=False).decision == "blocked"
 
 
 def test_transfer_weights_follow_video_ids_and_grow_code_tables():
@@ -375,9 +383,25 @@ def test_gate_blocks_a_worse_candidate_and_publish_is_not_reached(two_cycles):
     params = prun.local_params(bad, until=DAY2, run_id="bad", root=root, data_dir=DATA,
                                stages_csv=CORE, warm_start=False, max_steps=1,
                                gate_max_users=1000)  # enough users to tell it apart
-    prun.run_local(params, tmp / "kfp")
+    prun.run_local(params, tmp / "kfp-bad")
     c = cycle_summary(root, "bad")
     assert c["gate"] == "blocked" and c["stages"]["publish"] == "not reached"
     assert c["candidate"]["ndcg@10"] < c["production"]["ndcg@10"]
     assert registry.read_production(root).meta == before
     assert gitops.log(root / registry.GITOPS, "dev") == commits
+    # the popularity floor blocks it too, and the record shows both comparisons
+    assert any("below popularity" in r for r in c["gate_reasons"])
+    gate = registry.read_run(root, "bad")["gate"]["result"]
+    for m in ("ndcg@10", "recall@10"):
+        row = gate["compared"][m]
+        assert row["vs_popularity"]["upper"] < 0 and row["vs_production"]["users_needed"] >= 1
+    # no production model (a first cycle): the same untrained candidate is still blocked, by the
+    # popularity floor alone, on the same real held-out window
+    run = next((tmp / "kfp-bad").iterdir())
+    first = stages.evaluate_gate(bad, run / "validate-data" / "snapshot", run / "pretrain" / "model",
+                                 run / "refresh-codebook" / "codebook", tmp / "gate-first",
+                                 root=tmp / "no-production", max_users=1000)
+    assert first["decision"] == "blocked" and first["production"] is None
+    assert first["reasons"] and all("significantly below popularity" in r
+                                    for r in first["reasons"])
+    assert json.loads((tmp / "gate-first" / "gate.json").read_text())["decision"] == "blocked"
