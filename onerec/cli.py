@@ -280,16 +280,20 @@ def demo(
     out: Annotated[Path, typer.Option(help="Run folder: report.md/json, validation/, "
                                       "pipeline/ (state, GitOps repo), serving/, ab/.")] =
         Path("runs/demo"),
-    minutes: Annotated[float, typer.Option(help="Training budget per cycle (alignment gets "
-                                           "half of it).")] = 1.0,
+    minutes: Annotated[float, typer.Option(help="Safety cap on each training stage's wall "
+                                           "time per cycle (alignment gets half of it); the "
+                                           "steps come from --epochs and the Config.")] = 5.0,
+    epochs: Annotated[float, typer.Option(help="Pretraining passes over each cycle's new "
+                                          "requests.")] = 4.0,
     cycles: Annotated[int, typer.Option(help="Continuous-training cycles (successive days).")]
         = 2,
     stages_: Annotated[str | None, typer.Option(
         "--stages", help="Comma list of pipeline stages (default: every stage installed).")]
         = None,
-    max_steps: Annotated[int, typer.Option(help="Training steps per cycle (0: one pass over "
-                                           "the cycle's requests, cut by the budget).")] = 0,
-    eval_users: Annotated[int, typer.Option(help="Users the gate measures.")] = 300,
+    max_steps: Annotated[int, typer.Option(help="Pretraining steps per cycle (0: from "
+                                           "--epochs).")] = 0,
+    eval_users: Annotated[int, typer.Option(help="Users the gate measures (0: every "
+                                            "held-out user).")] = 0,
     popularity_floor: Annotated[bool, typer.Option(help="Gate: block a candidate "
                                                    "significantly below popularity.")] = True,
     ab_requests: Annotated[int, typer.Option(help="Simulated requests in the A/B.")] = 300_000,
@@ -316,7 +320,9 @@ def demo(
             stage_list = ",".join(parse_stages(stages_))
         except StageError as e:
             raise fail(str(e)) from None
-    opts = DemoOptions(data_dir=data_dir, out=out, minutes=minutes, cycles=cycles,
+    if epochs <= 0:
+        raise fail("--epochs: must be > 0")
+    opts = DemoOptions(data_dir=data_dir, out=out, minutes=minutes, epochs=epochs, cycles=cycles,
                        stages_csv=stage_list, max_steps=max_steps, eval_users=eval_users,
                        popularity_floor=popularity_floor, skip_serve=skip_serve,
                        ab_requests=ab_requests)
@@ -477,6 +483,9 @@ def export_model(
 
 
 def main() -> None:
+    from onerec.runtime import reexec_with_tuned_env
+
+    reexec_with_tuned_env("onerec.cli", None)  # malloc and OpenMP settings (onerec.runtime)
     app()
 
 

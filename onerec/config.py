@@ -136,6 +136,9 @@ class ModelConfig:
     # weight of the auxiliary next-item loss: a full softmax over every item, scored from the
     # encoder's user state against the (tied) item embeddings, as SASRec trains (0: off)
     item_loss_weight: float = 0.0
+    # with that item head: weight of its log-probability added to the beam's when the beam is
+    # ranked (a scorer that re-orders the generated beam, in the exported graph too; 0: off)
+    item_score_weight: float = 1.0
 
     # derived (not read from YAML)
     head_dim: int = field(default=0, init=False)
@@ -154,6 +157,7 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)")
         _check(self.balance_loss_weight >= 0, f"{p}.balance_loss_weight", "must be >= 0")
         _check(self.item_loss_weight >= 0, f"{p}.item_loss_weight", "must be >= 0")
+        _check(self.item_score_weight >= 0, f"{p}.item_score_weight", "must be >= 0")
 
 
 @dataclass

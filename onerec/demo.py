@@ -47,12 +47,15 @@ class DemoError(RuntimeError):
 class DemoOptions:
     data_dir: Path = Path("data/kuairand-pure")
     out: Path = Path("runs/demo")
-    minutes: float = 1.0  # training budget per cycle (alignment gets half of it)
+    # safety cap on each training stage's wall time per cycle (alignment gets half of it);
+    # steps come from `epochs` and the Config, so a busy machine gives the same models
+    minutes: float = 5.0
+    epochs: float = 4.0  # pretraining passes over each cycle's new requests
     cycles: int = 2
     start: str = "2022-04-28"  # `until` of the first cycle
     stages_csv: str = ""  # "" = every stage installed here
-    max_steps: int = 0  # training steps per cycle (0: one pass, cut by the budget)
-    eval_users: int = 300  # users the gate measures
+    max_steps: int = 0  # pretraining steps per cycle (0: from `epochs`)
+    eval_users: int = 0  # users the gate measures (0: all, ~3,400 a day; 300 cannot tell)
     popularity_floor: bool = True  # the gate blocks a candidate significantly below popularity
     skip_serve: bool = False
     ab_requests: int = 300_000  # simulated A/B requests (~12 a user: reaches the planned sample)
@@ -162,7 +165,7 @@ def _pipeline(cfg: Config, opts: DemoOptions, console: Console, clock: _Clock) -
     folder = opts.out / "pipeline"
     kfp_log = folder / "kfp.log"
     copts = CycleOptions(cycles=opts.cycles, start=opts.start, stages_csv=opts.stages_csv,
-                         train_minutes=opts.minutes, max_steps=opts.max_steps,
+                         train_minutes=opts.minutes, max_steps=opts.max_steps, epochs=opts.epochs,
                          eval_users=opts.eval_users, popularity_floor=opts.popularity_floor,
                          canary_last=True)
     def on_start(i: int, until: str) -> None:

@@ -205,6 +205,11 @@ class Generator(nn.Module):
                     caches = [c.index_select(0, rows) for c in caches if c is not None]
                 x = m.code_emb(code.reshape(-1) + m.code_offsets[lv]) + m.level_emb.weight[lv + 1]
         items = self.leaf_item[node]
+        ranked = m.rank_beam(memory, short, items, scores)  # the item head, if the model has one
+        if ranked is not None:
+            scores, order = ranked
+            items = items.gather(1, order)
+            codes = codes.gather(1, order.unsqueeze(-1).expand_as(codes))
         return items, scores, codes
 
     def disambiguate(self, x: torch.Tensor, caches: list, parents: torch.Tensor | None,

@@ -334,6 +334,25 @@ class OneRec(nn.Module):
             slot = torch.full_like(req, short_len)
         return memory[req, slot]
 
+    def rank_beam(self, memory: torch.Tensor, short: torch.Tensor, items: torch.Tensor,
+                  scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Re-order a generated beam with the item head: (B, W) items (0: no item) and beam
+        log-probabilities -> (ranking scores, order), best first; None without an item head.
+
+        score = beam log p + `item_score_weight` x item-head log p. Only the beam's own items
+        are ranked, so nothing enters the list from outside generation; a beam that is no item
+        keeps its score, a dead beam (-inf) stays dead. The user state is the one the head was
+        trained on: the last history slot a causal encoder sees (`user_state`)."""
+        weight = self.cfg.item_score_weight
+        if self.item_query is None or weight == 0:
+            return None
+        b, s = short.shape
+        seen = (short > 0).sum(1) if self.cfg.causal_encoder else None
+        state = self.user_state(memory, torch.arange(b, device=short.device), s, seen)
+        logp = self.item_logits(state).float().log_softmax(-1)
+        bonus = logp.gather(1, items.clamp_min(0)).masked_fill(items <= 0, 0.0)
+        return (scores + weight * bonus).topk(items.shape[1], dim=1)
+
     def item_logits(self, state: torch.Tensor) -> torch.Tensor:
         """(T, d) user states -> (T, n_items + 1) next-item scores over the whole catalogue
         (column 0, padding, is -inf)."""

@@ -84,9 +84,12 @@ def run_cmd(
     fresh: Annotated[bool, typer.Option(help="Start from an empty state (no production "
                                         "model); off: continue from the last run.")] = True,
     stages_: StagesOpt = None,
-    train_minutes: Annotated[float, typer.Option(help="Training budget per cycle.")] = 1.0,
-    max_steps: Annotated[int, typer.Option(help="Training steps per cycle (0: one pass over "
-                                           "the cycle's requests, cut by the budget).")] = 0,
+    train_minutes: Annotated[float, typer.Option(help="Safety cap on each training stage's "
+                                                 "wall time per cycle.")] = 1.0,
+    epochs: Annotated[float, typer.Option(help="Pretraining passes over each cycle's new "
+                                          "requests.")] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Pretraining steps per cycle (0: from "
+                                           "--epochs).")] = 0,
     eval_users: Annotated[int, typer.Option(help="Users the gate measures.")] = 500,
     tolerance: Annotated[float, typer.Option(help="Gate: relative tolerance.")] = 0.05,
     popularity_floor: Annotated[bool, typer.Option(help="Gate: block a candidate "
@@ -113,7 +116,8 @@ def run_cmd(
     console.print(f"stages: {stage_list}  config: preset={cfg.preset} "
                   f"fingerprint={cfg.fingerprint()}", highlight=False)
     opts = CycleOptions(cycles=cycles, start=start, stages_csv=stage_list,
-                        train_minutes=train_minutes, max_steps=max_steps, eval_users=eval_users,
+                        train_minutes=train_minutes, epochs=epochs, max_steps=max_steps,
+                        eval_users=eval_users,
                         tolerance=tolerance, popularity_floor=popularity_floor,
                         warm_start=not cold, fresh=fresh)
     run = run_cycles(

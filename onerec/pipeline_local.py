@@ -28,8 +28,12 @@ class CycleOptions:
     cycles: int = 2
     start: str = "2022-04-28"
     stages_csv: str = ""  # "" = every stage installed here
-    train_minutes: float = 1.0  # training budget per cycle (alignment gets half of it)
-    max_steps: int = 0
+    # a safety cap on each training stage's wall time (alignment gets half of it); the steps
+    # are decided by `epochs` / `max_steps` and the Config, so a busy machine trains the same
+    # model as an idle one, only later
+    train_minutes: float = 1.0
+    epochs: float = 1.0  # pretraining passes over the cycle's new requests
+    max_steps: int = 0  # pretraining steps per cycle (0: from `epochs`)
     eval_users: int = 500
     tolerance: float = 0.05
     popularity_floor: bool = True  # the gate also blocks a candidate significantly below it
@@ -78,6 +82,7 @@ def run_cycles(cfg: Config, data_dir: Path, out: Path, opts: CycleOptions, *,
                               stages_csv=stage_list, warm_start=opts.warm_start,
                               train_budget_s=opts.train_minutes * 60,
                               align_budget_s=opts.train_minutes * 30, max_steps=opts.max_steps,
+                              epochs=opts.epochs,
                               gate_max_users=opts.eval_users, gate_tolerance=opts.tolerance,
                               gate_popularity_floor=opts.popularity_floor,
                               promote=not (opts.canary_last and i == len(days)))

@@ -46,10 +46,24 @@ def recommend(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_width: i
         sub = _slice(contexts, start, min(n, start + chunk)).to(device)
         codes, scores = beam_search(model, sub, beam_width=beam_width, top_n=beam_width,
                                     index=index if constrained else None)
+        codes, scores = _rank_reference(model, sub, codes, scores, index)
         idx, lg = codes_to_items(codes.cpu(), scores.cpu(), index, top_n)
         items.extend(space.to_ids(idx))
         legal.extend(lg)
     return Recommendations(items=items, legality=sum(legal) / max(1, len(legal)))
+
+
+def _rank_reference(model: OneRec, sub: Batch, codes: torch.Tensor, scores: torch.Tensor,
+                    index: PrefixIndex) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference beam, re-ordered by the model's item head as the fast generator does."""
+    first = [[(index.items(tuple(sid)) or [0])[0] for sid in row] for row in codes.tolist()]
+    items = torch.tensor(first, dtype=torch.long, device=codes.device)
+    memory, _ = model.encode(sub)
+    ranked = model.rank_beam(memory, sub.short, items, scores)
+    if ranked is None:
+        return codes, scores
+    new_scores, order = ranked
+    return codes.gather(1, order.unsqueeze(-1).expand_as(codes)), new_scores
 
 
 def _recommend_fast(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_width: int,

@@ -77,7 +77,10 @@ def model_flops(model: OneRec, n_requests: int, n_targets: int, context_len: int
     enc = sum(p.numel() for p in model.encoder.parameters())
     dec = model.num_params(active=True) - enc - sum(
         p.numel() for m in (model.item_emb, model.code_emb, model.user_emb) for p in m.parameters())
-    return 6.0 * (enc * n_requests * context_len + dec * n_targets * model.levels)
+    head = 0.0
+    if model.item_query is not None:  # the item head: a full softmax over the catalogue
+        head = float(n_targets) * (model.item_codes.shape[0] + model.cfg.d_model) * model.cfg.d_model
+    return 6.0 * (enc * n_requests * context_len + dec * n_targets * model.levels + head)
 
 
 def warmup_for(cfg: Config, total_steps: int) -> int:

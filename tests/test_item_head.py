@@ -1,0 +1,123 @@
+"""The item head: an auxiliary next-item loss (full softmax over the catalogue, tied item
+embeddings) and the beam re-ranking it gives generation, equal in the fast generator, the
+reference beam search and the exported ONNX graph, and never adding an item the beam lacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from onerec.config import Config
+from onerec.export.onnx import ort_session, run_onnx
+from onerec.generate import generate
+from onerec.items import ItemSpace
+from onerec.model import Batch
+from onerec.recommend import recommend
+from onerec.train import build_model
+from onerec.trie import ItemTrie
+from tests.test_export import OVERRIDES, make_codebook, users
+
+HEAD = ["model.item_loss_weight=1.0", "model.item_score_weight=1.0"]
+
+
+def head_model(causal: bool, seed: int = 0, extra: tuple[str, ...] = ()):
+    cfg = Config.from_preset("tiny", [*OVERRIDES, *HEAD, *extra,
+                                      f"model.causal_encoder={str(causal).lower()}"])
+    space = ItemSpace.from_codebook(make_codebook(seed=seed))
+    model = build_model(cfg, space.codes, space.vocab_sizes, n_user_buckets=5)
+    with torch.no_grad():  # a head that is not uniform, so re-ranking has something to do
+        model.item_query.weight.normal_(0, 1.0)
+        model.item_emb.weight.normal_(0, 1.0)
+    return model.eval(), space, cfg
+
+
+def training_batch(space: ItemSpace) -> Batch:
+    b = users(space, 3, seed=1)
+    items = torch.tensor([1, 2, 3, 4, 5])
+    return Batch(b.user, b.short, b.pos, b.long, target_codes=space.codes[items],
+                 target_req=torch.tensor([0, 0, 1, 2, 2]),
+                 target_len=torch.tensor([1, 4, 8, 2, 0]), target_items=items)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_item_loss_is_a_full_softmax_over_the_catalogue_and_trains_the_head(causal):
+    model, space, _ = head_model(causal)
+    model.train()
+    batch = training_batch(space)
+    out = model(batch)
+    assert set(out) >= {"loss", "ntp_loss", "item_loss"}
+    expected = out["ntp_loss"] + 0.01 * out["balance_loss"] + out["item_loss"]
+    torch.testing.assert_close(out["loss"], expected)
+    out["loss"].backward()
+    assert model.item_query.weight.grad.abs().sum() > 0
+    # the loss is the cross-entropy of the targets among every item (padding excluded)
+    memory, _ = model.encode(batch)
+    state = model.user_state(memory, batch.target_req, batch.short.shape[1], batch.target_len)
+    logits = model.item_logits(state)
+    assert logits.shape == (5, len(space) + 1) and torch.isinf(logits[:, 0]).all()
+
+
+def test_without_target_items_the_item_loss_says_what_is_missing():
+    model, space, _ = head_model(False)
+    b = training_batch(space)
+    with pytest.raises(ValueError, match="target_items"):
+        model(Batch(b.user, b.short, b.pos, b.long, b.target_codes, b.target_req, b.target_len))
+
+
+def test_no_item_head_by_default():
+    cfg = Config.from_preset("tiny", OVERRIDES)
+    space = ItemSpace.from_codebook(make_codebook())
+    model = build_model(cfg, space.codes, space.vocab_sizes)
+    assert model.item_query is None
+    assert model.rank_beam(torch.zeros(1, 3, 32), torch.zeros(1, 8, dtype=torch.long),
+                           torch.ones(1, 4, dtype=torch.long), torch.zeros(1, 4)) is None
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reranking_reorders_the_beam_and_adds_nothing_from_outside(causal):
+    model, space, _ = head_model(causal)
+    trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
+    batch = users(space, 4, seed=3)
+    ranked = generate(model, batch, beam_width=8, trie=trie)
+    model.cfg.item_score_weight = 0.0
+    try:
+        plain = generate(model, batch, beam_width=8, trie=trie)
+    finally:
+        model.cfg.item_score_weight = 1.0
+    assert not torch.equal(ranked.items, plain.items)  # the head changed some order
+    for u in range(4):
+        assert sorted(ranked.items[u].tolist()) == sorted(plain.items[u].tolist())
+    assert (ranked.scores[:, :-1] >= ranked.scores[:, 1:]).all()  # best first
+    # each beam's score is its log-probability plus the head's log-probability of its item
+    with torch.no_grad():
+        memory, _ = model.encode(batch)
+        seen = (batch.short > 0).sum(1) if causal else None
+        state = model.user_state(memory, torch.arange(4), batch.short.shape[1], seen)
+        head = model.item_logits(state).log_softmax(-1)
+    for u in range(4):
+        by_item = dict(zip(plain.items[u].tolist(), plain.scores[u].tolist(), strict=True))
+        for i, s in zip(ranked.items[u].tolist(), ranked.scores[u].tolist(), strict=True):
+            assert s == pytest.approx(by_item[i] + float(head[u, i]), abs=1e-4)
+
+
+def test_fast_and_reference_recommendations_agree_with_the_head():
+    model, space, _ = head_model(True)
+    batch = users(space, 5, seed=4)
+    fast = recommend(model, space, batch, beam_width=8, top_n=5)
+    ref = recommend(model, space, batch, beam_width=8, top_n=5, fast=False)
+    assert fast.items == ref.items
+    assert fast.legality == ref.legality == 1.0
+
+
+def test_exported_graph_ranks_like_pytorch_with_the_head(tmp_path):
+    from onerec.export.artifact import export_version
+
+    model, space, cfg = head_model(True, seed=2)
+    v = export_version(model, space, cfg, tmp_path, beam_widths=[8])
+    batch = users(space, 3, seed=5)
+    items, scores = run_onnx(ort_session(v / "model.onnx", threads=1), batch)
+    ref = generate(model, batch, beam_width=8, trie=ItemTrie.from_codes(space.codes,
+                                                                        space.vocab_sizes))
+    assert np.array_equal(items, ref.items.numpy())
+    np.testing.assert_allclose(scores, ref.scores.numpy(), rtol=1e-4, atol=1e-5)
