@@ -43,6 +43,13 @@ PUBLISHED = {  # TIGER (NeurIPS 2023), Table 1, Amazon Beauty
 # ../shared/datasets/amazon-beauty read with onerec.data.sequences.load_beauty. The published
 # rows apply only to data with these counts, not to any folder in the same format.
 BEAUTY_COUNTS = (22_363, 12_101, 198_502)
+# Beauty: one causal encoder pass per user window serves all its prefixes, the time budget (not
+# a step count) drives the cosine decay (docs/model.md), and the item head adds a full softmax
+# over the catalogue per target and re-ranks the beam (docs/results.md, ablation)
+BEAUTY_DEFAULTS = ["data.max_seq_len=20", "model.causal_encoder=true", "train.batch_size=128",
+                   "train.lr=2e-3", "train.warmup_steps=200", "train.max_steps=1000000",
+                   "train.log_every=200", "train.checkpoint_every=1000",
+                   "model.item_loss_weight=1.0"]
 COLS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
@@ -176,13 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     from onerec.config import Config
 
     torch.set_num_threads(args.threads)
-    # Beauty: one causal encoder pass per user window serves all its prefixes, and the time
-    # budget (not a step count) drives the cosine decay (docs/model.md)
-    defaults = {"beauty": ["data.max_seq_len=20", "model.causal_encoder=true",
-                           "train.batch_size=128", "train.lr=2e-3", "train.warmup_steps=200",
-                           "train.max_steps=1000000", "train.log_every=200",
-                           "train.checkpoint_every=1000"],
-                "kuairand": []}[args.dataset]
+    defaults = {"beauty": BEAUTY_DEFAULTS, "kuairand": []}[args.dataset]
     cfg = Config.from_preset(args.preset, defaults + args.overrides)
     load_start = tuple(round(x, 2) for x in os.getloadavg())
     t0 = time.perf_counter()

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.quality import BEAUTY_DEFAULTS
 from bench.runtime import TUNED_ENV, reexec_with_tuned_env
 from onerec.config import Config
 from onerec.model import Batch, OneRec, visible_prefix
@@ -59,9 +60,7 @@ from onerec.stream import Requests, RequestStream, collate
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 # the `defaults` of `bench.quality --dataset beauty` (keep in step with bench/quality.py)
-BEAUTY_OVERRIDES = ["data.max_seq_len=20", "model.causal_encoder=true", "train.batch_size=128",
-                    "train.lr=2e-3", "train.warmup_steps=200", "train.max_steps=1000000",
-                    "train.log_every=200", "train.checkpoint_every=1000"]
+BEAUTY_OVERRIDES = BEAUTY_DEFAULTS  # what bench.quality trains on Beauty
 # record_function regions of one step, in the order they run
 REGIONS = ("collate", "encoder.forward", "decoder.forward", "loss.forward", "loss.backward",
            "decoder.backward", "encoder.backward", "optimizer")
@@ -134,6 +133,10 @@ def split_forward(model: OneRec, batch: Batch,
         ntp = torch.stack(losses).mean()
         bal = balance_in / max(1, len(model.decoder))
         loss = ntp + model.cfg.balance_loss_weight * bal
+        if model.item_query is not None:  # the item head's full softmax counts as loss
+            state = model.user_state(memory_in, req, batch.short.shape[1], batch.target_len)
+            item = F.cross_entropy(model.item_logits(state), batch.target_items)
+            loss = loss + model.cfg.item_loss_weight * item
     return SplitPass(loss, ntp, bal, memory, memory_in, hidden, hidden_in, balance, balance_in)
 
 
