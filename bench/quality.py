@@ -50,7 +50,7 @@ BEAUTY_DEFAULTS = ["data.max_seq_len=20", "model.causal_encoder=true", "train.ba
                    "train.lr=2e-3", "train.warmup_steps=200", "train.max_steps=1000000",
                    "train.log_every=200", "train.checkpoint_every=1000",
                    "model.item_loss_weight=1.0"]
-COLS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+COLS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "coverage@10")
 
 
 def is_amazon_beauty(data: SequenceData) -> bool:
@@ -76,7 +76,8 @@ def _table(title: str, rows: list[tuple[str, dict, str]], caption: str | None = 
     t = Table(title=title, caption=caption)
     t.add_column("model")
     for c in COLS:
-        t.add_column(c.replace("recall", "R").replace("ndcg", "N"), justify="right")
+        t.add_column(c.replace("recall", "R").replace("ndcg", "N").replace("coverage", "cov"),
+                     justify="right")
     t.add_column("train wall", justify="right")
     for name, m, wall in rows:
         t.add_row(name, *(f"{m[c]:.4f}" if c in m else "-" for c in COLS), wall)
@@ -93,8 +94,9 @@ def _log(rec: dict) -> None:
 def run_beauty(args: argparse.Namespace, cfg) -> dict:
     from onerec.baselines import fit_popularity, train_sasrec
     from onerec.baselines.sasrec import evaluate_rows
+    from onerec.baselines.sasrec import recommend as sasrec_recommend
     from onerec.data.sequences import load_beauty
-    from onerec.evaluate import dump_recs, rank_metrics
+    from onerec.evaluate import coverage, dump_recs, rank_metrics
     from onerec.pretrain import run_sequences
 
     data = load_beauty(args.data_dir or SHARED / "amazon-beauty")
@@ -103,14 +105,19 @@ def run_beauty(args: argparse.Namespace, cfg) -> dict:
     res = run_sequences(cfg, data, out, time_budget_s=args.minutes * 60, beam_width=args.beam,
                         eval_every=args.eval_every, log=_log)
     rows = [("OneRec (ours)", res["metrics"], f"{res['train_s'] / 60:.1f} min")]
+    if res.get("metrics_beam_order"):  # the same model without the item head's re-ranking
+        rows.append(("OneRec, beam order (no re-rank)", res["metrics_beam_order"], "same model"))
     pop = fit_popularity(split.train)
-    rows.append(("popularity", rank_metrics(pop.recommend(len(split.test), 10),
-                                            [t for *_, t in split.test]), "-"))
+    pop_recs = pop.recommend(len(split.test), 10)
+    rows.append(("popularity", {**rank_metrics(pop_recs, [t for *_, t in split.test]),
+                                "coverage@10": coverage(pop_recs, data.n_items, 10)}, "-"))
     if not args.no_sasrec:
         t0 = time.perf_counter()
         sas = train_sasrec(split.train, data.n_items, cfg.sasrec, valid=split.valid,
                            max_minutes=args.sasrec_minutes)
-        rows.append(("SASRec (ours)", evaluate_rows(sas, split.test),
+        sas_recs = sasrec_recommend(sas, [h for _, h, _ in split.test], 10)
+        rows.append(("SASRec (ours)", {**evaluate_rows(sas, split.test),
+                                       "coverage@10": coverage(sas_recs, data.n_items, 10)},
                      f"{(time.perf_counter() - t0) / 60:.1f} min"))
     published, note = published_rows(data)
     rows += published
@@ -126,7 +133,7 @@ def run_beauty(args: argparse.Namespace, cfg) -> dict:
 def run_kuairand(args: argparse.Namespace, cfg) -> dict:
     from onerec.baselines import fit_popularity, train_sasrec
     from onerec.baselines.sasrec import recommend as sasrec_recommend
-    from onerec.evaluate import dump_recs, rank_metrics_multi
+    from onerec.evaluate import coverage, dump_recs, rank_metrics_multi
     from onerec.pretrain import run_kuairand as run
 
     res = run(cfg, args.data_dir or ROOT / "data" / "kuairand-pure", Path(args.out) / "kuairand",
@@ -136,19 +143,22 @@ def run_kuairand(args: argparse.Namespace, cfg) -> dict:
     train_ev = res["train_events"]
     pos = train_ev[(train_ev["long_view"] == 1) | (train_ev["is_like"] == 1)]
     pop = fit_popularity([pos["video_id"].tolist()])
-    rows.append(("popularity", rank_metrics_multi(pop.recommend(len(targets), 10), targets),
-                 "-"))
+    n_items = res["n_items"]
+    pop_recs = pop.recommend(len(targets), 10)
+    rows.append(("popularity", {**rank_metrics_multi(pop_recs, targets),
+                                "coverage@10": coverage(pop_recs, n_items, 10)}, "-"))
     if not args.no_sasrec:
         # SASRec over each user's clicked videos before the cut (ids shifted by +1: 0 = pad)
         clicks = train_ev[train_ev["is_click"] == 1].sort_values("time_ms", kind="stable")
         seqs = {int(u): [int(v) + 1 for v in g] for u, g in clicks.groupby("user_id")["video_id"]}
-        n_items = int(max(train_ev["video_id"].max(), res["test_events"]["video_id"].max())) + 1
+        n_ids = int(max(train_ev["video_id"].max(), res["test_events"]["video_id"].max())) + 1
         t0 = time.perf_counter()
-        sas = train_sasrec({u: s for u, s in seqs.items() if len(s) >= 2}, n_items, cfg.sasrec,
+        sas = train_sasrec({u: s for u, s in seqs.items() if len(s) >= 2}, n_ids, cfg.sasrec,
                            max_minutes=args.sasrec_minutes)
         hist = [seqs.get(u, []) for u in res["users"]]
         recs = [[i - 1 for i in r] for r in sasrec_recommend(sas, hist, 10)]
-        rows.append(("SASRec (ours)", rank_metrics_multi(recs, targets),
+        rows.append(("SASRec (ours)", {**rank_metrics_multi(recs, targets),
+                                       "coverage@10": coverage(recs, n_items, 10)},
                      f"{(time.perf_counter() - t0) / 60:.1f} min"))
     if args.dump_recs:
         dump_recs(args.dump_recs, [{"user": u, "target": t, "recs": r} for u, t, r in

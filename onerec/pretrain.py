@@ -107,7 +107,16 @@ def run_sequences(cfg: Config, data: SequenceData, out_dir: str | Path, *,
     free, _ = evaluate_sequences(model, space, cfg, split.test[:2000], beam_width=beam,
                                  constrained=False)
     metrics["legality_unconstrained"] = free["legality"]
+    beam_order = None
+    if model.item_query is not None and model.cfg.item_score_weight > 0:
+        # the same model ranked in beam order: the item head's re-ranking share of the gain
+        weight, model.cfg.item_score_weight = model.cfg.item_score_weight, 0.0
+        try:
+            beam_order, _ = evaluate_sequences(model, space, cfg, split.test, beam_width=beam)
+        finally:
+            model.cfg.item_score_weight = weight
     return {
+        "metrics_beam_order": beam_order,
         "metrics": metrics, "steps": res.steps, "best_step": best["step"] or res.steps,
         "train_s": train_s, "codebook_s": codebook_s, "eval_s": time.perf_counter() - t2,
         "params": model.num_params(), "active_params": model.num_params(active=True),
@@ -156,6 +165,7 @@ def run_kuairand(cfg: Config, data_dir: str | Path, out_dir: str | Path, *,
         "metrics": metrics, "steps": res.steps, "train_s": train_s, "codebook_s": codebook_s,
         "eval_s": time.perf_counter() - t2, "params": model.num_params(),
         "n_train_requests": len(reqs), "n_test_users": len(users), "final_loss": res.final_loss,
+        "n_items": len(space),
         "users": users, "targets": [targets[u] for u in users], "recs_items": recs.items,
         "train_events": train_ev, "test_events": test_ev, "history": res.history,
     }

@@ -42,7 +42,9 @@ def test_other_data_in_the_beauty_format_gets_no_published_rows(tmp_path, monkey
                            "--set", "train.max_steps=2", "--set", "train.warmup_steps=1",
                            "--out", str(tmp_path / "out")])
     names = [name for name, *_ in result["rows"]]
-    assert names == ["OneRec (ours)", "popularity"]
+    # the Beauty defaults train the item head: its re-ranking share is a row of its own
+    assert names == ["OneRec (ours)", "OneRec, beam order (no re-rank)", "popularity"]
+    assert all("coverage@10" in m for _, m, _ in result["rows"])
     out = capsys.readouterr().out
     assert "published TIGER / SASRec rows withheld" in out and "(published)" not in out
     assert "load average" in out

@@ -1,0 +1,108 @@
+"""Beauty ablations on the validation split at a fixed step count (not a time budget).
+
+    python -m bench.ablation --steps 1500 --threads 1 [--set model.item_loss_weight=1.0 ...]
+
+Every change to the model is chosen here, on the validation target of 2,000 seeded users
+(the TIGER protocol's second-to-last item), never on the test target: `bench.quality` touches
+the test split once per reported row. A fixed step count makes rows comparable on a shared
+machine (a wall-clock budget would give a busy run fewer steps). The codebook is cached per
+tokenizer settings under `--cache`, so rows that change only the model share their semantic
+IDs. With an item head (`model.item_loss_weight` > 0), the same trained model is also ranked
+in beam order (`model.item_score_weight` = 0) and re-ranked at several weights, so the head's
+re-ranking share of the gain is shown apart from its training effect, and a table of each
+weight's validation numbers says which weight to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from bench.quality import BEAUTY_DEFAULTS, SHARED
+from bench.runtime import reexec_with_tuned_env
+
+SCORE_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1500, help="training steps (fixed)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--beam", type=int, default=50)
+    ap.add_argument("--n-valid", type=int, default=2000, help="validation users (seeded)")
+    ap.add_argument("--data-dir", default=None, help="amazon-beauty-format folder")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--out", default="runs/ablation")
+    ap.add_argument("--cache", default="runs/ablation/codebooks")
+    args = ap.parse_args(argv)
+    reexec_with_tuned_env("bench.ablation", argv)
+
+    import numpy as np
+    import torch
+
+    from onerec.config import Config
+    from onerec.data.sequences import load_beauty
+    from onerec.items import ItemSpace
+    from onerec.pretrain import build_codebook, evaluate_sequences
+    from onerec.stream import requests_from_sequences
+    from onerec.tokenizer import Codebook
+    from onerec.tokenizer.embeddings import catalogue_from_sequences
+    from onerec.train import train
+
+    torch.set_num_threads(args.threads)
+    cfg = Config.from_preset("small", [*BEAUTY_DEFAULTS, f"train.max_steps={args.steps}",
+                                       "train.checkpoint_every=100000", *args.overrides])
+    data = load_beauty(args.data_dir or SHARED / "amazon-beauty")
+    split = data.split(max_history=20)
+    key = json.dumps(dataclasses.asdict(cfg.tokenizer), sort_keys=True)
+    cb_dir = Path(args.cache) / hashlib.sha1(key.encode()).hexdigest()[:10]
+    if cb_dir.exists():
+        cb = Codebook.load(cb_dir)
+    else:
+        cat = catalogue_from_sequences(data)
+        cat = dataclasses.replace(cat, sequences=[np.asarray(s, dtype=np.int64)
+                                                  for _, s in sorted(split.train.items())])
+        cb = build_codebook(cfg, cat, cb_dir)
+    space = ItemSpace.from_codebook(cb)
+    index = space.index
+    reqs = requests_from_sequences({u: [index[i] for i in s] for u, s in split.train.items()},
+                                   cfg.data, causal=cfg.model.causal_encoder)
+    rng = np.random.default_rng(0)
+    valid = [split.valid[i] for i in rng.choice(len(split.valid), min(args.n_valid,
+                                                                    len(split.valid)),
+                                                replace=False)]
+    name = hashlib.sha1(json.dumps(args.overrides).encode()).hexdigest()[:8]
+    t0 = time.perf_counter()
+
+    def log(rec: dict) -> None:
+        keep = ("step", "loss", "item_loss", "samples_per_s", "mfu", "lr")
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                          for k, v in rec.items() if k in keep}), flush=True)
+
+    model, res = train(cfg, reqs, space.codes, space.vocab_sizes, Path(args.out) / name,
+                       codebook_fingerprint=cb.fingerprint, resume=False, log=log,
+                       shuffle_window=len(reqs))
+    train_s = time.perf_counter() - t0
+    weights = SCORE_WEIGHTS if model.item_query is not None else (model.cfg.item_score_weight,)
+    chosen = model.cfg.item_score_weight
+    rows = {}
+    for w in weights:
+        model.cfg.item_score_weight = w
+        m, _ = evaluate_sequences(model, space, cfg, valid, beam_width=args.beam)
+        rows[w] = {k: round(float(v), 4) for k, v in m.items()}
+        print(f"valid, item_score_weight={w}: {json.dumps(rows[w])}", flush=True)
+    model.cfg.item_score_weight = chosen
+    result = {"overrides": args.overrides, "steps": res.steps, "train_s": round(train_s, 1),
+              "n_valid": len(valid), "beam": args.beam, "by_item_score_weight": rows,
+              "load_avg": os.getloadavg(), "codebook": cb.metrics.get("collision_rate")}
+    print("RESULT", json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
