@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from onerec import gitops, registry
 from onerec.cli import app
+from onerec.config import Config
 from onerec.demo import demo_requests
 from onerec.demo_report import summary_lines, to_markdown_report
 from onerec.demo_serving import Server, ServingError
@@ -153,3 +154,22 @@ def test_server_that_cannot_start_is_reported_and_reaped(tmp_path):
     with pytest.raises(ServingError, match="exited"), server:
         server.wait_ready(timeout_s=120)
     assert server.proc is not None and server.proc.poll() is not None
+
+
+@pytest.mark.parametrize("args, message", [(["--epochs", "0"], "--epochs: must be > 0"),
+                                           (["--cycles", "0"], "--cycles: must be >= 1")])
+def test_demo_refuses_bad_step_options_before_doing_anything(tmp_path, args, message):
+    out = tmp_path / "never"
+    res = runner.invoke(app, ["demo", "--out", str(out), *args])
+    assert res.exit_code == 2 and message in res.output
+    assert not out.exists()
+
+
+def test_demo_defaults_decide_steps_not_wall_time():
+    from onerec.demo import DemoOptions
+
+    opts = DemoOptions()
+    assert opts.epochs > 0 and opts.max_steps == 0  # passes over the new requests decide
+    assert opts.eval_users == 0  # every held-out user: 300 cannot separate the models
+    cfg = Config.from_preset("small")
+    assert (cfg.reward.steps, cfg.align.steps) == (100, 20)  # steps, under a wall-time cap
