@@ -204,7 +204,13 @@ def test_causal_encoder_exports_equal_to_pytorch(tmp_path):
     cfg = Config.from_preset("tiny", [*OVERRIDES, "model.causal_encoder=true"])
     space = ItemSpace.from_codebook(make_codebook(seed=2))
     model = build_model(cfg, space.codes, space.vocab_sizes, n_user_buckets=5).eval()
-    v = export_version(model, space, cfg, tmp_path, beam_widths=[8])
+    assert_exported_graph_equals_pytorch(model, space, cfg, tmp_path)
+
+
+def assert_exported_graph_equals_pytorch(model, space: ItemSpace, cfg: Config, folder) -> None:
+    """Export at beam 8, then the ONNX graph's beams and scores equal the PyTorch generator's
+    on 3 users with different history lengths."""
+    v = export_version(model, space, cfg, folder, beam_widths=[8])
     batch = users(space, 3, seed=5)
     items, scores = run_onnx(ort_session(v / "model.onnx", threads=1), batch)
     ref = generate(model, batch, beam_width=8, trie=ItemTrie.from_codes(space.codes,

@@ -4,19 +4,22 @@ reference beam search and the exported ONNX graph, and never adding an item the 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from onerec.config import Config
-from onerec.export.onnx import ort_session, run_onnx
 from onerec.generate import generate
 from onerec.items import ItemSpace
 from onerec.model import Batch
 from onerec.recommend import recommend
 from onerec.train import build_model
 from onerec.trie import ItemTrie
-from tests.test_export import OVERRIDES, make_codebook, users
+from tests.test_export import (
+    OVERRIDES,
+    assert_exported_graph_equals_pytorch,
+    make_codebook,
+    users,
+)
 
 HEAD = ["model.item_loss_weight=1.0", "model.item_score_weight=1.0"]
 
@@ -111,13 +114,5 @@ def test_fast_and_reference_recommendations_agree_with_the_head():
 
 
 def test_exported_graph_ranks_like_pytorch_with_the_head(tmp_path):
-    from onerec.export.artifact import export_version
-
     model, space, cfg = head_model(True, seed=2)
-    v = export_version(model, space, cfg, tmp_path, beam_widths=[8])
-    batch = users(space, 3, seed=5)
-    items, scores = run_onnx(ort_session(v / "model.onnx", threads=1), batch)
-    ref = generate(model, batch, beam_width=8, trie=ItemTrie.from_codes(space.codes,
-                                                                        space.vocab_sizes))
-    assert np.array_equal(items, ref.items.numpy())
-    np.testing.assert_allclose(scores, ref.scores.numpy(), rtol=1e-4, atol=1e-5)
+    assert_exported_graph_equals_pytorch(model, space, cfg, tmp_path)
