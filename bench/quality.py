@@ -97,7 +97,7 @@ def _log(rec: dict) -> None:
 
 
 def run_beauty(args: argparse.Namespace, cfg) -> dict:
-    from onerec.baselines import fit_popularity, train_sasrec
+    from onerec.baselines import fit_popularity, fit_transitions, split_by_transition, train_sasrec
     from onerec.baselines.sasrec import evaluate_rows
     from onerec.baselines.sasrec import recommend as sasrec_recommend
     from onerec.data.sequences import load_beauty
@@ -112,15 +112,21 @@ def run_beauty(args: argparse.Namespace, cfg) -> dict:
     rows = [("OneRec (ours)", res["metrics"], f"{res['train_s'] / 60:.1f} min")]
     if res.get("metrics_beam_order"):  # the same model without the item head's re-ranking
         rows.append(("OneRec, beam order (no re-rank)", res["metrics_beam_order"], "same model"))
+    targets = [t for *_, t in split.test]
+    recs_of = {"OneRec (ours)": [r["recs"] for r in res["recs"]]}
     pop = fit_popularity(split.train)
-    pop_recs = pop.recommend(len(split.test), 10)
-    rows.append(("popularity", {**rank_metrics(pop_recs, [t for *_, t in split.test]),
-                                "coverage@10": coverage(pop_recs, data.n_items, 10)}, "-"))
+    recs_of["popularity"] = pop.recommend(len(split.test), 10)
+    trans = fit_transitions(split.train)
+    recs_of["item transitions"] = trans.recommend([h for _, h, _ in split.test], 10)
+    for name in ("popularity", "item transitions"):
+        rows.append((name, {**rank_metrics(recs_of[name], targets),
+                            "coverage@10": coverage(recs_of[name], data.n_items, 10)}, "-"))
     if not args.no_sasrec:
         t0 = time.perf_counter()
         sas = train_sasrec(split.train, data.n_items, cfg.sasrec, valid=split.valid,
                            max_minutes=args.sasrec_minutes)
-        sas_recs = sasrec_recommend(sas, [h for _, h, _ in split.test], 10)
+        sas_recs = recs_of["SASRec (ours)"] = sasrec_recommend(sas, [h for _, h, _ in split.test],
+                                                              10)
         rows.append(("SASRec (ours)", {**evaluate_rows(sas, split.test),
                                        "coverage@10": coverage(sas_recs, data.n_items, 10)},
                      f"{(time.perf_counter() - t0) / 60:.1f} min"))
@@ -132,7 +138,42 @@ def run_beauty(args: argparse.Namespace, cfg) -> dict:
                                  "codebook_s", "eval_s")}
     extra["legality"] = res["metrics"]["legality"]
     extra["legality_unconstrained"] = res["metrics"]["legality_unconstrained"]
-    return {"rows": rows, "extra": extra, "n_test_users": len(split.test), "note": note}
+    seen = split_by_transition(trans, split.test)
+    return {"rows": rows, "extra": extra, "n_test_users": len(split.test), "note": note,
+            "by_transition": by_transition(recs_of, targets, seen),
+            "transition_share": sum(seen) / len(seen)}
+
+
+def by_transition(recs_of: dict[str, list[list[int]]], targets: list[int], seen: list[bool]
+                  ) -> list[tuple[str, dict[str, float]]]:
+    """Recall/NDCG@10 of each model on the test users whose pair (last history item ->
+    target) occurs in training and on the others: where item-to-item memory decides."""
+    from onerec.evaluate import rank_metrics
+
+    out = []
+    for name, recs in recs_of.items():
+        m = {}
+        for part, keep in (("seen", True), ("unseen", False)):
+            idx = [i for i, s in enumerate(seen) if s is keep]
+            r = rank_metrics([recs[i] for i in idx], [targets[i] for i in idx], ks=(10,))
+            m.update({f"{part} {k}": v for k, v in r.items()})
+        out.append((name, m))
+    return out
+
+
+def _transition_table(rows: list[tuple[str, dict[str, float]]], share: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Test users by whether (last history item -> target) occurs in training",
+              caption=f"pair seen for {share:.1%} of test users")
+    t.add_column("model")
+    cols = ("seen recall@10", "seen ndcg@10", "unseen recall@10", "unseen ndcg@10")
+    for c in cols:
+        t.add_column(c.replace("recall", "R").replace("ndcg", "N"), justify="right")
+    for name, m in rows:
+        t.add_row(name, *(f"{m[c]:.4f}" for c in cols))
+    Console().print(t)
 
 
 def run_kuairand(args: argparse.Namespace, cfg) -> dict:
@@ -210,11 +251,14 @@ def main(argv: list[str] | None = None) -> dict:
            caption=f"load average {load_start} at start, {load_end} at end")
     if result.get("note"):
         print(result["note"])
+    if result.get("by_transition"):
+        _transition_table(result["by_transition"], result["transition_share"])
     print(json.dumps(result["extra"], default=str))
     print(f"total wall time {(time.perf_counter() - t0) / 60:.1f} min; "
           f"config fingerprint {cfg.fingerprint()}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": result["rows"], **result["extra"],
+                                               "by_transition": result.get("by_transition"),
                                                "date": stamp, "argv": sys.argv}, default=str))
     return result
 

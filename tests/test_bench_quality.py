@@ -43,9 +43,15 @@ def test_other_data_in_the_beauty_format_gets_no_published_rows(tmp_path, monkey
                            "--out", str(tmp_path / "out")])
     names = [name for name, *_ in result["rows"]]
     # the Beauty defaults train the item head: its re-ranking share is a row of its own
-    assert names == ["OneRec (ours)", "OneRec, beam order (no re-rank)", "popularity"]
+    assert names == ["OneRec (ours)", "OneRec, beam order (no re-rank)", "popularity",
+                     "item transitions"]
     assert all("coverage@10" in m for _, m, _ in result["rows"])
+    # every model with lists is split by whether (last item -> target) was seen in training
+    assert [n for n, _ in result["by_transition"]] == ["OneRec (ours)", "popularity",
+                                                       "item transitions"]
+    assert 0.0 <= result["transition_share"] <= 1.0
     out = capsys.readouterr().out
+    assert "occurs in training" in out
     assert "published TIGER / SASRec rows withheld" in out and "(published)" not in out
     assert "load average" in out
 
