@@ -10,7 +10,9 @@ tokenizer settings under `--cache`, so rows that change only the model share the
 IDs. With an item head (`model.item_loss_weight` > 0), the same trained model is also ranked
 in beam order (`model.item_score_weight` = 0) and re-ranked at several weights, so the head's
 re-ranking share of the gain is shown apart from its training effect, and a table of each
-weight's validation numbers says which weight to choose.
+weight's validation numbers says which weight to choose. Each row is also split by whether
+the validation pair (last history item -> target) occurs in training: the users item-to-item
+memory can answer, where OneRec trails SASRec most (docs/results.md).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--beam", type=int, default=50)
     ap.add_argument("--n-valid", type=int, default=2000, help="validation users (seeded)")
     ap.add_argument("--data-dir", default=None, help="amazon-beauty-format folder")
+    ap.add_argument("--preset", default="small")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--cache", default="runs/ablation/codebooks")
@@ -45,8 +48,10 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
 
+    from onerec.baselines import fit_transitions, split_by_transition
     from onerec.config import Config
     from onerec.data.sequences import load_beauty
+    from onerec.evaluate import rank_metrics
     from onerec.items import ItemSpace
     from onerec.pretrain import build_codebook, evaluate_sequences
     from onerec.stream import requests_from_sequences
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     from onerec.train import train
 
     torch.set_num_threads(args.threads)
-    cfg = Config.from_preset("small", [*BEAUTY_DEFAULTS, f"train.max_steps={args.steps}",
+    cfg = Config.from_preset(args.preset, [*BEAUTY_DEFAULTS, f"train.max_steps={args.steps}",
                                        "train.checkpoint_every=100000", *args.overrides])
     data = load_beauty(args.data_dir or SHARED / "amazon-beauty")
     split = data.split(max_history=20)
@@ -91,14 +96,20 @@ def main(argv: list[str] | None = None) -> dict:
     weights = SCORE_WEIGHTS if model.item_query is not None else (model.cfg.item_score_weight,)
     chosen = model.cfg.item_score_weight
     rows = {}
+    seen = split_by_transition(fit_transitions(split.train), valid)
     for w in weights:
         model.cfg.item_score_weight = w
-        m, _ = evaluate_sequences(model, space, cfg, valid, beam_width=args.beam)
+        m, recs = evaluate_sequences(model, space, cfg, valid, beam_width=args.beam)
         rows[w] = {k: round(float(v), 4) for k, v in m.items()}
+        for part, keep in (("seen", True), ("unseen", False)):  # (last item -> target) pairs
+            idx = [i for i, s in enumerate(seen) if s is keep]
+            r = rank_metrics([recs[i] for i in idx], [valid[i][2] for i in idx], ks=(10,))
+            rows[w].update({f"{part} {k}": round(v, 4) for k, v in r.items()})
         print(f"valid, item_score_weight={w}: {json.dumps(rows[w])}", flush=True)
     model.cfg.item_score_weight = chosen
     result = {"overrides": args.overrides, "steps": res.steps, "train_s": round(train_s, 1),
               "n_valid": len(valid), "beam": args.beam, "by_item_score_weight": rows,
+              "transition_seen_share": round(sum(seen) / len(seen), 4),
               "load_avg": os.getloadavg(), "codebook": cb.metrics.get("collision_rate")}
     print("RESULT", json.dumps(result), flush=True)
     return result
