@@ -54,6 +54,16 @@ def test_other_data_in_the_beauty_format_gets_no_published_rows(tmp_path, monkey
     assert "occurs in training" in out
     assert "published TIGER / SASRec rows withheld" in out and "(published)" not in out
     assert "load average" in out
+    # the probes of the trained model (bench.heldout_shift) on the run it left
+    from bench import heldout_shift
+
+    probes = heldout_shift.main(["--run", str(tmp_path / "out" / "beauty"), "--data-dir",
+                                 str(data_dir), "--users", "10", "--sasrec-minutes", "0.05",
+                                 "--beam", "4", "--threads", "1"])
+    assert sorted(probes) == ["shorter", "skip", "test", "valid"]
+    for m in probes.values():
+        assert 0.0 <= m["seen share"] <= 1.0 and 0.0 <= m["OneRec all"] <= 1.0
+        assert m["transitions seen"] != m["transitions seen"] or m["transitions seen"] > 0
 
 
 def test_amazon_beauty_gets_the_published_rows():
