@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=1500, help="training steps (fixed)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--beam", type=int, default=50)
+    ap.add_argument("--more-beams", default="",
+                    help="comma-separated wider beams to score the same model at (chosen weight)")
     ap.add_argument("--n-valid", type=int, default=2000, help="validation users (seeded)")
     ap.add_argument("--data-dir", default=None, help="amazon-beauty-format folder")
     ap.add_argument("--preset", default="small")
@@ -107,8 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
             rows[w].update({f"{part} {k}": round(v, 4) for k, v in r.items()})
         print(f"valid, item_score_weight={w}: {json.dumps(rows[w])}", flush=True)
     model.cfg.item_score_weight = chosen
+    by_beam = {}
+    for beam in (int(b) for b in args.more_beams.split(",") if b.strip()):
+        m, _ = evaluate_sequences(model, space, cfg, valid, beam_width=beam)
+        by_beam[beam] = {k: round(float(v), 4) for k, v in m.items()}
+        print(f"valid, beam {beam}: {json.dumps(by_beam[beam])}", flush=True)
     result = {"overrides": args.overrides, "steps": res.steps, "train_s": round(train_s, 1),
               "n_valid": len(valid), "beam": args.beam, "by_item_score_weight": rows,
+              "by_beam": by_beam,
               "transition_seen_share": round(sum(seen) / len(seen), 4),
               "load_avg": os.getloadavg(), "codebook": cb.metrics.get("collision_rate")}
     print("RESULT", json.dumps(result), flush=True)
