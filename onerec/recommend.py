@@ -55,7 +55,10 @@ def recommend(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_width: i
 
 def _rank_reference(model: OneRec, sub: Batch, codes: torch.Tensor, scores: torch.Tensor,
                     index: PrefixIndex) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference beam, re-ordered by the model's item head as the fast generator does."""
+    """The reference beam, re-ordered by the model's item head as the fast generator does
+    (the reference path encodes the context again rather than reach into `beam_search`)."""
+    if model.item_query is None or model.cfg.item_score_weight == 0:
+        return codes, scores
     first = [[(index.items(tuple(sid)) or [0])[0] for sid in row] for row in codes.tolist()]
     items = torch.tensor(first, dtype=torch.long, device=codes.device)
     memory, _ = model.encode(sub)
