@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.quality import SHARED
+from bench.report import print_table
 from bench.runtime import reexec_with_tuned_env
 
 
@@ -57,7 +58,6 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
     from rich.console import Console
-    from rich.table import Table
 
     from onerec.baselines import fit_transitions, split_by_transition, train_sasrec
     from onerec.baselines.sasrec import recommend as sasrec_recommend
@@ -83,12 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     sas = train_sasrec(split.train, data.n_items, cfg.sasrec, valid=split.valid,
                        max_minutes=args.sasrec_minutes)
     index = space.index
-    table = Table(title=f"Recall@10 by probe, {len(users)} seeded Beauty users "
-                        f"(seen: last item -> target occurs in training)",
-                  caption=f"load average {tuple(round(x, 2) for x in os.getloadavg())}")
-    for c in ("probe", "seen share", "OneRec all", "SASRec all", "OneRec seen", "SASRec seen",
-              "transitions seen", "OneRec unseen", "SASRec unseen", "OneRec in beam@50 seen"):
-        table.add_column(c, justify="right")
+    cols = ("seen share", "OneRec all", "SASRec all", "OneRec seen", "SASRec seen",
+            "transitions seen", "OneRec unseen", "SASRec unseen", "OneRec in beam@50 seen")
     out: dict[str, dict[str, float]] = {}
     for name, rows in rows_of.items():
         targets = [t for *_, t in rows]
@@ -109,11 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
              **{f"{k} unseen": _mean(hit[k][~seen]) for k in hit},
              "OneRec in beam@50 seen": _mean(in_beam[seen])}
         out[name] = {k: float(v) for k, v in m.items()}
-        table.add_row(name, *("-" if out[name][c] != out[name][c] else f"{out[name][c]:.4f}"
-                              for c in (
-            "seen share", "OneRec all", "SASRec all", "OneRec seen", "SASRec seen",
-            "transitions seen", "OneRec unseen", "SASRec unseen", "OneRec in beam@50 seen")))
-    Console().print(table)
+    load = tuple(round(x, 2) for x in os.getloadavg())
+    print_table(Console(width=200), f"Recall@10 by probe, {len(users)} seeded Beauty users "
+                f"(seen: last item -> target occurs in training); load average {load}",
+                ("probe", *cols),
+                [(name, *("-" if m[c] != m[c] else f"{m[c]:.4f}" for c in cols))
+                 for name, m in out.items()], left=("probe",))
     return out
 
 

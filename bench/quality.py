@@ -88,7 +88,7 @@ def _table(title: str, rows: list[tuple[str, dict, str]], caption: str | None = 
     t.add_column("train wall", justify="right")
     for name, m, wall in rows:
         t.add_row(name, *(f"{m[c]:.4f}" if c in m else "-" for c in COLS), wall)
-    Console().print(t)
+    Console(width=160).print(t)
 
 
 def _log(rec: dict) -> None:
@@ -175,7 +175,7 @@ def _transition_table(rows: list[tuple[str, dict[str, float]]], share: float) ->
         t.add_column(c.replace("recall", "R").replace("ndcg", "N"), justify="right")
     for name, m in rows:
         t.add_row(name, *(f"{m[c]:.4f}" for c in cols))
-    Console().print(t)
+    Console(width=160).print(t)
 
 
 def run_kuairand(args: argparse.Namespace, cfg) -> dict:
