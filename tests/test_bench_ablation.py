@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench import ablation
+from onerec.data.sequences import load_beauty
 
 from .test_bench_quality import _beauty_format_folder
 
@@ -23,3 +24,24 @@ def test_ablation_row_on_beauty_format_data(tmp_path, monkeypatch):
         assert row["legality"] == 1.0
     assert 0.0 <= res["transition_seen_share"] <= 1.0
     assert list(res["by_beam"]) == [8] and res["by_beam"][8]["legality"] == 1.0
+
+
+def test_shifted_validation_history_ends_with_an_item_new_to_the_user(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _beauty_format_folder(data_dir)
+    monkeypatch.setenv("ONEREC_NO_TUNING", "1")
+    res = ablation.main(["--data-dir", str(data_dir), "--preset", "tiny", "--steps", "1",
+                         "--beam", "4", "--n-valid", "10", "--shifted", "--set",
+                         "train.warmup_steps=1", "--out", str(tmp_path / "out"),
+                         "--cache", str(tmp_path / "cb")])
+    assert res["shifted"] is True and res["steps"] == 1
+    data = load_beauty(data_dir)
+    split = ablation.selection_split(data, shifted=True)
+    for user, hist, target in split.valid:
+        seq = data.sequences[user]
+        assert split.train[user] == seq[:-3] and target == seq[-2]
+        assert hist[-1] == seq[-3]  # the history's last item is not in the user's training
+    # its own codebook: the cache key differs from the unshifted one
+    assert len(list((tmp_path / "cb").iterdir())) == 1
+
