@@ -131,6 +131,9 @@ class ModelConfig:
     expert_hidden: int = 256  # hidden size of one expert
     n_long_tokens: int = 8  # lifelong sequence compressed to this many learned-query tokens
     dropout: float = 0.1  # dropout in attention and feed-forward
+    # training only: each short-history item's embedding is dropped (zeroed, its position kept)
+    # with this probability, so the model learns from histories it has not seen whole
+    context_dropout: float = 0.0
     balance_loss_weight: float = 0.01  # weight of the MoE load-balancing loss
     causal_encoder: bool = False  # short sequence encoded causally: one pass serves every prefix
     # weight of the auxiliary next-item loss: a full softmax over every item, scored from the
@@ -155,6 +158,7 @@ class ModelConfig:
         _check(self.top_k_experts <= self.n_experts, f"{p}.top_k_experts",
                f"must be <= n_experts={self.n_experts}")
         _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)")
+        _check(0.0 <= self.context_dropout < 1.0, f"{p}.context_dropout", "must be in [0, 1)")
         _check(self.balance_loss_weight >= 0, f"{p}.balance_loss_weight", "must be >= 0")
         _check(self.item_loss_weight >= 0, f"{p}.item_loss_weight", "must be >= 0")
         _check(self.item_score_weight >= 0, f"{p}.item_score_weight", "must be >= 0")

@@ -262,9 +262,13 @@ class OneRec(nn.Module):
         short_items = batch.short
         if self.cfg.causal_encoder:  # oldest first: slot j holds the j-th item of the history
             short_items = left_align(batch.short)
-            short = self.embed_items(short_items, table) + self.short_pos.weight[:s]
-        else:  # most recent last: positions count back from the request
-            short = self.embed_items(short_items, table) + self.short_pos.weight[-s:]
+        short = self.embed_items(short_items, table)
+        if self.training and self.cfg.context_dropout > 0:  # item-level: the slot stays
+            keep = torch.rand(b, s, 1, device=dev) >= self.cfg.context_dropout
+            short = short * keep
+        # causal: slot j is the j-th item; else positions count back from the request
+        short = short + (self.short_pos.weight[:s] if self.cfg.causal_encoder
+                         else self.short_pos.weight[-s:])
         short = short + self.segment_emb.weight[1]
         p = batch.pos.shape[1]
         pos = self.embed_items(batch.pos, table) + self.pos_pos.weight[-p:] + self.segment_emb.weight[2]

@@ -171,3 +171,27 @@ def test_textbook_beam_search_with_copied_memory_returns_the_same_beams():
     copied = beam_search(model, batch, beam_width=6, top_n=6, index=index, share_memory=False)
     assert torch.equal(shared[0], copied[0])
     torch.testing.assert_close(shared[1], copied[1], rtol=1e-5, atol=1e-5)
+
+
+def test_context_dropout_drops_history_items_in_training_only():
+    model = tiny_model()
+    batch = random_batch(model, b=4)
+    model.eval()
+    ref, _ = model.encode(batch)
+    model.cfg.context_dropout = 0.5
+    again, _ = model.encode(batch)
+    assert torch.equal(ref, again)  # inference never drops
+    model.train()  # tiny preset: no other dropout, so only the dropped items change memory
+    torch.manual_seed(0)
+    dropped, _ = model.encode(batch)
+    model.cfg.context_dropout = 0.0
+    whole, _ = model.encode(batch)
+    assert torch.allclose(whole, ref, atol=1e-5)
+    assert not torch.allclose(dropped, whole, atol=1e-3)
+
+
+def test_context_dropout_must_be_a_probability():
+    from onerec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.context_dropout"):
+        Config.from_preset("tiny", ["model.context_dropout=1.0"])
