@@ -193,5 +193,5 @@ def test_context_dropout_drops_history_items_in_training_only():
 def test_context_dropout_must_be_a_probability():
     from onerec.config import ConfigError
 
-    with pytest.raises(ConfigError, match="model.context_dropout"):
+    with pytest.raises(ConfigError, match=r"model\.context_dropout"):
         Config.from_preset("tiny", ["model.context_dropout=1.0"])
