@@ -46,7 +46,7 @@ BEAUTY_COUNTS = (22_363, 12_101, 198_502)
 # Beauty: one causal encoder pass per user window serves all its prefixes, the time budget (not
 # a step count) drives the cosine decay (docs/model.md), the item head adds a full softmax
 # over the catalogue per target and re-ranks the beam, and neither dropout nor weight decay
-# holds back memorising item-to-item transitions (docs/results.md, ablation rows 1-11); the
+# holds back memorising item-to-item transitions (docs/results.md, ablation rows 9-10, S1-S2); the
 # best validation checkpoint (`--eval-every`) guards against over-fitting instead
 BEAUTY_DEFAULTS = ["data.max_seq_len=20", "model.causal_encoder=true", "train.batch_size=128",
                    "train.lr=2e-3", "train.warmup_steps=200", "train.max_steps=1000000",
