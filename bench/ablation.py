@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.quality import BEAUTY_DEFAULTS, SHARED
+from bench.quality import BEAUTY_DEFAULTS, SHARED, by_transition
 from bench.runtime import reexec_with_tuned_env
 
 if TYPE_CHECKING:
@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> dict:
     from onerec.baselines import fit_transitions, split_by_transition
     from onerec.config import Config
     from onerec.data.sequences import load_beauty
-    from onerec.evaluate import rank_metrics
     from onerec.items import ItemSpace
     from onerec.pretrain import build_codebook, evaluate_sequences
     from onerec.stream import requests_from_sequences
@@ -126,10 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
         model.cfg.item_score_weight = w
         m, recs = evaluate_sequences(model, space, cfg, valid, beam_width=args.beam)
         rows[w] = {k: round(float(v), 4) for k, v in m.items()}
-        for part, keep in (("seen", True), ("unseen", False)):  # (last item -> target) pairs
-            idx = [i for i, s in enumerate(seen) if s is keep]
-            r = rank_metrics([recs[i] for i in idx], [valid[i][2] for i in idx], ks=(10,))
-            rows[w].update({f"{part} {k}": round(v, 4) for k, v in r.items()})
+        (_, split_m), = by_transition({"OneRec": recs}, [t for *_, t in valid], seen)
+        rows[w].update({k: round(v, 4) for k, v in split_m.items()})
         print(f"valid, item_score_weight={w}: {json.dumps(rows[w])}", flush=True)
     model.cfg.item_score_weight = chosen
     by_beam = {}
