@@ -456,17 +456,18 @@ def export_model(
     model_name: Annotated[str, typer.Option(help="Model folder name in the repository.")] =
         "onerec",
     version: Annotated[int | None, typer.Option(help="Version number (default: the next free one).")] = None,
-    exporter: Annotated[str, typer.Option(help="torch.onnx exporter: dynamo or torchscript.")] =
-        "dynamo",
+    exporter: Annotated[str, typer.Option(help="torch.onnx exporter: auto, dynamo or "
+                                               "torchscript (default: serve.exporter).")] = "",
 ) -> None:
     """Export generation (encoder + beam search, one ONNX graph per beam width) as a model
     version: model.onnx, items.npy, manifest.json and the Triton config.pbtxt."""
     from onerec.export import export_version, load_trained
+    from onerec.export.onnx import resolve_exporter
     from onerec.tokenizer.codebook import CodebookError
     from onerec.train import CheckpointError
 
-    if exporter not in ("dynamo", "torchscript"):
-        raise fail(f"--exporter: must be dynamo or torchscript, got {exporter!r}")
+    if exporter not in ("", "auto", "dynamo", "torchscript"):
+        raise fail(f"--exporter: must be auto, dynamo or torchscript, got {exporter!r}")
     try:
         model, space, cfg = load_trained(checkpoint, codebook)
     except (CheckpointError, CodebookError) as e:
@@ -475,7 +476,9 @@ def export_model(
     try:
         with console.status(f"exporting beam widths {widths} ..."):
             path = export_version(model, space, cfg, out, model_name=model_name, version=version,
-                                  beam_widths=widths, exporter=exporter)  # type: ignore[arg-type]
+                                  beam_widths=widths,
+                                  exporter=resolve_exporter(exporter or cfg.serve.exporter,
+                                                            model))
     except ValueError as e:
         raise fail(str(e)) from None
     console.print(f"model version {path} (beam widths {widths}, config "

@@ -59,7 +59,8 @@ def trained():
 def version_dir(trained, tmp_path_factory):
     model, space, cfg, _ = trained
     repo = tmp_path_factory.mktemp("repo")
-    return export_version(model, space, cfg, repo, beam_widths=[8])  # dynamo, the default
+    # dynamo named: `serve.exporter` auto would take TorchScript for this model
+    return export_version(model, space, cfg, repo, beam_widths=[8], exporter="dynamo")
 
 
 def users(space: ItemSpace, b: int, seed: int) -> Batch:
@@ -217,6 +218,25 @@ def assert_exported_graph_equals_pytorch(model, space: ItemSpace, cfg: Config, f
                                                                         space.vocab_sizes))
     assert np.array_equal(items, ref.items.numpy())
     np.testing.assert_allclose(scores, ref.scores.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_exporter_takes_torchscript_unless_the_encoder_is_causal(trained, tmp_path):
+    from onerec.config import ConfigError
+    from onerec.export.onnx import resolve_exporter
+
+    model, space, cfg, _ = trained
+    assert cfg.serve.exporter == "auto"
+    assert resolve_exporter("auto", model) == "torchscript"
+    causal = build_model(Config.from_preset("tiny", [*OVERRIDES, "model.causal_encoder=true"]),
+                         space.codes, space.vocab_sizes, n_user_buckets=5)
+    assert resolve_exporter("auto", causal) == "dynamo"
+    assert resolve_exporter("dynamo", model) == "dynamo"
+    with pytest.raises(ValueError, match=r"serve\.exporter"):
+        resolve_exporter("onnxscript", model)
+    with pytest.raises(ConfigError, match=r"serve\.exporter"):
+        Config.from_preset("tiny", ["serve.exporter=onnxscript"])
+    v = export_version(model, space, cfg, tmp_path, beam_widths=[4])  # from the Config
+    assert load_manifest(v).exporter == "torchscript"
 
 
 def test_torchscript_exporter_refuses_a_causal_encoder(tmp_path):

@@ -41,7 +41,14 @@ import numpy as np
 import torch
 
 from onerec.config import Config
-from onerec.export.onnx import OPSET, Exporter, export_onnx, input_specs, output_specs
+from onerec.export.onnx import (
+    OPSET,
+    Exporter,
+    export_onnx,
+    input_specs,
+    output_specs,
+    resolve_exporter,
+)
 from onerec.export.triton import onnxruntime_config
 from onerec.generate import MoEMode, level_widths
 from onerec.io import atomic_dir, atomic_write_text
@@ -124,14 +131,16 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
                    model_name: str = "onerec", version: int | None = None,
                    beam_widths: tuple[int, ...] | list[int] | None = None,
                    constrained: bool = True, moe: MoEMode = "sparse",
-                   exporter: Exporter = "dynamo", max_batch_size: int = 64) -> Path:
+                   exporter: Exporter | None = None, max_batch_size: int = 64) -> Path:
     """Export one model version into a Triton repository. Returns the version folder.
 
     beam_widths: graphs to export (default: serve.beam_width); the first is the default
     (`model.onnx`, the one Triton serves). Each must be in [1, serve.max_beam_width].
     version: default the next free integer; an existing version folder is replaced whole.
+    exporter: default `serve.exporter` (auto: TorchScript unless the encoder is causal).
     """
     widths = list(dict.fromkeys(beam_widths or [cfg.serve.beam_width]))
+    exporter = resolve_exporter(exporter or cfg.serve.exporter, model)
     for w in widths:
         if not 1 <= w <= cfg.serve.max_beam_width:
             raise ValueError(f"beam_width {w} must be in [1, serve.max_beam_width="

@@ -89,6 +89,17 @@ def example_inputs(cfg: Config, batch: int = 2) -> tuple[torch.Tensor, ...]:
                              dtype=torch.long) for spec in input_specs(cfg))
 
 
+def resolve_exporter(choice: str, model: OneRec) -> Exporter:
+    """`serve.exporter` -> the exporter to run. auto: TorchScript (an order of magnitude faster
+    to export here) unless the model has a causal encoder, whose TorchScript graph ONNX Runtime
+    cannot run; then dynamo."""
+    if choice == "auto":
+        return "dynamo" if model.cfg.causal_encoder else "torchscript"
+    if choice not in ("dynamo", "torchscript"):
+        raise ValueError(f"serve.exporter: must be auto, dynamo or torchscript, got {choice!r}")
+    return choice  # type: ignore[return-value]
+
+
 def export_onnx(model: OneRec, trie: ItemTrie, cfg: Config, path: str | Path, *,
                 beam_width: int, constrained: bool = True, moe: MoEMode = "sparse",
                 exporter: Exporter = "dynamo", metadata: dict[str, str] | None = None) -> Path:
