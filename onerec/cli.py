@@ -284,7 +284,7 @@ def demo(
                                            "time per cycle (alignment gets half of it); the "
                                            "steps come from --epochs and the Config.")] = 5.0,
     epochs: Annotated[float, typer.Option(help="Pretraining passes over each cycle's new "
-                                          "requests.")] = 4.0,
+                                          "requests.")] = 6.0,  # DemoOptions.epochs
     cycles: Annotated[int, typer.Option(help="Continuous-training cycles (successive days).")]
         = 2,
     stages_: Annotated[str | None, typer.Option(

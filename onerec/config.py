@@ -472,9 +472,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # the demo: minutes on 2 CPU cores. Short contexts (20 / 20 / 64 items) and 128 requests a
     # step: a step costs ~1/7 of the 50 / 50 / 256 context's, so a cycle's passes over its new
-    # requests take about a minute (chosen on the 04-26 held-out day, docs/results.md)
+    # requests take about a minute. No dropout: a cycle trains a few passes over its requests,
+    # too few to over-fit, and dropout masks were a quarter of a CPU step (both measured on the
+    # 04-26 held-out day, docs/results.md)
     "small": {
         "data": {"max_seq_len": 20, "max_pos_seq_len": 20, "max_long_seq_len": 64},
+        "model": {"dropout": 0.0},
         "train": {"batch_size": 128, "lr": 2e-3},
         # step counts, not the stages' wall-time caps, decide the reward model and alignment
         "reward": {"steps": 100},

@@ -166,10 +166,14 @@ def test_demo_refuses_bad_step_options_before_doing_anything(tmp_path, args, mes
 
 
 def test_demo_defaults_decide_steps_not_wall_time():
+    import inspect
+
+    from onerec import cli
     from onerec.demo import DemoOptions
 
     opts = DemoOptions()
     assert opts.epochs > 0 and opts.max_steps == 0  # passes over the new requests decide
+    assert inspect.signature(cli.demo).parameters["epochs"].default == opts.epochs  # one default
     assert opts.eval_users == 0  # every held-out user: 300 cannot separate the models
     cfg = Config.from_preset("small")
     assert (cfg.reward.steps, cfg.align.steps) == (100, 20)  # steps, under a wall-time cap
