@@ -29,10 +29,12 @@ class ItemKNN:
     recent: np.ndarray  # (n,) positive events in the recent window
     n_recent: int = 20
 
+    def __post_init__(self) -> None:
+        self.index = {int(v): i for i, v in enumerate(self.items)}  # item id -> row
+
     def scores(self, history: Sequence[int], alpha: float) -> np.ndarray:
         """(n,) blended scores of every item for one history (oldest first)."""
-        pos = {int(v): i for i, v in enumerate(self.items)}
-        rows = [pos[int(v)] for v in history[-self.n_recent:] if int(v) in pos]
+        rows = [self.index[int(v)] for v in history[-self.n_recent:] if int(v) in self.index]
         personal = self.similarity[rows].sum(0) if rows else np.zeros(len(self.items))
         personal = personal / max(float(personal.max()), 1e-12)
         popular = np.log1p(self.recent)
