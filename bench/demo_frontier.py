@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> dict:
     from onerec.evaluate import coverage, rank_metrics_multi
     from onerec.generate import generate
     from onerec.recommend import _slice, recommend
-    from onerec.stream import contexts_from_histories, requests_from_events
     from onerec.train import load_checkpoint
     from onerec.trie import ItemTrie
 
@@ -94,15 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = stages.load_model(ckpt, space.fingerprint).eval()
     users, targets = stages.heldout_users(snap, None)
     target_sets = [targets[u] for u in users]
+    ctx = stages.heldout_contexts(cfg, snap, space, users)
     events = snap.events()
     before = events[events["time_ms"] < snap.holdout_start_ms]
     history = kuairand.read_history(snap.data_dir)
-    state: dict[int, Any] = {}
-    requests_from_events(before, space.index, cfg.data, history=history, final_state=state)
-    empty: tuple[list[int], list[int], list[int]] = ([], [], [])
-    ctx = contexts_from_histories([state.get(u, empty)[0] for u in users], cfg.data,
-                                  pos=[state.get(u, empty)[1] for u in users],
-                                  long=[state.get(u, empty)[2] for u in users])
     n_items = len(space)
     rows: list[tuple[str, dict[str, float]]] = []
 
@@ -141,9 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
         [[i - 1 for i in r] for r in sasrec_recommend(sas, [seqs.get(u, []) for u in users], 10)])
     positive = log[(log["long_view"] == 1) | (log["is_like"] == 1)]
     recent = before[(before["long_view"] == 1) | (before["is_like"] == 1)]
-    knn = fit_itemknn({int(u): g.tolist() for u, g in positive.groupby("user_id")["video_id"]},
-                      recent["video_id"].tolist())
     pos_hist = {int(u): g.tolist() for u, g in positive.groupby("user_id")["video_id"]}
+    knn = fit_itemknn(pos_hist, recent["video_id"].tolist())
     for alpha in ALPHAS:
         add(f"item-kNN + recent popularity, alpha {alpha:g}",
             knn.recommend([pos_hist.get(u, []) for u in users], 10, alpha))

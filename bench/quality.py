@@ -47,7 +47,7 @@ BEAUTY_COUNTS = (22_363, 12_101, 198_502)
 # full softmax over the catalogue per target and re-ranks the beam, and neither dropout nor
 # weight decay holds back memorising item-to-item transitions (docs/results.md, ablation rows
 # 9-10, S1-S5). A step count, not the time budget, sets the cosine schedule: 1,500 steps
-# (~13 idle minutes) scored validation R@10 0.1075 where the 30-minute schedule's best
+# (~10 idle minutes) scored validation R@10 0.1075 where the 30-minute schedule's best
 # checkpoint scored 0.0795, over-fitting past step 1,000 without dropout
 BEAUTY_DEFAULTS = ["data.max_seq_len=20", "model.causal_encoder=true", "train.batch_size=128",
                    "train.lr=2e-3", "train.warmup_steps=200", "train.max_steps=1500",

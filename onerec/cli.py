@@ -462,7 +462,6 @@ def export_model(
     """Export generation (encoder + beam search, one ONNX graph per beam width) as a model
     version: model.onnx, items.npy, manifest.json and the Triton config.pbtxt."""
     from onerec.export import export_version, load_trained
-    from onerec.export.onnx import resolve_exporter
     from onerec.tokenizer.codebook import CodebookError
     from onerec.train import CheckpointError
 
@@ -476,9 +475,7 @@ def export_model(
     try:
         with console.status(f"exporting beam widths {widths} ..."):
             path = export_version(model, space, cfg, out, model_name=model_name, version=version,
-                                  beam_widths=widths,
-                                  exporter=resolve_exporter(exporter or cfg.serve.exporter,
-                                                            model))
+                                  beam_widths=widths, exporter=exporter or None)
     except ValueError as e:
         raise fail(str(e)) from None
     console.print(f"model version {path} (beam widths {widths}, config "

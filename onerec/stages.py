@@ -510,13 +510,28 @@ def heldout_users(snap: Snapshot, max_users: int | None) -> tuple[list[int], dic
     return users, targets
 
 
+def heldout_contexts(cfg: Config, snap: Snapshot, space: ItemSpace, users: list[int]) -> Any:
+    """The Batch of `users`' contexts as they stood when the held-out window opened (history
+    and every event before it): what `evaluate` generates from."""
+    from onerec.stream import contexts_from_histories, requests_from_events
+
+    events = snap.events()
+    state: dict[int, tuple[list[int], list[int], list[int]]] = {}
+    requests_from_events(events[events["time_ms"] < snap.holdout_start_ms], space.index,
+                         cfg.data, history=kuairand.read_history(snap.data_dir),
+                         final_state=state)
+    empty: tuple[list[int], list[int], list[int]] = ([], [], [])
+    return contexts_from_histories([state.get(u, empty)[0] for u in users], cfg.data,
+                                   pos=[state.get(u, empty)[1] for u in users],
+                                   long=[state.get(u, empty)[2] for u in users])
+
+
 def evaluate(cfg: Config, snapshot_dir: str | Path, checkpoint: str | Path,
              codebook_dir: str | Path, *, max_users: int | None = None) -> dict[str, Any]:
     """Offline metrics of one model on the held-out window: Recall/NDCG@5,10 over each user's
     positive held-out videos (full ranking, constrained beam search), legality, coverage@10."""
     from onerec.evaluate import coverage, rank_metrics_multi
     from onerec.recommend import recommend
-    from onerec.stream import contexts_from_histories, requests_from_events
 
     snap = Snapshot.load(snapshot_dir)
     space = load_space(codebook_dir)
@@ -524,15 +539,7 @@ def evaluate(cfg: Config, snapshot_dir: str | Path, checkpoint: str | Path,
     users, targets = heldout_users(snap, max_users)
     if not users:
         raise StageError("the held-out window has no user with a positive event to measure")
-    events = snap.events()
-    state: dict[int, tuple[list[int], list[int], list[int]]] = {}
-    requests_from_events(events[events["time_ms"] < snap.holdout_start_ms], space.index,
-                         cfg.data, history=kuairand.read_history(snap.data_dir),
-                         final_state=state)
-    empty: tuple[list[int], list[int], list[int]] = ([], [], [])
-    ctx = contexts_from_histories([state.get(u, empty)[0] for u in users], cfg.data,
-                                  pos=[state.get(u, empty)[1] for u in users],
-                                  long=[state.get(u, empty)[2] for u in users])
+    ctx = heldout_contexts(cfg, snap, space, users)
     t0 = time.perf_counter()
     recs = recommend(model, space, ctx, beam_width=cfg.serve.beam_width, top_n=10)
     metrics = rank_metrics_multi(recs.items, [targets[u] for u in users], ks=(5, 10))

@@ -43,7 +43,6 @@ import torch
 from onerec.config import Config
 from onerec.export.onnx import (
     OPSET,
-    Exporter,
     export_onnx,
     input_specs,
     output_specs,
@@ -131,16 +130,17 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
                    model_name: str = "onerec", version: int | None = None,
                    beam_widths: tuple[int, ...] | list[int] | None = None,
                    constrained: bool = True, moe: MoEMode = "sparse",
-                   exporter: Exporter | None = None, max_batch_size: int = 64) -> Path:
+                   exporter: str | None = None, max_batch_size: int = 64) -> Path:
     """Export one model version into a Triton repository. Returns the version folder.
 
     beam_widths: graphs to export (default: serve.beam_width); the first is the default
     (`model.onnx`, the one Triton serves). Each must be in [1, serve.max_beam_width].
     version: default the next free integer; an existing version folder is replaced whole.
-    exporter: default `serve.exporter` (auto: TorchScript unless the encoder is causal).
+    exporter: auto, dynamo or torchscript; default `serve.exporter` (auto: TorchScript unless
+    the encoder is causal).
     """
     widths = list(dict.fromkeys(beam_widths or [cfg.serve.beam_width]))
-    exporter = resolve_exporter(exporter or cfg.serve.exporter, model)
+    chosen = resolve_exporter(exporter or cfg.serve.exporter, model)
     for w in widths:
         if not 1 <= w <= cfg.serve.max_beam_width:
             raise ValueError(f"beam_width {w} must be in [1, serve.max_beam_width="
@@ -162,7 +162,7 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
         for w in widths:
             name = graph_file(w, widths[0])
             export_onnx(model, trie, cfg, tmp / name, beam_width=w, constrained=constrained,
-                        moe=moe, exporter=exporter, metadata=identity)
+                        moe=moe, exporter=chosen, metadata=identity)
             width = level_widths(model.vocab_sizes, w)[-1]
             graphs[str(w)] = {"file": name, "width": width, "sha256": sha256(tmp / name)}
         np.save(tmp / ITEMS_FILE, np.asarray(space.item_ids, dtype=np.int64))
@@ -175,7 +175,7 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
             graphs=graphs, inputs=input_specs(cfg), outputs=output_specs(default_width),
             constrained=constrained,
             n_items=len(space), n_user_buckets=model.user_emb.num_embeddings,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), exporter=exporter,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), exporter=chosen,
             moe=moe)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         make_readable(tmp)
