@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shifted", action="store_true",
                     help="train on each user's items but the last three, so the validation "
                          "history ends with an item new to the user, as the test history does")
+    ap.add_argument("--sasrec", action="store_true",
+                    help="also train our SASRec on the same split and score it on the same "
+                         "validation users (the reference row)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--cache", default="runs/ablation/codebooks")
@@ -134,13 +137,33 @@ def main(argv: list[str] | None = None) -> dict:
         m, _ = evaluate_sequences(model, space, cfg, valid, beam_width=beam)
         by_beam[beam] = {k: round(float(v), 4) for k, v in m.items()}
         print(f"valid, beam {beam}: {json.dumps(by_beam[beam])}", flush=True)
-    result = {"overrides": args.overrides, "steps": res.steps, "train_s": round(train_s, 1),
+    sasrec = _sasrec_row(split, data.n_items, cfg, valid, seen) if args.sasrec else None
+    result = {"overrides": args.overrides, "sasrec": sasrec, "steps": res.steps, "train_s": round(train_s, 1),
               "n_valid": len(valid), "beam": args.beam, "by_item_score_weight": rows,
               "by_beam": by_beam, "shifted": args.shifted,
               "transition_seen_share": round(sum(seen) / len(seen), 4),
               "load_avg": os.getloadavg(), "codebook": cb.metrics.get("collision_rate")}
     print("RESULT", json.dumps(result), flush=True)
     return result
+
+
+def _sasrec_row(split: LeaveOneOut, n_items: int, cfg, valid: list, seen: list[bool]
+                ) -> dict[str, float]:
+    """Our SASRec on the ablation's split and validation users, with the same columns."""
+    from onerec.baselines import train_sasrec
+    from onerec.baselines.sasrec import recommend
+    from onerec.evaluate import coverage, rank_metrics
+
+    t0 = time.perf_counter()
+    model = train_sasrec(split.train, n_items, cfg.sasrec, valid=valid)
+    recs = recommend(model, [h for _, h, _ in valid], 10)
+    targets = [t for *_, t in valid]
+    row = {**rank_metrics(recs, targets, ks=(5, 10)), "coverage@10": coverage(recs, n_items, 10)}
+    (_, split_m), = by_transition({"SASRec": recs}, targets, seen)
+    row = {k: round(float(v), 4) for k, v in {**row, **split_m}.items()}
+    row["train_s"] = round(time.perf_counter() - t0, 1)
+    print(f"valid, SASRec (ours): {json.dumps(row)}", flush=True)
+    return row
 
 
 if __name__ == "__main__":

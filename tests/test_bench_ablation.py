@@ -32,10 +32,13 @@ def test_shifted_validation_history_ends_with_an_item_new_to_the_user(tmp_path, 
     _beauty_format_folder(data_dir)
     monkeypatch.setenv("ONEREC_NO_TUNING", "1")
     res = ablation.main(["--data-dir", str(data_dir), "--preset", "tiny", "--steps", "1",
-                         "--beam", "4", "--n-valid", "10", "--shifted", "--set",
+                         "--beam", "4", "--n-valid", "10", "--shifted", "--sasrec", "--set",
                          "train.warmup_steps=1", "--out", str(tmp_path / "out"),
                          "--cache", str(tmp_path / "cb")])
     assert res["shifted"] is True and res["steps"] == 1
+    # the SASRec reference row, on the same users with the same columns
+    assert {"recall@10", "ndcg@10", "seen recall@10", "coverage@10"} <= set(res["sasrec"])
+    assert 0.0 <= res["sasrec"]["recall@10"] <= 1.0
     data = load_beauty(data_dir)
     split = ablation.selection_split(data, shifted=True)
     for user, hist, target in split.valid:
