@@ -135,7 +135,8 @@ def split_forward(model: OneRec, batch: Batch,
         loss = ntp + model.cfg.balance_loss_weight * bal
         if model.item_query is not None:  # the item head's full softmax counts as loss
             state = model.user_state(memory_in, req, batch.short.shape[1], batch.target_len)
-            item = F.cross_entropy(model.item_logits(state), batch.target_items)
+            last = model.last_item(batch.short, req, batch.target_len)
+            item = F.cross_entropy(model.item_logits(state, last), batch.target_items)
             loss = loss + model.cfg.item_loss_weight * item
     return SplitPass(loss, ntp, bal, memory, memory_in, hidden, hidden_in, balance, balance_in)
 

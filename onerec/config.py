@@ -142,6 +142,10 @@ class ModelConfig:
     # with that item head: weight of its log-probability added to the beam's when the beam is
     # ranked (a scorer that re-orders the generated beam, in the exported graph too; 0: off)
     item_score_weight: float = 1.0
+    # with that item head: a factorised first-order Markov term (FPMC, Rendle et al. 2010) in
+    # its query, a free vector per item for what tends to follow it, so item-to-item
+    # transitions other users made are memorised apart from the encoder (false: off)
+    markov_head: bool = False
 
     # derived (not read from YAML)
     head_dim: int = field(default=0, init=False)

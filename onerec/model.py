@@ -220,7 +220,13 @@ class OneRec(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(d, k) for k in vocab_sizes)
         # auxiliary next-item loss: the user state -> a query against the tied item embeddings
         self.item_query = nn.Linear(d, d) if cfg.item_loss_weight > 0 else None
+        # the head's Markov term: row i is added to the query of a state whose last item is i
+        self.next_item = (nn.Embedding(item_codes.shape[0], d, padding_idx=0)
+                          if cfg.item_loss_weight > 0 and cfg.markov_head else None)
         self.apply(self._init)
+        if self.next_item is not None:  # no last item: no Markov term
+            with torch.no_grad():
+                self.next_item.weight[0].zero_()
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -326,6 +332,17 @@ class OneRec(nn.Module):
     def level_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
         return self.heads[level](hidden)
 
+    def last_item(self, short: torch.Tensor, req: torch.Tensor,
+                  target_len: torch.Tensor | None) -> torch.Tensor:
+        """(T,) the most recent history item target t may see (0: none): the item the head's
+        Markov term looks up. `short` is left-padded, most recent last; with a causal encoder
+        target t sees the first `target_len[t]` items of it."""
+        if self.cfg.causal_encoder and target_len is not None:
+            oldest_first = left_align(short)[req]
+            last = oldest_first.gather(1, (target_len - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
+            return last * (target_len > 0)
+        return short[req, -1]
+
     def user_state(self, memory: torch.Tensor, req: torch.Tensor, short_len: int,
                    target_len: torch.Tensor | None) -> torch.Tensor:
         """(T, d) the encoder output that summarises what target t may see: with a causal
@@ -352,16 +369,23 @@ class OneRec(nn.Module):
             return None
         b, s = short.shape
         seen = (short > 0).sum(1) if self.cfg.causal_encoder else None
-        state = self.user_state(memory, torch.arange(b, device=short.device), s, seen)
-        logp = self.item_logits(state).float().log_softmax(-1)
+        req = torch.arange(b, device=short.device)
+        state = self.user_state(memory, req, s, seen)
+        logp = self.item_logits(state, self.last_item(short, req, seen)).float().log_softmax(-1)
         bonus = logp.gather(1, items.clamp_min(0)).masked_fill(items <= 0, 0.0)
         return (scores + weight * bonus).topk(items.shape[1], dim=1)
 
-    def item_logits(self, state: torch.Tensor) -> torch.Tensor:
+    def item_logits(self, state: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
         """(T, d) user states -> (T, n_items + 1) next-item scores over the whole catalogue
-        (column 0, padding, is -inf)."""
+        (column 0, padding, is -inf). last: (T,) each state's most recent item, which the
+        Markov term (`model.markov_head`) needs."""
         assert self.item_query is not None, "model.item_loss_weight is 0: no item head"
-        logits = self.item_query(state) @ self.item_table().T
+        query = self.item_query(state)
+        if self.next_item is not None:
+            if last is None:
+                raise ValueError("model.markov_head needs each state's last item")
+            query = query + self.next_item(last)
+        logits = query @ self.item_table().T
         logits[:, 0] = float("-inf")
         return logits
 
@@ -387,7 +411,8 @@ class OneRec(nn.Module):
             if batch.target_items is None:
                 raise ValueError("model.item_loss_weight > 0 needs batch.target_items")
             state = self.user_state(memory, req, batch.short.shape[1], batch.target_len)
-            item = F.cross_entropy(self.item_logits(state), batch.target_items)
+            last = self.last_item(batch.short, req, batch.target_len)
+            item = F.cross_entropy(self.item_logits(state, last), batch.target_items)
             loss = loss + self.cfg.item_loss_weight * item
             out["item_loss"] = item
         out["loss"] = loss

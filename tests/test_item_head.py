@@ -116,3 +116,60 @@ def test_fast_and_reference_recommendations_agree_with_the_head():
 def test_exported_graph_ranks_like_pytorch_with_the_head(tmp_path):
     model, space, cfg = head_model(True, seed=2)
     assert_exported_graph_equals_pytorch(model, space, cfg, tmp_path)
+
+
+MARKOV = ("model.markov_head=true",)
+
+
+def markov_model(causal: bool, seed: int = 0):
+    model, space, cfg = head_model(causal, seed, MARKOV)
+    with torch.no_grad():  # a Markov term large enough to change the ranking
+        model.next_item.weight.normal_(0, 1.0)
+        model.next_item.weight[0] = 0.0
+    return model, space, cfg
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_markov_term_reads_the_last_item_each_target_may_see(causal):
+    model, space, _ = markov_model(causal)
+    batch = training_batch(space)
+    histories = [[i for i in row if i > 0] for row in batch.short.tolist()]  # oldest first
+    lens = [min(n, len(histories[r])) for r, n in zip(batch.target_req.tolist(),
+                                                      batch.target_len.tolist(), strict=True)]
+    assert 0 in lens and len(set(lens)) >= 3  # no item, and several prefixes
+    last = model.last_item(batch.short, batch.target_req, torch.tensor(lens))
+    for t, (r, n) in enumerate(zip(batch.target_req.tolist(), lens, strict=True)):
+        if causal:
+            assert int(last[t]) == (histories[r][n - 1] if n > 0 else 0)
+        else:
+            assert int(last[t]) == histories[r][-1]
+    model.train()
+    model(batch)["loss"].backward()
+    assert model.next_item.weight.grad.abs().sum() > 0  # the term trains with the item loss
+    with pytest.raises(ValueError, match="last item"):
+        model.item_logits(torch.zeros(1, model.cfg.d_model))
+
+
+def test_markov_term_changes_the_ranking_and_stays_within_the_beam():
+    model, space, _ = markov_model(True)
+    trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
+    batch = users(space, 4, seed=3)
+    with_term = generate(model, batch, beam_width=8, trie=trie)
+    with torch.no_grad():
+        saved = model.next_item.weight.clone()
+        model.next_item.weight.zero_()
+    without = generate(model, batch, beam_width=8, trie=trie)
+    with torch.no_grad():
+        model.next_item.weight.copy_(saved)
+    assert not torch.equal(with_term.items, without.items)
+    for u in range(4):
+        assert sorted(with_term.items[u].tolist()) == sorted(without.items[u].tolist())
+
+
+def test_fast_reference_and_exported_graph_agree_with_the_markov_term(tmp_path):
+    model, space, cfg = markov_model(True, seed=2)
+    batch = users(space, 5, seed=4)
+    fast = recommend(model, space, batch, beam_width=8, top_n=5)
+    ref = recommend(model, space, batch, beam_width=8, top_n=5, fast=False)
+    assert fast.items == ref.items and fast.legality == 1.0
+    assert_exported_graph_equals_pytorch(model, space, cfg, tmp_path)
