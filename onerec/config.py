@@ -131,6 +131,10 @@ class ModelConfig:
     expert_hidden: int = 256  # hidden size of one expert
     n_long_tokens: int = 8  # lifelong sequence compressed to this many learned-query tokens
     dropout: float = 0.1  # dropout in attention and feed-forward
+    # the encoder's own rate (its layers, the lifelong pooler and its input embeddings, where
+    # SASRec puts dropout), so the user state can be regularised apart from the decoder
+    # (None: model.dropout)
+    encoder_dropout: float | None = None
     # training only: each short-history item's embedding is dropped (zeroed, its position kept)
     # with this probability, so the model learns from histories it has not seen whole
     context_dropout: float = 0.0
@@ -153,6 +157,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self.head_dim = self.d_model // self.n_heads if self.n_heads > 0 else 0
 
+    @property
+    def encoder_rate(self) -> float:
+        """The dropout rate the encoder uses."""
+        return self.dropout if self.encoder_dropout is None else self.encoder_dropout
+
     def validate(self, p: str) -> None:
         for name in ("d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "n_experts",
                      "top_k_experts", "expert_hidden", "n_long_tokens"):
@@ -163,6 +172,8 @@ class ModelConfig:
                f"must be <= n_experts={self.n_experts}")
         _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)")
         _check(0.0 <= self.context_dropout < 1.0, f"{p}.context_dropout", "must be in [0, 1)")
+        _check(self.encoder_dropout is None or 0.0 <= self.encoder_dropout < 1.0,
+               f"{p}.encoder_dropout", "must be in [0, 1) or null")
         _check(self.balance_loss_weight >= 0, f"{p}.balance_loss_weight", "must be >= 0")
         _check(self.item_loss_weight >= 0, f"{p}.item_loss_weight", "must be >= 0")
         _check(self.item_score_weight >= 0, f"{p}.item_score_weight", "must be >= 0")

@@ -137,10 +137,11 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.d_model)
-        self.attn = Attention(d_model=cfg.d_model, n_heads=cfg.n_heads, dropout=cfg.dropout)
+        rate = cfg.encoder_rate
+        self.attn = Attention(d_model=cfg.d_model, n_heads=cfg.n_heads, dropout=rate)
         self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.ff = FeedForward(d_model=cfg.d_model, hidden=cfg.expert_hidden, dropout=cfg.dropout)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.ff = FeedForward(d_model=cfg.d_model, hidden=cfg.expert_hidden, dropout=rate)
+        self.drop = nn.Dropout(rate)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
@@ -207,7 +208,8 @@ class OneRec(nn.Module):
         self.short_pos = nn.Embedding(max_seq_len, d)
         self.pos_pos = nn.Embedding(max_pos_len, d)
         self.long_queries = nn.Parameter(torch.randn(cfg.n_long_tokens, d) * 0.02)
-        self.long_pool = Attention(d_model=d, n_heads=cfg.n_heads, dropout=cfg.dropout)
+        self.long_pool = Attention(d_model=d, n_heads=cfg.n_heads, dropout=cfg.encoder_rate)
+        self.input_drop = nn.Dropout(cfg.encoder_rate)  # on the encoder's input embeddings
         self.encoder = nn.ModuleList(
             EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers if cfg.arch == "encoder_decoder"
                                              else 0))
@@ -286,7 +288,7 @@ class OneRec(nn.Module):
                                                         device=dev)], 1)
         q = self.long_queries.unsqueeze(0).expand(b, -1, -1)
         long = self.long_pool(q, long_items, long_mask[:, None, None, :]) + self.segment_emb.weight[3]
-        x = torch.cat([user, short, pos, long], dim=1)
+        x = self.input_drop(torch.cat([user, short, pos, long], dim=1))
         mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=dev), short_items > 0,
                           batch.pos > 0,
                           torch.ones(b, long.shape[1], dtype=torch.bool, device=dev)], dim=1)

@@ -195,3 +195,25 @@ def test_context_dropout_must_be_a_probability():
 
     with pytest.raises(ConfigError, match=r"model\.context_dropout"):
         Config.from_preset("tiny", ["model.context_dropout=1.0"])
+
+
+def test_encoder_dropout_regularises_the_encoder_only():
+    torch.manual_seed(0)
+    base = Config.from_preset("tiny", ["model.dropout=0", "model.encoder_dropout=0.5"]).model
+    assert base.encoder_rate == 0.5
+    vocab, n_items = (4, 3, 2), 20
+    codes = torch.stack([torch.randint(0, k, (n_items,)) for k in vocab], 1)
+    codes = torch.cat([torch.zeros(1, len(vocab), dtype=torch.long), codes])
+    model = OneRec(base, item_codes=codes, vocab_sizes=list(vocab), n_user_buckets=5,
+                   max_seq_len=8, max_pos_len=8).train()
+    batch = random_batch(model)
+    first, mask = model.encode(batch)
+    assert not torch.allclose(first, model.encode(batch)[0])  # the encoder drops
+    prefix = batch.target_codes[:, :-1]
+    a, _ = model.decode(prefix, first, mask)
+    b, _ = model.decode(prefix, first, mask)
+    torch.testing.assert_close(a, b)  # the decoder, at model.dropout = 0, does not
+    model.eval()
+    torch.testing.assert_close(model.encode(batch)[0], model.encode(batch)[0])
+    # null falls back to model.dropout
+    assert Config.from_preset("tiny", ["model.dropout=0.2"]).model.encoder_rate == 0.2
