@@ -347,6 +347,9 @@ def serve(
         = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port [default: serve.grpc_port].")]
         = None,
+    host: Annotated[str | None, typer.Option(
+        help="Address to listen on (0.0.0.0: every interface) [default: serve.host, "
+             "127.0.0.1].")] = None,
     codebook: Annotated[Path | None, typer.Option(
         help="Codebook folder whose fingerprint versions must carry [default: pinned by the "
              "first version loaded].")] = None,
@@ -371,7 +374,8 @@ def serve(
         raise fail(f"--repo: {repo} is not a folder (run `onerec export` first)")
     argv = ["--repo", str(repo), "--poll_interval", str(poll_interval),
             "--http_port", str(http_port or cfg.serve.http_port),
-            "--grpc_port", str(grpc_port or cfg.serve.grpc_port)]
+            "--grpc_port", str(grpc_port or cfg.serve.grpc_port),
+            "--host", host or cfg.serve.host]
     if config is not None:
         argv += ["--config", str(config)]
     elif preset is not None:

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ort_threads", type=int, default=None,
                    help="ONNX Runtime intra-op threads per graph (0: its default, every core) "
                         "[default: serve.ort_threads of the Config, 1]")
+    p.add_argument("--host", default=None,
+                   help="address the REST and gRPC listeners bind (0.0.0.0: every interface, "
+                        "as the container does) [default: serve.host of the Config, 127.0.0.1]")
     p.set_defaults(model_name=None, http_port=None, grpc_port=None)
     return p
 
@@ -186,6 +189,9 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
             return await super().is_model_ready(name or transformer.name)
 
     repository = Repository(models_dir=str(model_dir))
+    from serving.bind import bind
+
+    bind(args.host or cfg.serve.host)
     server = ModelServer(
         http_port=args.http_port or cfg.serve.http_port,
         grpc_port=args.grpc_port or cfg.serve.grpc_port,

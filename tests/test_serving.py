@@ -468,3 +468,33 @@ def test_mismatched_fingerprint_is_refused_and_old_version_keeps_serving(server,
     metrics = requests.get(f"{base}/metrics").text
     assert 'onerec_model_versions_refused_total{version="3"} 1.0' in metrics
     assert "onerec_model_version 2.0" in metrics
+
+
+def test_the_server_listens_on_loopback_only_by_default(server):
+    """`onerec serve` binds serve.host (127.0.0.1), not every interface as kserve would."""
+    import ipaddress
+
+    import psutil
+
+    proc = psutil.Process(server["proc"].pid)
+    listening = [c.laddr for p in (proc, *proc.children(recursive=True))
+                 for c in p.connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    ports = {a.port for a in listening}
+    wanted = {int(server["http"].rsplit(":", 1)[1]), int(server["grpc"].rsplit(":", 1)[1])}
+    assert wanted <= ports, f"REST and gRPC listeners expected on {wanted}, got {listening}"
+
+    def loopback(ip: str) -> bool:  # gRPC reports 127.0.0.1 as IPv4-mapped ::ffff:127.0.0.1
+        addr = ipaddress.ip_address(ip)
+        return (getattr(addr, "ipv4_mapped", None) or addr).is_loopback
+
+    assert all(loopback(a.ip) for a in listening), listening
+
+
+def test_bind_addresses_and_a_bad_host_is_named():
+    from serving.bind import bind, grpc_address
+
+    assert grpc_address("127.0.0.1", 8081) == "127.0.0.1:8081"
+    assert grpc_address("::1", 8081) == "[::1]:8081"
+    assert grpc_address("0.0.0.0", "9000") == "0.0.0.0:9000"
+    with pytest.raises(ValueError, match=r"serve\.host"):
+        bind("")

@@ -1,0 +1,58 @@
+"""Bind the KServe ModelServer to one address (`serve.host`), not to every interface.
+
+kserve 0.21 hard-codes its listeners: uvicorn on 0.0.0.0 (`RESTServer`) and gRPC on `[::]`
+(`GRPCServer.start`). A server started on a laptop or a shared node should listen on loopback
+unless told otherwise, so `onerec serve` binds `serve.host` (127.0.0.1); the container image
+and the manifests pass `--host 0.0.0.0` explicitly. `bind(host)` must run before
+`ModelServer.start`: it swaps in a `RESTServer` whose uvicorn config uses `host`, and makes the
+gRPC server's one `add_insecure_port` call use it instead of `[::]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def grpc_address(host: str, port: int | str) -> str:
+    """host:port for gRPC, with an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def bind(host: str) -> None:
+    """Make the next ModelServer of this process listen on `host` (REST and gRPC)."""
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"serve.host: expected an address such as 127.0.0.1, got {host!r}")
+    from kserve import model_server
+    from kserve.protocol.grpc import server as grpc_server
+    from kserve.protocol.rest.server import RESTServer
+
+    class HostRESTServer(RESTServer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.config.host = host
+
+    real_aio = getattr(grpc_server.aio, "real_aio", grpc_server.aio)
+
+    class HostAio:
+        """`grpc.aio` whose servers bind `host` where kserve asks for `[::]`."""
+
+        real_aio = None
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_aio, name)
+
+        @staticmethod
+        def server(*args: Any, **kwargs: Any) -> Any:
+            srv = real_aio.server(*args, **kwargs)
+            add = srv.add_insecure_port
+
+            def add_insecure_port(address: str) -> int:
+                port = address.rsplit(":", 1)[-1]
+                return add(grpc_address(host, port))
+
+            srv.add_insecure_port = add_insecure_port
+            return srv
+
+    HostAio.real_aio = real_aio
+    model_server.RESTServer = HostRESTServer
+    grpc_server.aio = HostAio()
