@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
         by_beam[beam] = {k: round(float(v), 4) for k, v in m.items()}
         print(f"valid, beam {beam}: {json.dumps(by_beam[beam])}", flush=True)
     sasrec = _sasrec_row(split, data.n_items, cfg, valid, seen) if args.sasrec else None
-    result = {"overrides": args.overrides, "sasrec": sasrec, "steps": res.steps, "train_s": round(train_s, 1),
-              "n_valid": len(valid), "beam": args.beam, "by_item_score_weight": rows,
+    result = {"overrides": args.overrides, "sasrec": sasrec, "steps": res.steps,
+              "train_s": round(train_s, 1), "n_valid": len(valid), "beam": args.beam, "by_item_score_weight": rows,
               "by_beam": by_beam, "shifted": args.shifted,
               "transition_seen_share": round(sum(seen) / len(seen), 4),
               "load_avg": os.getloadavg(), "codebook": cb.metrics.get("collision_rate")}

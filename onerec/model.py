@@ -335,10 +335,13 @@ class OneRec(nn.Module):
         return self.heads[level](hidden)
 
     def last_item(self, short: torch.Tensor, req: torch.Tensor,
-                  target_len: torch.Tensor | None) -> torch.Tensor:
+                  target_len: torch.Tensor | None) -> torch.Tensor | None:
         """(T,) the most recent history item target t may see (0: none): the item the head's
-        Markov term looks up. `short` is left-padded, most recent last; with a causal encoder
-        target t sees the first `target_len[t]` items of it."""
+        Markov term looks up; None without that term (nothing computed, nothing exported).
+        `short` is left-padded, most recent last; with a causal encoder target t sees the first
+        `target_len[t]` items of it."""
+        if self.next_item is None:
+            return None
         if self.cfg.causal_encoder and target_len is not None:
             oldest_first = left_align(short)[req]
             last = oldest_first.gather(1, (target_len - 1).clamp_min(0).unsqueeze(1)).squeeze(1)

@@ -2,10 +2,10 @@
 
 kserve 0.21 hard-codes its listeners: uvicorn on 0.0.0.0 (`RESTServer`) and gRPC on `[::]`
 (`GRPCServer.start`). A server started on a laptop or a shared node should listen on loopback
-unless told otherwise, so `onerec serve` binds `serve.host` (127.0.0.1); the container image
-and the manifests pass `--host 0.0.0.0` explicitly. `bind(host)` must run before
-`ModelServer.start`: it swaps in a `RESTServer` whose uvicorn config uses `host`, and makes the
-gRPC server's one `add_insecure_port` call use it instead of `[::]`.
+unless told otherwise, so `onerec serve` binds `serve.host` (127.0.0.1); the manifests pass
+`--host 0.0.0.0` explicitly. `bind(host)` must run before `ModelServer.start`: it swaps in a
+`RESTServer` whose uvicorn config uses `host`, and a `grpc.aio` whose servers' one
+`add_insecure_port` call uses it instead of `[::]`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,23 @@ from typing import Any
 def grpc_address(host: str, port: int | str) -> str:
     """host:port for gRPC, with an IPv6 literal in brackets."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class _HostAio:
+    """`grpc.aio` whose servers bind `host` wherever kserve asks for an address."""
+
+    def __init__(self, real: Any, host: str) -> None:
+        self.real, self.host = real, host
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def server(self, *args: Any, **kwargs: Any) -> Any:
+        srv = self.real.server(*args, **kwargs)
+        add = srv.add_insecure_port
+        srv.add_insecure_port = lambda address: add(
+            grpc_address(self.host, address.rsplit(":", 1)[-1]))
+        return srv
 
 
 def bind(host: str) -> None:
@@ -31,28 +48,6 @@ def bind(host: str) -> None:
             super().__init__(*args, **kwargs)
             self.config.host = host
 
-    real_aio = getattr(grpc_server.aio, "real_aio", grpc_server.aio)
-
-    class HostAio:
-        """`grpc.aio` whose servers bind `host` where kserve asks for `[::]`."""
-
-        real_aio = None
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real_aio, name)
-
-        @staticmethod
-        def server(*args: Any, **kwargs: Any) -> Any:
-            srv = real_aio.server(*args, **kwargs)
-            add = srv.add_insecure_port
-
-            def add_insecure_port(address: str) -> int:
-                port = address.rsplit(":", 1)[-1]
-                return add(grpc_address(host, port))
-
-            srv.add_insecure_port = add_insecure_port
-            return srv
-
-    HostAio.real_aio = real_aio
+    real = grpc_server.aio.real if isinstance(grpc_server.aio, _HostAio) else grpc_server.aio
     model_server.RESTServer = HostRESTServer
-    grpc_server.aio = HostAio()
+    grpc_server.aio = _HostAio(real, host)
