@@ -150,6 +150,12 @@ class ModelConfig:
     # its query, a free vector per item for what tends to follow it, so item-to-item
     # transitions other users made are memorised apart from the encoder (false: off)
     markov_head: bool = False
+    # with that item head: the decoder reads the encoder's memory through a stop-gradient in
+    # training, so the encoder (the user state) is shaped by the item head's full softmax
+    # alone, as SASRec's is, and the decoder learns to generate semantic IDs from it; the
+    # semantic-ID loss no longer pulls the user state toward the codebook's coarse prefixes
+    # (false: both losses train the encoder)
+    decoder_stop_gradient: bool = False
 
     # derived (not read from YAML)
     head_dim: int = field(default=0, init=False)
@@ -177,6 +183,9 @@ class ModelConfig:
         _check(self.balance_loss_weight >= 0, f"{p}.balance_loss_weight", "must be >= 0")
         _check(self.item_loss_weight >= 0, f"{p}.item_loss_weight", "must be >= 0")
         _check(self.item_score_weight >= 0, f"{p}.item_score_weight", "must be >= 0")
+        _check(not self.decoder_stop_gradient or self.item_loss_weight > 0,
+               f"{p}.decoder_stop_gradient",
+               "needs model.item_loss_weight > 0 (else nothing trains the encoder)")
 
 
 @dataclass
