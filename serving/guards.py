@@ -1,4 +1,4 @@
-"""Checks in front of kserve's binary REST decoder, which trusts the request.
+"""Checks in front of kserve's request decoders, which trust the request.
 
 kserve 0.21's `InferRequest.from_bytes` (the v2 binary tensor extension: a JSON header of
 `Inference-Header-Content-Length` bytes, then raw tensors) indexes the header as if it were
@@ -7,7 +7,12 @@ string, larger than the bytes sent or not the size of the declared shape surface
 KeyError, TypeError or numpy ValueError: HTTP 500. `check_binary_header` names the field
 instead (HTTP 400), and `GuardedDataPlane` runs it before kserve's decoder and turns whatever
 that decoder still raises on client bytes into InvalidInput. (JSON bodies are validated by
-FastAPI's pydantic model first; gRPC messages by protobuf and kserve's own checks.)
+FastAPI's pydantic model first.)
+
+gRPC: bytes that do not parse as the method's protobuf message come back from grpc as UNKNOWN
+("Unexpected DecodeError"), and kserve's `from_grpc` refuses an unknown datatype with "invalid
+content type", naming no input. `decoding_interceptor`, run outermost on kserve's gRPC server,
+answers both with INVALID_ARGUMENT naming the message type or the input.
 """
 
 from __future__ import annotations
@@ -127,5 +132,92 @@ class GuardedDataPlane(DataPlane):
 
 
 def install(server: Any) -> None:
-    """Swap the ModelServer's DataPlane for a GuardedDataPlane (before `start`)."""
+    """Swap the ModelServer's DataPlane for a GuardedDataPlane and guard its gRPC decoding
+    (before `start`)."""
     server.dataplane = GuardedDataPlane(model_registry=server.registered_models)
+    install_grpc()
+
+
+# -- gRPC ----------------------------------------------------------------------------------------
+V2_DATATYPES = (*ITEM_BYTES, "BYTES")
+
+
+class _Undecodable:
+    """What the lenient deserializer hands on for bytes that are not the method's message."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def check_grpc_request(request: Any) -> None:
+    """What kserve's `InferRequest.from_grpc` would refuse with a message naming no field."""
+    for i, inp in enumerate(getattr(request, "inputs", ())):
+        if inp.datatype not in V2_DATATYPES:
+            raise InvalidInput(f"input {clip(inp.name) or f'#{i}'}: datatype "
+                               f"{clip(inp.datatype)!s} is not a v2 datatype "
+                               f"({', '.join(V2_DATATYPES)})")
+
+
+def decoding_interceptor() -> Any:
+    """A grpc.aio server interceptor: a message that does not parse as the method's request
+    type is INVALID_ARGUMENT naming the type (grpc alone answers UNKNOWN), and a ModelInfer
+    request whose datatype is not a v2 one is INVALID_ARGUMENT naming the input."""
+    import inspect
+
+    import grpc
+
+    class Decoding(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            handler = await continuation(details)
+            if (handler is None or handler.unary_unary is None
+                    or handler.request_deserializer is None):
+                return handler
+            decode, inner = handler.request_deserializer, handler.unary_unary
+            method = details.method.rsplit("/", 1)[-1]
+
+            def lenient(raw: bytes) -> Any:
+                try:
+                    return decode(raw)
+                except Exception as e:  # protobuf's DecodeError, or anything a parser raises
+                    return _Undecodable(f"{type(e).__name__}: {clip(str(e), 200)}")
+
+            async def behavior(request: Any, context: Any) -> Any:
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"{method}: the message is not a valid request "
+                                        f"protobuf ({request.reason})")
+                if method == "ModelInfer":
+                    try:
+                        check_grpc_request(request)
+                    except InvalidInput as e:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                result = inner(request, context)
+                return await result if inspect.isawaitable(result) else result
+
+            return grpc.unary_unary_rpc_method_handler(
+                behavior, request_deserializer=lenient,
+                response_serializer=handler.response_serializer)
+
+    return Decoding()
+
+
+class _GuardedAio:
+    """`grpc.aio` whose servers run `decoding_interceptor` outermost."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def server(self, *args: Any, interceptors: Any = (), **kwargs: Any) -> Any:
+        return self.real.server(*args, interceptors=(decoding_interceptor(), *interceptors),
+                                **kwargs)
+
+
+def install_grpc() -> None:
+    """Make the next gRPC server kserve starts in this process use `decoding_interceptor`."""
+    from kserve.protocol.grpc import server as grpc_server
+
+    if not isinstance(grpc_server.aio, _GuardedAio):
+        grpc_server.aio = _GuardedAio(grpc_server.aio)
