@@ -75,6 +75,8 @@ def _request_bytes(case: RestCase, body: bytes) -> bytes:
 
 def _parse_response(raw: bytes) -> tuple[str, bytes] | None:
     head, sep, rest = raw.partition(b"\r\n\r\n")
+    while sep and head.startswith(b"HTTP/1.1 1"):  # interim (100 Continue): the answer follows
+        head, sep, rest = rest.partition(b"\r\n\r\n")
     if not sep or not head.startswith(b"HTTP/1."):
         return None
     lines = head.split(b"\r\n")
@@ -209,9 +211,18 @@ def failure(protocol: str, case: RestCase | GrpcCase, out: Outcome) -> str | Non
     return None
 
 
+def family(what: str) -> str:
+    """A case's family for the by-case table: its first two name parts, several mutations
+    of one request counted together."""
+    parts = what.split(":")
+    second = parts[1] if len(parts) > 1 else ""
+    return f"{parts[0]}:{'several' if '+' in second else second}".rstrip(":")
+
+
 @dataclass
 class Report:
     counts: Counter  # (protocol, status) -> requests
+    by_case: Counter  # (protocol, case family, status) -> requests
     failures: list  # (protocol, what, why)
     seconds: dict  # protocol -> seconds sending
     valid_same: dict  # protocol -> bool
@@ -224,6 +235,7 @@ def run(http: str, grpc_target: str, protocols: list[str], n: int, seed: int,
     valid = RestCase("valid", "/v2/models/onerec/infer", _body(json.dumps(VALID).encode()),
                      headers=[("Content-Type", "application/json")])
     counts: Counter = Counter()
+    by_case: Counter = Counter()
     failures: list = []
     seconds: dict = {}
     same: dict = {}
@@ -248,6 +260,7 @@ def run(http: str, grpc_target: str, protocols: list[str], n: int, seed: int,
                     out = (send_rest(addr, case, timeout_s) if p == "rest"
                            else grpc.send(case.message(), timeout_s))
                     counts[(p, out.status)] += 1
+                    by_case[(p, family(case.what), out.status)] += 1
                     why = failure(p, case, out)
                     if why:
                         failures.append((p, case.what, why))
@@ -263,13 +276,27 @@ def run(http: str, grpc_target: str, protocols: list[str], n: int, seed: int,
     finally:
         if grpc is not None:
             grpc.close()
-    return Report(counts, failures, seconds, same)
+    return Report(counts, by_case, failures, seconds, same)
 
 
 def _body(data: bytes) -> Any:
     from bench.fuzz_cases import Body
 
     return Body(data)
+
+
+def print_by_case(console: Console, report: Report) -> None:
+    """Answers per case family (the first two parts of its name)."""
+    statuses = sorted({s for _, _, s in report.by_case})
+    table = Table(title="answers by case family")
+    table.add_column("protocol")
+    table.add_column("case")
+    for s in statuses:
+        table.add_column(s, justify="right")
+    for proto, what in sorted({(p, w) for p, w, _ in report.by_case}):
+        table.add_row(proto, what, *(str(report.by_case.get((proto, what, s), "")) or ""
+                                     for s in statuses))
+    console.print(table)
 
 
 def print_report(console: Console, report: Report, protocols: list[str], n: int) -> None:
@@ -310,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="hypothesis seed (same seed, same cases)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     p.add_argument("--keep", action="store_true", help="keep the server's folder and log")
+    p.add_argument("--by-case", action="store_true", help="also print answers per case family")
     args = p.parse_args(argv)
     console = Console()
     protocols = ["rest", "grpc"] if args.protocol == "both" else [args.protocol]
@@ -328,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         alive = srv["proc"].poll() is None
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
+    if args.by_case:
+        print_by_case(console, report)
     print_report(console, report, protocols, args.requests)
     ok = not report.failures and all(report.valid_same.values()) and alive
     if not alive:

@@ -13,7 +13,8 @@ middleware on kserve's FastAPI app, refuses such bodies first:
   request) is scanned outside strings, in C-speed passes (`scan_json`): nesting deeper than
   `serve.max_json_depth` -> 400, more values than `serve.max_json_elements` -> 413, a number
   token longer than `MAX_NUMBER_CHARS` -> 400 (no INT64 or FP64 needs more, and Python's int()
-  refuses strings over 4,300 digits with an exception);
+  refuses strings over 4,300 digits with an exception), a string escaping a lone UTF-16
+  surrogate (`"\\ud800"`) -> 400 (Python's json accepts it; echoing it in a message fails);
 - a POST to an infer route that is neither JSON nor a binary-extension request -> 415.
 
 Every refusal is `{"error": "..."}` naming the limit's config key and value, as the v2
@@ -79,6 +80,8 @@ def scan_json(buf: bytes, limits: BodyLimits) -> None:
     """Raise LimitExceeded if the JSON text `buf` nests too deep, holds too many values or a
     too-long number. Cheap: one regex pass blanks the strings, then counts over bytes; it does
     not validate the JSON (the parser does that once the body is known to be small)."""
+    if b"\\u" in buf:
+        _check_escapes(buf)
     bare = _STRING.sub(b'""', buf)
     long_number = _LONG_NUMBER.search(bare)
     if long_number is not None:
@@ -87,16 +90,34 @@ def scan_json(buf: bytes, limits: BodyLimits) -> None:
                                  f"byte {long_number.start()} is longer than "
                                  f"{MAX_NUMBER_CHARS} (no INT64 or FP64 needs more)")
     opens = bare.count(b"[") + bare.count(b"{")
-    values = bare.count(b",") + opens + 1
-    if values > limits.max_json_elements:
-        raise LimitExceeded(413, f"request body: about {values} JSON values exceed the limit "
-                                 f"serve.max_json_elements={limits.max_json_elements}")
     if opens > limits.max_json_depth:  # else it cannot nest deeper than the limit
         step = _DEPTH_STEP[np.frombuffer(bare, dtype=np.uint8)]
         depth = int(np.cumsum(step).max(initial=0))
         if depth > limits.max_json_depth:
             raise LimitExceeded(400, f"request body: JSON nested {depth} deep exceeds the limit "
                                      f"serve.max_json_depth={limits.max_json_depth}")
+    values = bare.count(b",") + opens + 1
+    if values > limits.max_json_elements:
+        raise LimitExceeded(413, f"request body: about {values} JSON values exceed the limit "
+                                 f"serve.max_json_elements={limits.max_json_elements}")
+
+
+def _check_escapes(buf: bytes) -> None:
+    """A \\u escape must not leave a lone UTF-16 surrogate in a string: Python's json accepts
+    one, and every message or log line that echoes the string then fails to encode (HTTP 500).
+    Only strings holding an escape are decoded."""
+    for m in _STRING.finditer(buf):
+        token = m.group()
+        if b"\\u" not in token:
+            continue
+        try:
+            json.loads(token).encode("utf-8")
+        except UnicodeEncodeError:
+            raise LimitExceeded(400, f"request body: the JSON string at byte {m.start()} holds "
+                                     f"a lone UTF-16 surrogate escape; strings must be valid "
+                                     f"Unicode") from None
+        except ValueError:
+            return  # not valid JSON: the parser says so with its position
 
 
 def is_json(content_type: str | None) -> bool:

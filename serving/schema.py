@@ -86,7 +86,8 @@ class Request:
 def clip(value: Any, limit: int = 60) -> str:
     """A client-sent value for an error message, cut to `limit` characters."""
     text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    text = text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # no lone surrogates
 
 
 def check_tensor(name: str, datatype: str, shape: list[int], ndim: int,
