@@ -338,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     p.add_argument("--keep", action="store_true", help="keep the server's folder and log")
     p.add_argument("--by-case", action="store_true", help="also print answers per case family")
+    p.add_argument("--http", default=None, help="fuzz this running server's REST host:port "
+                                                "instead of starting one (its version: "
+                                                "tests.serving_util.standin_server's)")
+    p.add_argument("--grpc", default=None, help="... and its gRPC host:port")
     args = p.parse_args(argv)
     console = Console()
     protocols = ["rest", "grpc"] if args.protocol == "both" else [args.protocol]
@@ -347,13 +351,16 @@ def main(argv: list[str] | None = None) -> int:
     cap = 1 << 20  # serve.max_request_bytes of the tiny preset (the default)
     root = Path(tempfile.mkdtemp(prefix="onerec-fuzz-"))
     with ExitStack() as stack:
-        with console.status("starting onerec serve"):
-            srv = stack.enter_context(standin_server(root))
-        console.print(f"onerec serve on {srv['http']} (REST), {srv['grpc']} (gRPC); "
-                      f"log {srv['log']}")
+        if args.http or args.grpc:  # a server already running (tiny preset, stand-in version)
+            srv = {"http": args.http, "grpc": args.grpc, "proc": None}
+        else:
+            with console.status("starting onerec serve"):
+                srv = stack.enter_context(standin_server(root))
+            console.print(f"onerec serve on {srv['http']} (REST), {srv['grpc']} (gRPC); "
+                          f"log {srv['log']}")
         report = run(srv["http"], srv["grpc"], protocols, args.requests, args.seed,
                      args.timeout, console, cap)
-        alive = srv["proc"].poll() is None
+        alive = srv["proc"] is None or srv["proc"].poll() is None
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     if args.by_case:

@@ -72,7 +72,7 @@ def check_binary_header(header: Any, binary_bytes: int) -> None:
         size = params["binary_data_size"]
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidInput(f"{where}.parameters.binary_data_size: must be an integer "
-                               f">= 0, got {clip(size)}")
+                               f">= 0, got {clip(repr(size))}")
         item = ITEM_BYTES.get(inp["datatype"])
         if item is None:
             raise InvalidInput(f"{where}.datatype: {clip(inp['datatype'])} is not a "
