@@ -9,8 +9,10 @@ through a subprocess that never imports kserve (`bench.fuzz.GrpcSender`: raw mes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -298,3 +300,54 @@ def test_limits_are_validated_config_keys(override: str, key: str) -> None:
     serve = Config.from_preset("tiny").serve
     assert (serve.max_request_bytes, serve.max_json_depth, serve.max_json_elements) == (
         1 << 20, 32, 100_000)
+
+
+# -- the scan on its own -------------------------------------------------------------------------
+def test_blank_strings_removes_string_contents_escapes_included() -> None:
+    from serving.limits import blank_strings
+
+    text = json.dumps({'a\\': 'x"[', "b": [1, "]", "\\\\"], "c": "\\u00e9 {,"})
+    assert blank_strings(text.encode()) == b'{"": "", "": [1, "", ""], "": ""}'
+    assert blank_strings(b'["abc') == b"["  # unterminated: runs to the end
+
+
+@pytest.mark.parametrize("body, status, text", [
+    (b'{"a": [1, 2, 3]}', None, ""),
+    (b"[" * 33 + b"]" * 33, 400, "JSON nested 33 deep exceeds the limit serve.max_json_depth=32"),
+    (b'["' + b"[" * 100 + b'"]', None, ""),  # inside a string
+    (b"[" + b"1," * 100_000 + b"1]", 413, "about 100002 JSON values exceed the limit "
+                                          "serve.max_json_elements=100000"),
+    (b"[" + b"9" * 65 + b"]", 400, "a JSON number of 65 characters is longer than 64"),
+    (b"[-" + b"9" * 63 + b"]", None, ""),  # 64 characters
+    (b'["' + b"9" * 100 + b'"]', None, ""),
+    (b'["\\ud800"]', 400, "lone UTF-16 surrogate"),
+    (b'["\\ud83d\\ude00"]', None, ""),  # a pair
+    (b'["\\\\ud800"]', None, ""),  # an escaped backslash, then text
+    (b'["\\ud800', None, ""),  # not JSON: left to the parser
+], ids=["plain", "deep", "brackets-in-string", "wide", "long-number", "64-chars",
+        "digits-in-string", "lone-surrogate", "pair", "escaped-backslash", "truncated"])
+def test_scan_json(body: bytes, status: int | None, text: str) -> None:
+    from serving.limits import BodyLimits, LimitExceeded, scan_json
+
+    if status is None:
+        scan_json(body, BodyLimits())
+        return
+    with pytest.raises(LimitExceeded, match=re.escape(text)) as e:
+        scan_json(body, BodyLimits())
+    assert e.value.status == status
+
+
+def test_the_scan_is_linear_on_hostile_bodies() -> None:
+    """1 MiB of the worst shapes for a scanner (quotes, escapes, brackets, digits) in well
+    under a second each: no input makes it quadratic."""
+    import time
+
+    from serving.limits import BodyLimits, LimitExceeded, scan_json
+
+    cap = 1 << 20
+    for body in (b'"' * cap, b'"\\' * (cap // 2), b'\\"' * (cap // 2), b"[" * cap,
+                 b"1," * (cap // 2), b'"\\u00e9",' * (cap // 9), b"9" * cap):
+        t0 = time.perf_counter()
+        with contextlib.suppress(LimitExceeded):
+            scan_json(body, BodyLimits(cap, 32, 10**7))
+        assert time.perf_counter() - t0 < 0.5, body[:20]
