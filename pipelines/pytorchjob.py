@@ -22,6 +22,10 @@ from kubernetes import client as k8s
 from onerec.config import Config
 
 CONFIG_MOUNT = "/etc/onerec"
+# paths in the pod, not on this machine: the writable scratch (an emptyDir: the root filesystem
+# is read-only) and shared memory for DataLoader workers
+TMP_MOUNT = "/tmp"  # nosec B108 # a pod mount path
+SHM_MOUNT = "/dev/shm"  # nosec B108 # a pod mount path
 DEFAULT_IMAGE = "ghcr.io/onerec-k8s/onerec-train:0.1.0"
 
 
@@ -62,12 +66,12 @@ def _container(cfg: Config, spec: JobSpec) -> k8s.V1Container:
         image=spec.image,
         command=[*spec.command, "--config", f"{CONFIG_MOUNT}/config.yaml"],
         env=[k8s.V1EnvVar(name="ONEREC_CONFIG_FINGERPRINT", value=cfg.fingerprint()),
-             k8s.V1EnvVar(name="HOME", value="/tmp")],  # caches go to the writable /tmp
+             k8s.V1EnvVar(name="HOME", value=TMP_MOUNT)],  # caches go to the writable /tmp
         resources=k8s.V1ResourceRequirements(requests=dict(limits), limits=limits),
         volume_mounts=[k8s.V1VolumeMount(name="config", mount_path=CONFIG_MOUNT, read_only=True),
                        k8s.V1VolumeMount(name="data", mount_path="/mnt/onerec"),
-                       k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
-                       k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+                       k8s.V1VolumeMount(name="dshm", mount_path=SHM_MOUNT),
+                       k8s.V1VolumeMount(name="tmp", mount_path=TMP_MOUNT)],
         # the namespace enforces Pod Security "restricted" (k8s/base/namespace.yaml)
         security_context=k8s.V1SecurityContext(
             run_as_non_root=True, allow_privilege_escalation=False,

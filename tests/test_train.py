@@ -120,6 +120,21 @@ def test_corrupt_checkpoint_gives_a_clear_error(tiny, tmp_path):
         load_checkpoint(tmp_path / "checkpoint")
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('ran')",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_not_run(tiny, tmp_path, monkeypatch):
+    cfg, _, _, codes, reqs = tiny
+    train(cfg, reqs, codes, VOCAB, tmp_path, resume=False, stop_after=10)
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": _RunsCode()}, tmp_path / "checkpoint" / "state.pt")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path / "checkpoint")
+    assert not (tmp_path / "PWNED").exists()  # weights_only: the pickle's code never ran
+
+
 SCRIPT = textwrap.dedent("""
     import sys, time, torch
     sys.path.insert(0, {root!r})
