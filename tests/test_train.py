@@ -125,13 +125,14 @@ class _RunsCode:
         return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('ran')",))
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_not_run(tiny, tmp_path, monkeypatch):
-    cfg, _, _, codes, reqs = tiny
-    train(cfg, reqs, codes, VOCAB, tmp_path, resume=False, stop_after=10)
+def test_a_checkpoint_that_would_run_code_is_refused_not_run(tmp_path, monkeypatch):
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text("{}")
+    torch.save({"model": _RunsCode()}, ckpt / "state.pt")  # a state.pt swapped on the volume
     monkeypatch.chdir(tmp_path)
-    torch.save({"model": _RunsCode()}, tmp_path / "checkpoint" / "state.pt")
     with pytest.raises(CheckpointError, match="unreadable"):
-        load_checkpoint(tmp_path / "checkpoint")
+        load_checkpoint(ckpt)
     assert not (tmp_path / "PWNED").exists()  # weights_only: the pickle's code never ran
 
 
