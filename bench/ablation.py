@@ -38,7 +38,7 @@ from bench.runtime import reexec_with_tuned_env
 if TYPE_CHECKING:
     from onerec.data.sequences import LeaveOneOut, SequenceData
 
-SCORE_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+SCORE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 def selection_split(data: SequenceData, *, shifted: bool) -> LeaveOneOut:

@@ -150,6 +150,12 @@ class ModelConfig:
     # its query, a free vector per item for what tends to follow it, so item-to-item
     # transitions other users made are memorised apart from the encoder (false: off)
     markov_head: bool = False
+    # with that item head: the decoder reads the encoder's memory through a stop-gradient in
+    # training, so the encoder (the user state) is shaped by the item head's full softmax
+    # alone, as SASRec's is, and the decoder learns to generate semantic IDs from it; the
+    # semantic-ID loss no longer pulls the user state toward the codebook's coarse prefixes
+    # (false: both losses train the encoder)
+    decoder_stop_gradient: bool = False
 
     # derived (not read from YAML)
     head_dim: int = field(default=0, init=False)
@@ -177,6 +183,9 @@ class ModelConfig:
         _check(self.balance_loss_weight >= 0, f"{p}.balance_loss_weight", "must be >= 0")
         _check(self.item_loss_weight >= 0, f"{p}.item_loss_weight", "must be >= 0")
         _check(self.item_score_weight >= 0, f"{p}.item_score_weight", "must be >= 0")
+        _check(not self.decoder_stop_gradient or self.item_loss_weight > 0,
+               f"{p}.decoder_stop_gradient",
+               "needs model.item_loss_weight > 0 (else nothing trains the encoder)")
 
 
 @dataclass
@@ -307,10 +316,26 @@ class ServeConfig:
     # causal encoder), 17x faster to export on the demo's model (2.5 s against 42 s, same items,
     # docs/results.md), else dynamo (torch.export + onnxscript)
     exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
+    # Request limits, enforced before a body is parsed (serving.limits; REST: HTTP 413/400,
+    # gRPC: max_request_bytes is the server's max receive message length). One user with the
+    # base preset's full histories (100 + 100 + 1024 ids) is ~14 KB of JSON or ~10 KB of binary
+    # tensors, so 1 MiB carries ~75 such users in JSON (the defaults of max_batch and
+    # max_request_seq_len are guards, not a size to send in one body: split larger batches).
+    # A v2 request nests 5 deep ({inputs: [{data: [[...]]}]}); 32 leaves room for parameters
+    # and stops the parser's recursion long before Python's. 100,000 values is what 1 MiB of
+    # short ids holds (~10 bytes each) and bounds the Python objects one parse creates (~10 MB).
+    max_request_bytes: int = 1 << 20  # request body (REST) / message (gRPC) size
+    max_json_depth: int = 32  # nesting of JSON arrays and objects
+    max_json_elements: int = 100_000  # JSON values (numbers, strings, arrays, objects) a body holds
 
     def validate(self, p: str) -> None:
-        for name in ("beam_width", "max_beam_width", "top_n", "max_top_n", "max_request_seq_len"):
+        for name in ("beam_width", "max_beam_width", "top_n", "max_top_n", "max_request_seq_len",
+                     "max_request_bytes", "max_json_depth", "max_json_elements"):
             _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.max_request_bytes < 2**31, f"{p}.max_request_bytes",
+               "must be < 2 GiB (gRPC's message size is a 32-bit integer)")
+        _check(self.max_json_depth >= 5, f"{p}.max_json_depth",
+               "must be >= 5 (a v2 request with [B, L] data nests 5 deep)")
         _check(self.ort_threads >= 0, f"{p}.ort_threads",
                "must be >= 0 (0: ONNX Runtime's default)")
         _check(self.beam_width <= self.max_beam_width, f"{p}.beam_width",

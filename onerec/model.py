@@ -405,7 +405,8 @@ class OneRec(nn.Module):
         if self.cfg.causal_encoder and batch.target_len is not None:
             mask = mask & visible_prefix(mask.shape[1], batch.short.shape[1], batch.target_len)
         codes = batch.target_codes
-        hidden, balance = self.decode(codes[:, :-1], memory, mask, memory_index=req)
+        read = memory.detach() if self.cfg.decoder_stop_gradient else memory
+        hidden, balance = self.decode(codes[:, :-1], read, mask, memory_index=req)
         losses = [F.cross_entropy(self.heads[lv](hidden[:, lv]), codes[:, lv])
                   for lv in range(self.levels)]
         ntp = torch.stack(losses).mean()

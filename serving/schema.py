@@ -26,6 +26,7 @@ turns it into HTTP 400 / gRPC INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,11 @@ PADDING = -1  # padding in request histories and in `video_ids`
 # The exported graph (one version folder's model.onnx): item indices, 0 = padding / none.
 GRAPH_INPUTS = ("user", "short", "pos", "long")
 GRAPH_OUTPUTS = ("items", "scores")
+
+
+# no dimension of a request tensor may pass this (the batch and length limits are far below;
+# it keeps shape products exact and small before they are compared with the data)
+MAX_DIM = 2**31 - 1
 
 
 class RequestError(ValueError):
@@ -77,16 +83,25 @@ class Request:
     top_n: int
 
 
+def clip(value: Any, limit: int = 60) -> str:
+    """A client-sent value for an error message, cut to `limit` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # no lone surrogates
+
+
 def check_tensor(name: str, datatype: str, shape: list[int], ndim: int,
                  batch: int | None = None) -> None:
     """Dtype and rank of one input (before its data is touched)."""
     if datatype != "INT64":
-        raise RequestError(f"input {name}: datatype must be INT64, got {datatype}")
+        raise RequestError(f"input {name}: datatype must be INT64, got {clip(datatype)}")
     if len(shape) != ndim:
         want = "[B]" if ndim == 1 else "[B, L]"
-        raise RequestError(f"input {name}: shape must be {want}, got {list(shape)}")
+        raise RequestError(f"input {name}: shape must be {want}, got {clip(list(shape))}")
     if any(int(d) < 0 for d in shape):
         raise RequestError(f"input {name}: negative dimension in shape {list(shape)}")
+    if any(int(d) > MAX_DIM for d in shape):
+        raise RequestError(f"input {name}: dimension in shape {list(shape)} exceeds {MAX_DIM}")
     if batch is not None and int(shape[0]) != batch:
         raise RequestError(f"input {name}: first dimension must equal the batch of {USER} "
                            f"({batch}), got {shape[0]}")
@@ -96,10 +111,11 @@ def _int_param(params: Mapping[str, Any], name: str, default: int, low: int, hig
                limit_name: str) -> int:
     value = params.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
+        text = value.strip() if isinstance(value, str) else ""
+        if re.fullmatch(r"-?[0-9]{1,20}", text):  # no int() of 5,000 digits or of "--5"
+            value = int(text)
         else:
-            raise RequestError(f"parameter {name}: must be an integer, got {value!r}")
+            raise RequestError(f"parameter {name}: must be an integer, got {clip(value)}")
     value = int(value)
     if value < low:
         raise RequestError(f"parameter {name}: must be >= {low}, got {value}")

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from onerec.config import Config, ConfigError
+from serving.limits import BodyLimits, grpc_receive_limit
+from serving.limits import install as install_limits
 from serving.repository import Expected, VersionRefused, read_cold_start
 from serving.schema import Limits
 
@@ -81,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None,
                    help="address the REST and gRPC listeners bind (0.0.0.0: every interface, "
                         "as the container does) [default: serve.host of the Config, 127.0.0.1]")
-    p.set_defaults(model_name=None, http_port=None, grpc_port=None)
+    # None: serve.max_request_bytes (the REST body limit) is gRPC's receive limit too
+    p.set_defaults(model_name=None, http_port=None, grpc_port=None,
+                   grpc_max_receive_message_length=None)
     return p
 
 
@@ -128,9 +132,10 @@ def reranker_of(args: argparse.Namespace, codebook_fp: str | None) -> Any:
     return load_reranker(args.reranker)
 
 
-def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
-    """-> (ModelServer, [transformer, predictor], VersionManager); nothing loaded yet."""
-    from kserve import ModelServer
+def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any, BodyLimits]:
+    """-> (ModelServer, [transformer, predictor], VersionManager, body limits); nothing
+    loaded yet."""
+    from kserve import ModelServer, model_server
     from kserve.model_repository import ModelRepository
 
     from serving import metrics
@@ -140,6 +145,10 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
 
     cfg = Config.load(args.config, args.preset, args.overrides)
     limits = Limits.from_config(cfg.serve)
+    body_limits = BodyLimits.from_config(cfg.serve)
+    # kserve's GRPCServer reads its options from model_server.args when it starts
+    model_server.args.grpc_max_receive_message_length = (
+        args.grpc_max_receive_message_length or grpc_receive_limit(body_limits))
     name, model_dir = model_dir_of(args.repo, args.model_name)
     codebook_fp = None
     if args.codebook is not None:
@@ -200,7 +209,7 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
         registered_models=repository)
     for m in models:
         server.register_model(m)
-    return server, models, manager
+    return server, models, manager, body_limits
 
 
 def kserve_shims(server: Any) -> None:
@@ -208,7 +217,9 @@ def kserve_shims(server: Any) -> None:
     - its servicer subscripts the extension's `load()` result, which is None: return the
       dict the REST endpoint builds itself;
     - its interceptor reads `ModelNotReady.reason`, which the class lacks, so a refused
-      reload would come back as UNKNOWN without its message.
+      reload would come back as UNKNOWN without its message;
+    - its binary REST decoder indexes the JSON header unchecked (HTTP 500 on a malformed
+      one): the DataPlane becomes `serving.guards.GuardedDataPlane`.
     (The empty model name tritonclient's request arrives with is handled in `Repository`.)"""
     from kserve.errors import ModelNotReady
     from kserve.protocol.model_repository_extension import ModelRepositoryExtension
@@ -219,15 +230,20 @@ def kserve_shims(server: Any) -> None:
             return {"name": model_name, "load": True}
 
     server.model_repository_extension = Extension(model_registry=server.registered_models)
+    from serving import guards
+
+    guards.install(server)  # binary REST headers checked before kserve's decoder indexes them
     if not hasattr(ModelNotReady, "reason"):
         ModelNotReady.reason = property(lambda self: str(self))  # type: ignore[attr-defined]
 
 
-def add_routes(manager: Any) -> None:
-    """GET /onerec/versions (active version, refusals) and v2-style 400s for bad JSON."""
+def add_routes(manager: Any, body_limits: BodyLimits | None = None) -> None:
+    """GET /onerec/versions (active version, refusals), v2-style 400s for bad JSON, and the
+    request limits checked before a body is parsed (`serving.limits`)."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from kserve import model_server
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     async def versions() -> dict:
         return manager.status()
@@ -241,8 +257,16 @@ def add_routes(manager: Any) -> None:
         return JSONResponse(status_code=400,
                             content={"error": f"{msg} at {where}" if where else msg})
 
+    async def http_error(_: Any, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals ("There was an error parsing the body", 404, 405) in the v2
+        # protocol's {"error": ...} shape rather than {"detail": ...}
+        return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)},
+                            headers=getattr(exc, "headers", None))
+
     model_server.app.add_api_route(STATUS_ROUTE, versions, methods=["GET"])
     model_server.app.add_exception_handler(RequestValidationError, bad_request)
+    model_server.app.add_exception_handler(StarletteHTTPException, http_error)
+    install_limits(model_server.app, body_limits or BodyLimits())
 
 
 def load_in_background(models: list[Any], manager: Any, poll_s: float) -> threading.Thread:
@@ -276,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     for key in vars(model_server.args):
         setattr(model_server.args, key, getattr(args, key))
     try:
-        server, models, manager = build(args)
+        server, models, manager, body_limits = build(args)
     except (ConfigError, VersionRefused, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -289,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # FeaturesError, or feast missing
         print(f"error: --feature_repo: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    add_routes(manager)
+    add_routes(manager, body_limits)
     load_in_background(models, manager, args.poll_interval)
     server.start([])
 

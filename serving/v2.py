@@ -9,13 +9,17 @@ INVALID_ARGUMENT. The same code reads REST (JSON or binary) and gRPC (contents o
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Any
 
 import numpy as np
 from kserve import InferRequest
 from kserve.protocol.infer_type import to_http_parameters
 
-from serving.schema import RequestError, check_tensor
+from serving.schema import RequestError, check_tensor, clip
+
+INT64_MAX = 2**63 - 1
 
 
 def request_parameters(payload: InferRequest) -> dict[str, Any]:
@@ -34,10 +38,21 @@ def check_names(payload: InferRequest, allowed: tuple[str, ...]) -> None:
     seen: set[str] = set()
     for inp in payload.inputs:
         if inp.name not in allowed:
-            raise RequestError(f"input {inp.name}: unknown input (known: {', '.join(allowed)})")
+            raise RequestError(f"input {clip(inp.name)}: unknown input (known: "
+                               f"{', '.join(allowed)})")
         if inp.name in seen:
             raise RequestError(f"input {inp.name}: given twice")
         seen.add(inp.name)
+
+
+def shape_of(name: str, shape: Any) -> list[int]:
+    """The declared shape as Python ints (REST: pydantic ints; gRPC: int64), or RequestError."""
+    try:
+        dims = [operator.index(d) for d in shape]
+    except TypeError:
+        raise RequestError(f"input {name}: shape must be a list of integers, got "
+                           f"{clip(shape)}") from None
+    return dims
 
 
 def input_array(payload: InferRequest, name: str, *, ndim: int, batch: int | None = None,
@@ -48,21 +63,24 @@ def input_array(payload: InferRequest, name: str, *, ndim: int, batch: int | Non
         if required:
             raise RequestError(f"input {name}: missing (required)")
         return None
-    shape = [int(d) for d in inp.shape]
+    shape = shape_of(name, inp.shape)
     check_tensor(name, inp.datatype, shape, ndim, batch)
-    n = int(np.prod(shape)) if shape else 1
+    n = math.prod(shape)  # Python ints: exact, where np.prod would wrap past 2**63
     if inp._raw_data is None:
         data = inp.data
         if hasattr(data, "int64_contents"):  # gRPC InferTensorContents
             data = list(data.int64_contents)
         try:
             raw = np.asarray(data if data is not None else [])
-        except ValueError:  # ragged nested lists
+        except (ValueError, TypeError, OverflowError):  # ragged nested lists, odd objects
             raise RequestError(f"input {name}: data is not a rectangular array") from None
         if raw.size != n:
             raise RequestError(f"input {name}: {raw.size} values do not fill shape {shape}")
         if raw.size and raw.dtype.kind not in "iu":
             raise RequestError(f"input {name}: values must be integers (datatype INT64)")
+        if raw.size and raw.dtype.kind == "u" and raw.max() > INT64_MAX:
+            raise RequestError(f"input {name}: value {int(raw.max())} is out of the INT64 "
+                               f"range")
         return raw.astype(np.int64).reshape(shape)
     buf = inp._raw_data
     if len(buf) != n * 8:

@@ -14,11 +14,15 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 CONFIG_FP, CODEBOOK_FP = "cfg0123456789abc", "cb0123456789abcd"  # pragma: allowlist secret
+ROOT = Path(__file__).resolve().parents[1]
+COLD = [1049, 1007, 1000]  # the cold-start table of `standin_server`'s version
 
 
 def standin_graph(n_items: int, lengths: tuple[int, int, int], beam_width: int | None) -> bytes:
@@ -118,8 +122,7 @@ def feast_world(repo: Path, n_backfill: int = 400):
     from onerec.data.synthetic import make_dataset
     from onerec.features import apply_repo, materialize_all, prepare_repo
 
-    root = Path(__file__).resolve().parents[1]
-    cfg = Config.from_preset("tiny", [f"features.repo_template={root / 'feature_repo'}"])
+    cfg = Config.from_preset("tiny", [f"features.repo_template={ROOT / 'feature_repo'}"])
     ds = make_dataset(cfg.data)
     events, items = ds.events.copy(), ds.items.copy()
     events["video_id"] = events["video_id"] * 7 + 1000
@@ -129,3 +132,61 @@ def feast_world(repo: Path, n_backfill: int = 400):
     store = apply_repo(repo)
     materialize_all(store)
     return store, cfg, ds
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def standin_server(root: Path, *extra: str, preset: str = "tiny",
+                   timeout_s: float = 120.0) -> Iterator[dict]:
+    """`onerec serve` on free loopback ports over a one-version repo of the stand-in graph
+    (60 videos, ids 1000 + 7k, cold-start table COLD), no Feast, no polling; `extra` are more
+    serve options (e.g. "--set", "serve.max_request_bytes=4096"). Yields {"http", "grpc"
+    (host:port), "base" (URL), "proc", "log"} once the model is ready."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = Path(root)
+    write_version(root / "repo" / "onerec", 1, n_items=60, cold_start=COLD)
+    http, grpc = free_port(), free_port()
+    log_path = root / "server.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "onerec", "serve", "--repo", str(root / "repo"), "--preset",
+           preset, "--http-port", str(http), "--grpc-port", str(grpc), "--poll-interval", "0",
+           *extra]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{http}"
+    try:
+        end = time.time() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"onerec serve exited ({proc.returncode}): "
+                                   f"{log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/v2/models/onerec/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > end:
+                raise RuntimeError(f"onerec serve not ready after {timeout_s:.0f} s: "
+                                   f"{log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "base": base,
+               "proc": proc, "log": log_path}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onerec.config import Config
+from onerec.config import Config, ConfigError
 from onerec.generate import generate
 from onerec.items import ItemSpace
 from onerec.model import Batch
@@ -173,3 +173,26 @@ def test_fast_reference_and_exported_graph_agree_with_the_markov_term(tmp_path):
     ref = recommend(model, space, batch, beam_width=8, top_n=5, fast=False)
     assert fast.items == ref.items and fast.legality == 1.0
     assert_exported_graph_equals_pytorch(model, space, cfg, tmp_path)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_decoder_stop_gradient_leaves_the_encoder_to_the_item_head(causal):
+    def encoder_grad(extra: tuple[str, ...], loss: str) -> float:
+        model, space, _ = head_model(causal, extra=extra)
+        model.train()
+        model(training_batch(space))[loss].backward()
+        decoder = sum(p.grad.abs().sum().item() for p in model.decoder.parameters()
+                      if p.grad is not None)
+        assert decoder > 0 or loss == "item_loss"  # the decoder still learns to generate
+        return sum(p.grad.abs().sum().item() for p in model.encoder.parameters()
+                   if p.grad is not None)
+
+    stop = ("model.decoder_stop_gradient=true", "model.dropout=0")
+    assert encoder_grad(stop, "ntp_loss") == 0.0  # the semantic-ID loss stops at the memory
+    assert encoder_grad(stop, "item_loss") > 0  # the item head trains the user state
+    assert encoder_grad(("model.dropout=0",), "ntp_loss") > 0  # off: both losses do
+
+
+def test_decoder_stop_gradient_needs_the_item_head():
+    with pytest.raises(ConfigError, match=r"model\.decoder_stop_gradient"):
+        Config.from_preset("tiny", ["model.decoder_stop_gradient=true"])
