@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     split = selection_split(data, shifted=args.shifted)
     key = json.dumps(dataclasses.asdict(cfg.tokenizer), sort_keys=True) + (
         "shifted" if args.shifted else "")
-    cb_dir = Path(args.cache) / hashlib.sha1(key.encode()).hexdigest()[:10]
+    cb_dir = Path(args.cache) / hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:10]
     if cb_dir.exists():
         cb = Codebook.load(cb_dir)
     else:
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     valid = [split.valid[i] for i in rng.choice(len(split.valid), min(args.n_valid,
                                                                     len(split.valid)),
                                                 replace=False)]
-    name = hashlib.sha1(json.dumps(args.overrides).encode()).hexdigest()[:8]
+    name = hashlib.sha1(json.dumps(args.overrides).encode(), usedforsecurity=False).hexdigest()[:8]
     t0 = time.perf_counter()
 
     def log(rec: dict) -> None:

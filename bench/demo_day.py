@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     cfg = Config.from_preset("small", args.overrides)
     key = hashlib.sha1(json.dumps([cfg.data.__dict__, cfg.tokenizer.__dict__, UNTIL],
-                                  sort_keys=True, default=str).encode()).hexdigest()[:10]
+                                  sort_keys=True, default=str).encode(),
+                       usedforsecurity=False).hexdigest()[:10]
     base = Path(args.out) / key
     root = base / "root"
     if not (base / "codebook").exists():
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results, rows = [], [("popularity", "-", "-", f"{pop['recall@10']:.4f}",
                           f"{pop['ndcg@10']:.4f}", "-")]
     for epochs in args.epochs:
-        run = base / f"model-{hashlib.sha1(json.dumps([args.overrides, epochs]).encode()).hexdigest()[:8]}"
+        tag = hashlib.sha1(json.dumps([args.overrides, epochs]).encode(), usedforsecurity=False)
+        run = base / f"model-{tag.hexdigest()[:8]}"
         t0 = time.perf_counter()
         summary = stages.pretrain(cfg, base / "snapshot", base / "codebook", run, root=root,
                                   warm_start=False, epochs=epochs)

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
             t0 = time.perf_counter()
             s = replay.consume(w)
             replay_rate.append(len(w) / (time.perf_counter() - t0))
-            assert s.applied == 0, "replay applied events: idempotence broken"
+            assert s.applied == 0, "replay applied events: idempotence broken"  # nosec B101
         f, b = statistics.median(feast_rate), statistics.median(book_rate)
         rows.append([f"stream writer, {len(windows[0])}-event windows (events/s)", f"{f:,.0f}",
                      f"{b:,.0f}", f"{b / f:.1f}x slower", "SequenceBook alone (no Feast)"])

@@ -32,7 +32,7 @@ import multiprocessing
 import os
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404 # argv lists only, no shell
 import sys
 import tempfile
 import time
@@ -83,7 +83,8 @@ def start_server(repo: Path, config: Path | None, max_beam: int, ort_threads: in
         cmd += ["--config", str(config)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f,  # nosec B603 # our server
+                                stderr=subprocess.STDOUT)
     from serving.client import RecommendClient
 
     client = RecommendClient(f"127.0.0.1:{http}", "http")
@@ -94,7 +95,7 @@ def start_server(repo: Path, config: Path | None, max_beam: int, ort_threads: in
         try:
             if client.ready():
                 return proc, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", log
-        except Exception:
+        except Exception:  # nosec B110 # not up yet: poll again
             pass
         time.sleep(0.3)
     proc.terminate()
@@ -126,7 +127,7 @@ def latency(url: str, protocol: str, reqs: list, beam: int, top_n: int,
         t0 = time.perf_counter()
         r = c.recommend(users, hist, beam_width=beam, top_n=top_n)
         times.append(time.perf_counter() - t0)
-        assert r.beam_width == beam
+        assert r.beam_width == beam  # nosec B101 # bench self-check
     wall = time.perf_counter() - t_all
     ms = np.asarray(times) * 1000
     return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
@@ -278,7 +279,8 @@ def generation(args: argparse.Namespace, console: Console) -> dict:
            "--codebook", str(args.codebook), "--runs", str(args.runs), "--json", str(out),
            "--beams", *map(str, args.beams)]
     console.print("generation in-process (no server): " + " ".join(cmd[1:]), highlight=False)
-    subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                   check=True)  # nosec B603
     return json.loads(out.read_text())
 
 

@@ -114,7 +114,7 @@ def split_forward(model: OneRec, batch: Batch,
                   ) -> SplitPass:
     """`OneRec.forward` in three timed parts; the loss equals `model(batch)["loss"]`."""
     clock = clock or (lambda _name: contextlib.nullcontext())
-    assert batch.target_codes is not None
+    assert batch.target_codes is not None  # nosec B101 # type narrowing
     with clock("encoder.forward"):
         memory, mask = model.encode(batch)
     with clock("decoder.forward"):

@@ -17,7 +17,7 @@ WORKDIR /feast
 COPY feature_repo/definitions.py definitions.py
 COPY feature_repo/production/feature_store.yaml feature_store.yaml
 
-USER 1000:1000
+USER 10001:10001
 ENV HOME=/tmp
 EXPOSE 6566 6570
 CMD ["feast", "serve", "--host", "0.0.0.0", "--port", "6566"]

@@ -20,7 +20,7 @@ COPY pipelines pipelines
 RUN pip install -c constraints.txt ".[serving,features]"
 COPY serving serving
 
-USER 1000:1000
+USER 10001:10001
 ENV HOME=/tmp
 EXPOSE 8080 8081
 ENTRYPOINT []

@@ -30,7 +30,7 @@ COPY components components
 COPY feature_repo feature_repo
 
 # non-root, read-only root filesystem in the cluster: caches go to the /tmp volume
-USER 1000:1000
+USER 10001:10001
 ENV HOME=/tmp
 ENTRYPOINT []
 CMD ["onerec", "--help"]

@@ -26,7 +26,7 @@ No effect is assumed: the arms differ only by the videos their servers recommend
 from __future__ import annotations
 
 import argparse
-import subprocess
+import subprocess  # nosec B404 # argv lists only, no shell
 import sys
 import time
 from dataclasses import dataclass, field
@@ -127,7 +127,8 @@ def start_slates(server: Server, histories: dict[str, np.ndarray],
            "--model", server.model, "--requests", str(spec.resolve()), "--out",
            str(out.resolve())]
     log = (work_dir / f"{name}-client.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env())
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,  # nosec B603
+                            env=subprocess_env())
     log.close()
     return proc, out
 

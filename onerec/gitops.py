@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
+import subprocess  # nosec B404 # argv lists only, no shell
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,7 @@ def read_state(repo_dir: str | Path, env: str) -> RolloutState:
 def _git(repo_dir: Path, *args: str) -> str:
     try:
         out = subprocess.run(["git", "-C", str(repo_dir), *args], check=True,
-                             capture_output=True, text=True)
+                             capture_output=True, text=True)  # nosec B603 B607
     except FileNotFoundError:
         raise GitOpsError("git is not installed") from None
     except subprocess.CalledProcessError as e:
@@ -177,7 +177,7 @@ def _commit(repo_dir: Path, files: dict[Path, str], message: str) -> str:
     rel = [str(p.relative_to(repo_dir)) for p in files]
     _git(repo_dir, "add", "--", *rel)
     has_identity = subprocess.run(["git", "-C", str(repo_dir), "config", "user.email"],
-                                  capture_output=True).returncode == 0
+                                  capture_output=True).returncode == 0  # nosec B603 B607
     _git(repo_dir, *([] if has_identity else _AUTHOR), "commit", "-q", "-m", message, "--", *rel)
     return _git(repo_dir, "rev-parse", "HEAD").strip()
 

@@ -3,6 +3,7 @@
 Every artifact (reports, codebooks, checkpoints, engines) is written to a temporary file in
 the destination folder and renamed with `os.replace`, which is atomic on POSIX file systems.
 A crash or a failed stage leaves either the old file or the new one, never a torn one.
+`load_torch_state` reads the torch files back without running pickled code.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -62,3 +64,17 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def load_torch_state(path: str | Path) -> Any:
+    """`torch.load` of a state file we wrote (checkpoint, reward model), restricted to tensors,
+    plain containers and numpy arrays (`weights_only`): a file swapped on the shared volume can
+    fail to load but cannot run code (a full unpickle could)."""
+    import numpy as np
+    import torch
+
+    numpy_arrays = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,  # e.g. item_ids
+                    *(type(np.dtype(t)) for t in (np.bool_, np.int32, np.int64, np.float32,
+                                                  np.float64))]
+    with torch.serialization.safe_globals(numpy_arrays):
+        return torch.load(path, weights_only=True)

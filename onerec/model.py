@@ -384,7 +384,8 @@ class OneRec(nn.Module):
         """(T, d) user states -> (T, n_items + 1) next-item scores over the whole catalogue
         (column 0, padding, is -inf). last: (T,) each state's most recent item, which the
         Markov term (`model.markov_head`) needs."""
-        assert self.item_query is not None, "model.item_loss_weight is 0: no item head"
+        assert self.item_query is not None, (  # nosec B101
+            "model.item_loss_weight is 0: no item head")
         query = self.item_query(state)
         if self.next_item is not None:
             if last is None:
@@ -396,7 +397,7 @@ class OneRec(nn.Module):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Teacher-forced next-token loss on the targets' semantic IDs."""
-        assert batch.target_codes is not None
+        assert batch.target_codes is not None  # nosec B101 # type narrowing
         memory, mask = self.encode(batch)
         req = batch.target_req if batch.target_req is not None else torch.arange(
             memory.shape[0], device=memory.device)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onerec.config import Config, RewardConfig
-from onerec.io import atomic_dir
+from onerec.io import atomic_dir, load_torch_state
 from onerec.model import Attention, Batch
 from onerec.stream import Requests, requests_from_events
 
@@ -266,7 +266,7 @@ def reward_data(events: pd.DataFrame, item_index: dict[int, int], cfg: Config,
     events = events.reset_index(drop=True)
     reqs = requests_from_events(events, item_index, lean, history=history,
                                 n_user_buckets=n_user_buckets, positive_only=False)
-    assert reqs.target_rows is not None
+    assert reqs.target_rows is not None  # nosec B101 # type narrowing
     labels = event_labels(events.iloc[reqs.target_rows], shaper)
     target_req = np.repeat(np.arange(len(reqs)), np.diff(reqs.target_offsets))
     return RewardData(reqs=reqs, labels=labels, target_req=target_req,
@@ -442,7 +442,7 @@ def load_reward_model(path: str | Path, codebook_fingerprint: str | None = None,
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
-        state = torch.load(path / "state.pt", weights_only=False)
+        state = load_torch_state(path / "state.pt")
         cfg = Config.from_file(path / "config.yaml")
     except FileNotFoundError as e:
         raise RewardModelError(f"reward model {path} is incomplete: missing {e.filename}") from None

@@ -29,4 +29,5 @@ def reexec_with_tuned_env(module: str, argv: list[str] | None) -> None:
     if all(os.environ.get(k) == v for k, v in TUNED_ENV.items()):
         return
     args = argv if argv is not None else sys.argv[1:]
-    os.execve(sys.executable, [sys.executable, "-m", module, *args], {**os.environ, **TUNED_ENV})
+    os.execve(sys.executable, [sys.executable, "-m", module, *args],  # nosec B606 # ourselves
+              {**os.environ, **TUNED_ENV})

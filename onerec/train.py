@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from onerec.config import Config
-from onerec.io import atomic_dir
+from onerec.io import atomic_dir, load_torch_state
 from onerec.model import OneRec
 from onerec.stream import Requests, RequestStream, collate
 
@@ -139,7 +139,7 @@ def load_checkpoint(path: Path, codebook_fingerprint: str | None = None) -> dict
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
-        state = torch.load(path / "state.pt", weights_only=False)
+        state = load_torch_state(path / "state.pt")
         cfg = Config.from_file(path / "config.yaml")
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {e.filename}") from None

@@ -22,6 +22,15 @@ from kubernetes import client as k8s
 from onerec.config import Config
 
 CONFIG_MOUNT = "/etc/onerec"
+# paths in the pod, not on this machine: the writable scratch (an emptyDir: the root filesystem
+# is read-only) and shared memory for DataLoader workers
+TMP_MOUNT = "/tmp"  # nosec B108 # a pod mount path
+SHM_MOUNT = "/dev/shm"  # nosec B108 # a pod mount path
+UID = 10001  # the image's user (docker/train.Dockerfile): non-root, a high uid apart from hosts'
+# checkov (`make security`) reads these: a batch job serves nothing, so there is no endpoint for
+# readiness or liveness probes (the Training Operator restarts failed replicas)
+CHECKOV_SKIPS = {"checkov.io/skip1": "CKV_K8S_8=batch job: no server to probe for liveness",
+                 "checkov.io/skip2": "CKV_K8S_9=batch job: no server to probe for readiness"}
 DEFAULT_IMAGE = "ghcr.io/onerec-k8s/onerec-train:0.1.0"
 
 
@@ -60,14 +69,15 @@ def _container(cfg: Config, spec: JobSpec) -> k8s.V1Container:
     return k8s.V1Container(
         name=constants.PYTORCHJOB_CONTAINER,  # the operator looks for "pytorch"
         image=spec.image,
+        image_pull_policy="Always",  # each pod start re-checks the registry's credentials
         command=[*spec.command, "--config", f"{CONFIG_MOUNT}/config.yaml"],
         env=[k8s.V1EnvVar(name="ONEREC_CONFIG_FINGERPRINT", value=cfg.fingerprint()),
-             k8s.V1EnvVar(name="HOME", value="/tmp")],  # caches go to the writable /tmp
+             k8s.V1EnvVar(name="HOME", value=TMP_MOUNT)],  # caches go to the writable /tmp
         resources=k8s.V1ResourceRequirements(requests=dict(limits), limits=limits),
         volume_mounts=[k8s.V1VolumeMount(name="config", mount_path=CONFIG_MOUNT, read_only=True),
                        k8s.V1VolumeMount(name="data", mount_path="/mnt/onerec"),
-                       k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
-                       k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+                       k8s.V1VolumeMount(name="dshm", mount_path=SHM_MOUNT),
+                       k8s.V1VolumeMount(name="tmp", mount_path=TMP_MOUNT)],
         # the namespace enforces Pod Security "restricted" (k8s/base/namespace.yaml)
         security_context=k8s.V1SecurityContext(
             run_as_non_root=True, allow_privilege_escalation=False,
@@ -79,6 +89,7 @@ def _replica(cfg: Config, spec: JobSpec, replicas: int) -> m.KubeflowOrgV1Replic
     pod = k8s.V1PodSpec(
         containers=[_container(cfg, spec)],
         service_account_name=spec.service_account,
+        automount_service_account_token=False,  # training never calls the Kubernetes API
         node_selector=spec.node_selector or None,
         tolerations=([k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists",
                                        effect="NoSchedule")] if spec.gpus_per_node else None),
@@ -91,14 +102,15 @@ def _replica(cfg: Config, spec: JobSpec, replicas: int) -> m.KubeflowOrgV1Replic
             k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
         ],
         security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True, run_as_user=1000, run_as_group=1000, fs_group=1000,
+            run_as_non_root=True, run_as_user=UID, run_as_group=UID, fs_group=UID,
             seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
     )
     return m.KubeflowOrgV1ReplicaSpec(
         replicas=replicas, restart_policy="OnFailure",
         template=k8s.V1PodTemplateSpec(
             metadata=k8s.V1ObjectMeta(labels={"app.kubernetes.io/part-of": "onerec"},
-                                      annotations={"sidecar.istio.io/inject": "false"}),
+                                      annotations={"sidecar.istio.io/inject": "false",
+                                                   **CHECKOV_SKIPS}),
             spec=pod))
 
 

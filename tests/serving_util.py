@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-CONFIG_FP, CODEBOOK_FP = "cfg0123456789abc", "cb0123456789abcd"
+CONFIG_FP, CODEBOOK_FP = "cfg0123456789abc", "cb0123456789abcd"  # pragma: allowlist secret
 ROOT = Path(__file__).resolve().parents[1]
 COLD = [1049, 1007, 1000]  # the cold-start table of `standin_server`'s version
 

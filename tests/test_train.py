@@ -120,6 +120,22 @@ def test_corrupt_checkpoint_gives_a_clear_error(tiny, tmp_path):
         load_checkpoint(tmp_path / "checkpoint")
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('ran')",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_not_run(tmp_path, monkeypatch):
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text("{}")
+    torch.save({"model": _RunsCode()}, ckpt / "state.pt")  # a state.pt swapped on the volume
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(ckpt)
+    assert not (tmp_path / "PWNED").exists()  # weights_only: the pickle's code never ran
+
+
 SCRIPT = textwrap.dedent("""
     import sys, time, torch
     sys.path.insert(0, {root!r})

@@ -89,9 +89,9 @@ def make_dataset(cfg: DataConfig | None = None, *, n_users: int | None = None,
         "duration_ms": dur,
         "watch_ratio": watch_ratio.astype(np.float32),
     }).drop_duplicates(["user_id", "video_id", "time_ms"]).reset_index(drop=True)
-    assert list(events.columns) == list(EVENT_COLUMNS)
-    assert list(items.columns) == list(ITEM_COLUMNS)
-    assert list(users.columns) == list(USER_COLUMNS)
+    assert list(events.columns) == list(EVENT_COLUMNS)  # nosec B101 # internal invariant
+    assert list(items.columns) == list(ITEM_COLUMNS)  # nosec B101 # internal invariant
+    assert list(users.columns) == list(USER_COLUMNS)  # nosec B101 # internal invariant
     return Dataset(name="synthetic", events=events, items=items, users=users)
 
 

@@ -98,11 +98,11 @@ class Manifest:
         w = str(beam_width or self.default_beam_width)
         if w not in self.graphs:
             raise ArtifactError(f"beam_width {w} was not exported (have {self.beam_widths})")
-        assert self.path is not None
+        assert self.path is not None  # nosec B101 # type narrowing
         return self.path / self.graphs[w]["file"]
 
     def item_ids(self) -> np.ndarray:
-        assert self.path is not None
+        assert self.path is not None  # nosec B101 # type narrowing
         return np.load(self.path / self.items_file)
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,7 +247,7 @@ def load_manifest(path: str | Path, *, config_fingerprint: str | None = None,
 
 
 def _verify_files(m: Manifest, file: Path) -> None:
-    assert m.path is not None
+    assert m.path is not None  # nosec B101 # type narrowing
     for w, g in m.graphs.items():
         graph = m.path / str(g.get("file", ""))
         if not graph.is_file():

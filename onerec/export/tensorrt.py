@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import subprocess
+import subprocess  # nosec B404 # argv lists only, no shell
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, inputs: list[dict
     with atomic_path(plan_path, suffix=".plan") as tmp:
         cmd = trtexec_command(onnx_path, tmp, inputs, max_batch=max_batch, opt_batch=opt_batch,
                               fp16=fp16, workspace_mib=workspace_mib, trtexec=exe)
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)  # nosec B603
         if done.returncode != 0:
             raise RuntimeError(f"trtexec failed ({done.returncode}): {done.stderr[-2000:]}")
     return plan_path
@@ -123,7 +123,7 @@ def tensorrt_version(version_dir: str | Path, repo_dir: str | Path, *,
     from onerec.io import atomic_dir, atomic_write_text
 
     m = load_manifest(version_dir)
-    assert m.path is not None
+    assert m.path is not None  # nosec B101 # type narrowing
     dest = Path(repo_dir) / model_name / str(m.version)
     with atomic_dir(dest) as tmp:
         plan = builder(m.graph_path(), tmp / "model.plan", m.inputs, max_batch=max_batch,

@@ -195,7 +195,7 @@ def _definitions(repo: Path) -> list[Any]:
         raise FeaturesError(f"{repo}: no definitions.py (run prepare_repo first)")
     name = f"_onerec_feature_repo_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None and spec.loader is not None  # nosec B101 # type narrowing
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     sys.modules.pop(name, None)

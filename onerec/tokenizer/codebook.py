@@ -303,7 +303,7 @@ class Codebook:
                 (tmp / f"{name}.json").write_text(json.dumps(obj, indent=2))
             # temp names are created private (0700/0600); a codebook is read by other
             # processes (trainer, server pods under another uid), so publish it world-readable
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, 0o755)  # nosec B103 # a directory: others read, never write
             for f in tmp.iterdir():
                 os.chmod(f, 0o644)
         return path
