@@ -26,8 +26,8 @@ from onerec.data.schema import (
     EVENT_KEY,
     ITEM_COLUMNS,
     USER_COLUMNS,
-    Dataset,
     DataError,
+    Dataset,
     conform,
 )
 from onerec.io import atomic_path
