@@ -414,19 +414,20 @@ def log_file_failures(raw: RawTables) -> list[Failure]:
 
 
 def unreadable_failure(error: str) -> Failure:
-    """A log, item or user file that cannot be read at all (truncated, not parquet): `error` is
-    the `DataError` message, which names the file."""
-    return Failure(suite="events", expectation="readable_file", column="(file)",
-                   observed=error, unexpected_count=None, sample=[],
-                   message=f"events: file unreadable: {error}")
+    """A data folder or file that cannot be read at all (missing, truncated, not parquet):
+    `error` is the `DataError` message, which names the file."""
+    return Failure(suite="files", expectation="readable_file", column="(file)",
+                   observed=error, unexpected_count=None, sample=[], message=f"files: {error}")
 
 
 def failed_report(failures: list[Failure], **stats: Any) -> ValidationReport:
-    """The report of a batch stopped before the suites could run (unreadable files, a log file
-    whose schema drifted): only these failures."""
-    suites = {name: {"success": name != "events", "evaluated": 0, "failed": 0,
-                     "elapsed_s": 0.0, "skipped": name != "events"} for name in SUITES}
-    suites["events"].update(evaluated=len(failures), failed=len(failures))
+    """The report of a batch stopped before the suites could run (an unreadable file, a log
+    file whose schema drifted): these failures only, the suites that did not run skipped."""
+    suites: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys([*SUITES, *(f.suite for f in failures)]):
+        n = sum(f.suite == name for f in failures)
+        suites[name] = {"success": n == 0, "evaluated": n, "failed": n, "elapsed_s": 0.0,
+                        **({} if n else {"skipped": True})}
     return ValidationReport(success=False, suites=suites, failures=failures,
                             stats=_jsonable(stats))
 
