@@ -499,7 +499,8 @@ def test_a_broken_log_batch_stops_the_cycle_and_production_is_untouched(
     root = tmp_path / "state"
     shutil.copytree(c1_state, root, symlinks=True)
     repo = root / registry.GITOPS
-    before, refs_before = _digest(root), _git_refs(repo)
+    refs_before = _git_refs(repo)
+    before = _digest(root)
     run_id = f"fault-{case}"
     params = prun.local_params(_cfg(), until=DAY2, run_id=run_id, root=root, data_dir=data,
                                stages_csv=CORE, max_steps=12, gate_max_users=150,
@@ -514,7 +515,7 @@ def test_a_broken_log_batch_stops_the_cycle_and_production_is_untouched(
     assert error.startswith("data validation failed") and NEW_LOG in error and named in error
     # production, the canary slot, the stored versions and the GitOps tree: byte-identical; the
     # only new file is the ledger's record of the failed stage
-    after = _digest(root)
     assert _git_refs(repo) == refs_before
+    after = _digest(root)
     assert {k: v for k, v in after.items() if k in before} == before
     assert set(after) - set(before) == {f"runs/{run_id}", f"runs/{run_id}/validate.json"}
