@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from onerec.config import Config
+from onerec.config import Config, ConfigError
 from onerec.data.synthetic import make_dataset
 from onerec.ecpo import (
     align,
@@ -242,6 +242,8 @@ def test_align_refuses_to_resume_a_checkpoint_it_cannot_continue(tmp_path, align
           codebook_fingerprint=space.fingerprint, max_steps=1, resume=False)
     with pytest.raises(CheckpointError, match="not an alignment checkpoint"):
         run(tmp_path / "pre")
+    with pytest.raises(ConfigError, match=r"align\.checkpoint_every: must be > 0"):
+        Config.from_preset("tiny", ["align.checkpoint_every=0"])
 
 
 @pytest.fixture(scope="module")
