@@ -328,7 +328,8 @@ def test_kill_dash_9_during_onerec_align_then_rerun_resumes_exactly(tmp_path, ku
                 break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert KILL_AT <= seen < ROUNDS, "".join(lines[-20:])
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL and KILL_AT <= seen < ROUNDS, "".join(lines[-20:])
     ck = killed / "align" / "checkpoint"
     assert 4 <= json.loads((ck / "meta.json").read_text())["step"] < ROUNDS
     assert not (killed / "metrics.json").exists()
