@@ -217,8 +217,8 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     return out
 
 
-def load_align_state(ckpt: Path, cfg: Config, codebook_fingerprint: str, reference: str,
-                     reward: str) -> dict[str, Any]:
+def load_align_state(ckpt: Path, cfg: Config, codebook_fingerprint: str, *,
+                     reference_digest: str, reward_digest: str) -> dict[str, Any]:
     """The state.pt of an alignment checkpoint this run can continue, else CheckpointError
     naming why (a pretraining checkpoint, other settings, another reference or reward model)."""
     loaded = load_checkpoint(ckpt, codebook_fingerprint)
@@ -238,7 +238,7 @@ def load_align_state(ckpt: Path, cfg: Config, codebook_fingerprint: str, referen
                               f"{'; '.join(diff) or 'config fingerprint differs'}); resume with "
                               f"the same config, or {again}")
     for what, key, now in (("frozen reference (initial checkpoint)", "reference_digest",
-                            reference), ("reward model", "reward_digest", reward)):
+                            reference_digest), ("reward model", "reward_digest", reward_digest)):
         if st.get(key) != now:
             raise CheckpointError(f"cannot resume from {ckpt}: the {what} differs from the one "
                                   f"this alignment started with ({st.get(key)} vs {now}); {again}")
