@@ -5,6 +5,11 @@ A self-contained command: `onerec/cli.py` calls `register(app)`. It runs
 one), `OUT/align/checkpoint/` (the pretraining checkpoint format, so `onerec export` and serving
 load it unchanged) and `OUT/metrics.json`. Errors a user can fix (bad config, missing or
 mismatched checkpoint, codebook or reward model) print one red line and exit 2.
+
+A run killed in the middle (`kill -9`, a preempted node) is continued by running the same
+command again: with `--resume` (the default) it picks up `OUT/align/checkpoint` and the reward
+model it saved, says so in one line, and ends with the weights an uninterrupted run would have.
+`--no-resume` starts over in the same folder.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ def align_command(
                                                                       "(default) or base.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Dotted override, e.g. "
                                                    "align.lr=5e-5.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume", help="Continue an interrupted run from OUT/align/checkpoint "
+                                     "(same final weights as an uninterrupted run); "
+                                     "--no-resume starts over.")] = True,
 ) -> None:
     """Train the P-Score reward model (per-task AUC and calibration on the held-out days), then
     align the generator with ECPO (early-clipped GRPO) warm-started from CHECKPOINT."""
@@ -74,7 +83,9 @@ def align_command(
             raise _fail(f"{name}: {path} is not a folder")
 
     def log(rec: dict) -> None:
-        if "pg_loss" in rec:
+        if "message" in rec:
+            console.print(rec["message"], highlight=False, markup=False)
+        elif "pg_loss" in rec:
             console.print(f"round {rec['step']:>5}  P-Score {rec['pscore']:.4f}  legality "
                           f"{rec['legality']:.3f}  KL {rec['kl']:.4f}  grad {rec['grad_norm']:.3f}"
                           f"  early-clip {rec['early_clip_frac']:.3f}", highlight=False)
@@ -85,7 +96,8 @@ def align_command(
     try:
         res = run_alignment(cfg, data_dir, checkpoint, codebook, out, reward_model=reward_model,
                             rm_time_budget_s=rm_minutes * 60, steps=steps,
-                            time_budget_s=minutes * 60 if minutes else None, log=log)
+                            time_budget_s=minutes * 60 if minutes else None, log=log,
+                            resume=resume)
     except (CheckpointError, RewardModelError, CodebookError, DataError) as e:
         raise _fail(str(e)) from None
     heldout = res["reward_model"].get("heldout")

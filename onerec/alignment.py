@@ -9,10 +9,16 @@ What `onerec align` (and, later, the pipeline's alignment step) runs:
 3. ECPO (or GRPO with `align.early_clip: false`) on the training requests before the cut,
    warm-started from the checkpoint, writing `out/align/checkpoint` in the pretraining format.
 Returns a plain dict (metrics, wall times, the last log line) that the CLI prints and writes.
+
+With `resume` and an alignment checkpoint in `out/align/checkpoint` (a run killed or preempted
+there), the reward model that run trained and saved (`out/reward_model`, written before the
+first alignment round) is loaded instead of trained again, and ECPO continues from the
+checkpoint: the result is the uninterrupted run's (`onerec.ecpo.align`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +41,7 @@ from onerec.reward import (
 )
 from onerec.stream import requests_from_events
 from onerec.tokenizer.codebook import Codebook
+from onerec.train import CKPT_NAME
 
 Log = Callable[[dict[str, Any]], None]
 
@@ -64,10 +71,13 @@ def run_alignment(cfg: Config, data_dir: str | Path, checkpoint: str | Path,
                   codebook_dir: str | Path, out: str | Path, *,
                   reward_model: str | Path | None = None, rm_time_budget_s: float | None = None,
                   steps: int | None = None, time_budget_s: float | None = None,
-                  log: Log | None = None) -> dict[str, Any]:
+                  log: Log | None = None, resume: bool = False) -> dict[str, Any]:
     """Reward model (loaded or trained) + ECPO from `checkpoint`. The generator keeps the
-    settings it was trained with; `cfg` supplies the data split, reward and align sections."""
+    settings it was trained with; `cfg` supplies the data split, reward and align sections.
+    `resume`: continue an interrupted run in `out` (module docstring)."""
     out = Path(out)
+    resuming = resume and (out / "align" / CKPT_NAME / "meta.json").exists()
+    own_rm = out / "reward_model"
     cb = Codebook.load(codebook_dir)
     space = ItemSpace.from_codebook(cb)
     policy, ck_cfg, n_buckets = load_policy(checkpoint, cb.fingerprint)
@@ -79,6 +89,15 @@ def run_alignment(cfg: Config, data_dir: str | Path, checkpoint: str | Path,
         rm, rm_cfg, _ = load_reward_model(reward_model, cb.fingerprint)
         cfg = Config.from_dict({**cfg.to_dict(), "reward": rm_cfg.to_dict()["reward"]})
         rm_info: dict[str, Any] = {"loaded": str(reward_model)}
+    elif resuming and (own_rm / "meta.json").exists():
+        # the reward model the interrupted run optimised against: the same one, not a retrain
+        # (a time budget could stop a retrain elsewhere); trained with this cfg, which the
+        # checkpoint's settings check confirms
+        rm, _, _ = load_reward_model(own_rm, cb.fingerprint)
+        metrics = json.loads((own_rm / "meta.json").read_text()).get("metrics", {})
+        rm_info = {"loaded": str(own_rm), "resumed": True, "heldout": metrics}
+        if log is not None:
+            log({"message": f"resuming: reusing the reward model this run trained, {own_rm}"})
     else:
         rm, rm_info = fit_reward_model(cfg, data_dir, space, out / "reward_model",
                                        n_user_buckets=n_buckets, time_budget_s=rm_time_budget_s,
@@ -91,7 +110,8 @@ def run_alignment(cfg: Config, data_dir: str | Path, checkpoint: str | Path,
                                 n_user_buckets=n_buckets)
     _, res = align(cfg, policy, rm, reqs, space, out / "align", items_table=ds.items,
                        n_user_buckets=n_buckets, steps=steps, time_budget_s=time_budget_s,
-                       log=log, extra_meta={"init_checkpoint": str(checkpoint)})
+                       log=log, extra_meta={"init_checkpoint": str(checkpoint)},
+                       resume=resume)
     return {"reward_model": rm_info, "reward_model_s": rm_s, "align_steps": res.steps,
             "align_s": res.wall_s, "last": res.history[-1] if res.history else {},
             "checkpoint": str(res.checkpoint), "algorithm": "ecpo" if cfg.align.early_clip

@@ -30,11 +30,20 @@ service that lags the trainer, where ratios drift far enough for the clipping to
 off throughout (the model runs in eval mode), so ratios measure policy change, not dropout
 noise. Checkpoints are the pretraining format (`onerec.train.save_checkpoint`), so serving and
 export load an aligned model exactly like a pretrained one.
+
+Resume. A checkpoint also holds what the loop needs to continue exactly (`ALIGN_STATE_KEY`):
+the sampling generator's state, the sampler's weights between two syncs, the history, and
+digests of the frozen reference and of the reward model. `align(..., resume=True)` continues
+from `out_dir/checkpoint` (written atomically, so a `kill -9` leaves the last complete one) and
+ends with the same weights, optimizer state and next batch as an uninterrupted run; it refuses
+a checkpoint made with other settings, another reference or another reward model, naming what
+differs, since continuing those would silently mix two runs.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -53,7 +62,7 @@ from onerec.model import Batch, OneRec
 from onerec.reward import RewardModel
 from onerec.rewards import IndustrialRules, format_advantage, preference_reward
 from onerec.stream import Requests, RequestStream, collate
-from onerec.train import CKPT_NAME, build_model, load_checkpoint, save_checkpoint
+from onerec.train import CKPT_NAME, CheckpointError, build_model, load_checkpoint, save_checkpoint
 
 Log = Callable[[dict[str, Any]], None]
 
@@ -181,17 +190,76 @@ class Rewarder:
         return {"items": items, "legal": legal, "pscore": pscore, "reward": reward, "adv": adv}
 
 
+ALIGN_STATE_KEY = "align"  # the alignment's resume state inside a checkpoint's state.pt
+ALIGN_STATE_VERSION = 1
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of every tensor of `module` (names and bytes): identifies the frozen reference and
+    the reward model a resumed alignment must keep optimising against."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two `Config.to_dict()`s, as 'key: a -> b'."""
+    out: list[str] = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, key + ".")
+        elif va != vb:
+            out.append(f"{key}: {va!r} -> {vb!r}")
+    return out
+
+
+def load_align_state(ckpt: Path, cfg: Config, codebook_fingerprint: str, *,
+                     reference_digest: str, reward_digest: str) -> dict[str, Any]:
+    """The state.pt of an alignment checkpoint this run can continue, else CheckpointError
+    naming why (a pretraining checkpoint, other settings, another reference or reward model)."""
+    loaded = load_checkpoint(ckpt, codebook_fingerprint)
+    meta, state = loaded["meta"], loaded["state"]
+    again = "use another output folder, or start over (--no-resume)"
+    if meta.get("stage") != "align" or ALIGN_STATE_KEY not in state:
+        raise CheckpointError(f"cannot resume from {ckpt}: not an alignment checkpoint with "
+                              f"resume state (stage {meta.get('stage', 'pretrain')!r}); {again}")
+    st = state[ALIGN_STATE_KEY]
+    if st.get("version") != ALIGN_STATE_VERSION:
+        raise CheckpointError(f"cannot resume from {ckpt}: resume state version "
+                              f"{st.get('version')!r}, this build reads {ALIGN_STATE_VERSION}; "
+                              f"{again}")
+    if meta.get("config_fingerprint") != cfg.fingerprint():
+        diff = _config_diff(loaded["config"].to_dict(), cfg.to_dict())
+        raise CheckpointError(f"cannot resume from {ckpt}: it was written with other settings ("
+                              f"{'; '.join(diff) or 'config fingerprint differs'}); resume with "
+                              f"the same config, or {again}")
+    for what, key, now in (("frozen reference (initial checkpoint)", "reference_digest",
+                            reference_digest), ("reward model", "reward_digest", reward_digest)):
+        if st.get(key) != now:
+            raise CheckpointError(f"cannot resume from {ckpt}: the {what} differs from the one "
+                                  f"this alignment started with ({st.get(key)} vs {now}); {again}")
+    return state
+
+
 def align(cfg: Config, model: OneRec, reward_model: RewardModel, reqs: Requests,
           space: ItemSpace, out_dir: str | Path, *, items_table: pd.DataFrame | None = None,
           n_user_buckets: int = 1, steps: int | None = None, time_budget_s: float | None = None,
           log: Log | None = None, extra_meta: dict[str, Any] | None = None,
-          ) -> tuple[OneRec, AlignResult]:
+          resume: bool = False) -> tuple[OneRec, AlignResult]:
     """Align a (pretrained) `model` with ECPO (or GRPO: `align.early_clip: false`).
 
     reqs: training requests (contexts + real positive targets for the next-token loss), from
     before the temporal cut; the model is copied as the frozen reference. Writes checkpoints
     in the pretraining format to `out_dir/checkpoint` every `align.checkpoint_every` rounds and
     at the end. Returns the aligned model and the per-round history.
+
+    `resume`: when `out_dir/checkpoint` holds an alignment checkpoint, continue from it (pass
+    the same initial `model`: it is the frozen reference); the result, history included, is
+    the uninterrupted run's. A message record (`{"message": ...}`) goes to `log` first.
     """
     ac = cfg.align
     out_dir = Path(out_dir)
@@ -216,6 +284,33 @@ def align(cfg: Config, model: OneRec, reward_model: RewardModel, reqs: Requests,
     t0 = time.perf_counter()
     step = 0
     ckpt = out_dir / CKPT_NAME
+    digests = {"reference_digest": weights_digest(ref),
+               "reward_digest": weights_digest(reward_model)}
+    sampler: OneRec = model
+    if resume and (ckpt / "meta.json").exists():
+        state = load_align_state(ckpt, cfg, space.fingerprint, **digests)
+        st = state[ALIGN_STATE_KEY]
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        stream.load_state_dict(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(st["generator"])
+        step, history = int(state["step"]), list(st["history"])
+        if st["sampler"] is not None and step % ac.sync_every != 0:  # between two syncs
+            sampler = copy.deepcopy(model)
+            sampler.load_state_dict(st["sampler"])
+        if log is not None:
+            log({"message": f"resuming alignment from {ckpt} at round {step} of {total}"})
+
+    def checkpoint() -> None:
+        extra_state = {ALIGN_STATE_KEY: {
+            "version": ALIGN_STATE_VERSION, "generator": gen.get_state(),
+            "sampler": sampler.state_dict() if sampler is not model else None,
+            "history": history, **digests}}
+        save_checkpoint(out_dir, model=model, opt=opt, step=step, stream=stream, cfg=cfg,
+                        codebook_fingerprint=space.fingerprint, n_user_buckets=n_user_buckets,
+                        extra=meta, extra_state=extra_state)
+
     while step < total:
         idx = stream.next_indices()
         batch = collate(reqs, idx, space.codes).to(device)
@@ -261,9 +356,7 @@ def align(cfg: Config, model: OneRec, reward_model: RewardModel, reqs: Requests,
             log(rec)
         out_of_time = time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
         if step % ac.checkpoint_every == 0 or step == total or out_of_time:
-            save_checkpoint(out_dir, model=model, opt=opt, step=step, stream=stream, cfg=cfg,
-                            codebook_fingerprint=space.fingerprint,
-                            n_user_buckets=n_user_buckets, extra=meta)
+            checkpoint()
         if out_of_time:
             break
     return model, AlignResult(steps=step, history=history,

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ import torch
 from onerec import registry
 from onerec.config import Config, TokenizerConfig
 from onerec.data import kuairand
-from onerec.data.schema import Dataset
+from onerec.data.schema import DataError, Dataset
 from onerec.io import atomic_dir
 from onerec.items import ItemSpace
 from onerec.model import OneRec
@@ -161,7 +161,9 @@ def validate(cfg: Config, data_dir: str | Path, out: str | Path, *, until: str,
              holdout_days: int = 1, root: str | Path) -> dict[str, Any]:
     """Validate the events new since the production watermark (Great Expectations suites, drift
     against the last accepted batch) and write the cycle's snapshot. A failed suite writes its
-    report and raises StageError: nothing trains on that batch, production keeps serving."""
+    report and raises StageError: nothing trains on that batch, production keeps serving. A log
+    file that cannot be read (truncated) or whose own schema drifted (a column renamed, dropped
+    or retyped) stops it the same way, before the batch is cut, naming the file and column."""
     from onerec import validation
 
     if holdout_days < 1:
@@ -170,7 +172,16 @@ def validate(cfg: Config, data_dir: str | Path, out: str | Path, *, until: str,
     holdout_ms = until_ms - holdout_days * DAY_MS
     prod = registry.read_production(root)
     watermark = prod.watermark_ms if prod is not None else -1
-    raw = kuairand.read_tables(data_dir)
+    try:
+        raw = kuairand.read_tables(data_dir)
+    except DataError as e:  # a truncated or unreadable file: nothing can be validated
+        _stop_validation(out, validation.failed_report(
+            [validation.unreadable_failure(str(e))], data_dir=str(data_dir), until=until))
+    schema_failures = validation.log_file_failures(raw)
+    if schema_failures:  # a log file's columns drifted: the batch cannot even be cut
+        _stop_validation(out, validation.failed_report(
+            schema_failures, data_dir=str(data_dir), until=until,
+            log_files=[f.name for f in raw.log_files]))
     t = raw.events["time_ms"]
     events = raw.events[t < until_ms]
     batch = events[events["time_ms"] > watermark].reset_index(drop=True)
@@ -202,6 +213,17 @@ def validate(cfg: Config, data_dir: str | Path, out: str | Path, *, until: str,
         raise StageError(f"data validation failed ({len(report.failures)} failure(s)): "
                          f"{report.failures[0].message}")
     return summary
+
+
+def _stop_validation(out: str | Path, report: Any) -> NoReturn:
+    """Write the report of a batch that cannot be validated (no snapshot: no later stage can
+    start from it) and stop the cycle; production and the GitOps tree are never reached."""
+    from onerec import validation
+
+    with atomic_dir(out) as tmp:
+        validation.write_report(report, tmp / "validation")
+    raise StageError(f"data validation failed ({len(report.failures)} failure(s)): "
+                     f"{report.failures[0].message}")
 
 
 # -- codebook -------------------------------------------------------------------------------------

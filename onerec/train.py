@@ -118,13 +118,19 @@ def build_model(cfg: Config, item_codes: torch.Tensor, vocab_sizes: list[int],
 
 def save_checkpoint(out_dir: Path, *, model: OneRec, opt: torch.optim.Optimizer, step: int,
                     stream: RequestStream, cfg: Config, codebook_fingerprint: str,
-                    n_user_buckets: int, extra: dict[str, Any] | None = None) -> Path:
+                    n_user_buckets: int, extra: dict[str, Any] | None = None,
+                    extra_state: dict[str, Any] | None = None) -> Path:
+    """Write `out_dir/checkpoint` atomically. `extra` joins meta.json; `extra_state` joins
+    state.pt (tensors and plain values: what another loop needs to resume exactly, e.g. the
+    alignment's sampler and generator), inside the same swap, so no crash pairs one step's
+    weights with another step's state."""
     dest = out_dir / CKPT_NAME
     with atomic_dir(dest) as tmp:
         torch.save({
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(),
             "vocab_sizes": model.vocab_sizes, "n_user_buckets": n_user_buckets,
+            **(extra_state or {}),
         }, tmp / "state.pt")
         cfg.save(tmp / "config.yaml")
         meta = {"step": step, "codebook_fingerprint": codebook_fingerprint,

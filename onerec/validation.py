@@ -16,6 +16,9 @@ Design choices:
 - One ephemeral GX context per `validate_tables` call (creating one is cheap, importing GX is
   not: the import is deferred so `compute_reference` and `load_reference` stay light). Progress
   bars, analytics and GX's log chatter are switched off.
+- Each log file's schema is also checked on its own (`log_file_failures`): a column renamed,
+  dropped or retyped in one new file is reported naming that file, before concatenation turns
+  it into NaNs and an upcast dtype of the merged table.
 - Duplicate keys and time order are checked on the whole event stream as `read_events` returns
   it (time-ordered files merged by a stable sort on time_ms; a file out of order is left as is,
   so this suite reports it).
@@ -42,7 +45,14 @@ import numpy as np
 import pandas as pd
 
 from onerec.config import Config, ValidationConfig
-from onerec.data.kuairand import RawTables, log_files, read_events, read_items, read_tables
+from onerec.data.kuairand import (
+    EVENT_EXTRA,
+    RawTables,
+    log_files,
+    read_events,
+    read_items,
+    read_tables,
+)
 from onerec.data.schema import (
     EVENT_COLUMNS,
     EVENT_KEY,
@@ -357,6 +367,71 @@ def _drift_suite(gx, vcfg: ValidationConfig, ref: dict) -> list:
     ]
 
 
+# -- per-file schema ---------------------------------------------------------------------------
+def _family(dtype: Any) -> str:
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    return str(dtype)
+
+
+def log_file_failures(raw: RawTables) -> list[Failure]:
+    """Each log file's own schema against `EVENT_COLUMNS`: every column present, in its dtype
+    family. Why per file: a new log batch with a column renamed, dropped or retyped becomes, once
+    concatenated with the older files, NaNs and an upcast dtype in the merged table; the suites
+    then flag the column but not the file, and a NaN `time_ms` silently drops the new rows from
+    the batch. Failures carry the expectation names the GX suite uses (so `failures_for` finds
+    them) and a message naming the file and the column."""
+    out: list[Failure] = []
+    known = set(EVENT_COLUMNS) | set(EVENT_EXTRA)
+    for name, dtypes in raw.log_schemas.items():
+        others = [set(d) for n, d in raw.log_schemas.items() if n != name]
+        # columns only this file has: where a renamed column went
+        extra = sorted(c for c in dtypes if c not in known
+                       and not (others and all(c in o for o in others)))
+        for col, schema_dtype in EVENT_COLUMNS.items():
+            want = "float" if schema_dtype.startswith("float") else "int"
+            if col not in dtypes:
+                hint = f"; columns not in the schema: {', '.join(extra)}" if extra else ""
+                observed = f"column missing in log file {name}{hint}"
+                out.append(Failure(
+                    suite="events", expectation="expect_column_to_exist", column=col,
+                    observed=observed, unexpected_count=None, sample=[name],
+                    message=f"events.{col}: expect_column_to_exist failed in log file {name}, "
+                            f"observed {observed}; limit: column must exist in every log file"))
+            elif _family(dtypes[col]) != want:
+                observed = f"dtype {dtypes[col]} in log file {name}"
+                out.append(Failure(
+                    suite="events", expectation="expect_column_values_to_be_in_type_list",
+                    column=col, observed=observed, unexpected_count=None, sample=[name],
+                    message=f"events.{col}: expect_column_values_to_be_in_type_list failed in "
+                            f"log file {name}, observed {observed}; limit: dtype family {want} "
+                            f"(schema: {schema_dtype}) in every log file"))
+    return out
+
+
+def unreadable_failure(error: str) -> Failure:
+    """A data folder or file that cannot be read at all (missing, truncated, not parquet):
+    `error` is the `DataError` message, which names the file."""
+    return Failure(suite="files", expectation="readable_file", column="(file)",
+                   observed=error, unexpected_count=None, sample=[], message=f"files: {error}")
+
+
+def failed_report(failures: list[Failure], **stats: Any) -> ValidationReport:
+    """The report of a batch stopped before the suites could run (an unreadable file, a log
+    file whose schema drifted): these failures only, the suites that did not run skipped."""
+    suites: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys([*SUITES, *(f.suite for f in failures)]):
+        n = sum(f.suite == name for f in failures)
+        suites[name] = {"success": n == 0, "evaluated": n, "failed": n, "elapsed_s": 0.0,
+                        **({} if n else {"skipped": True})}
+    return ValidationReport(success=False, suites=suites, failures=failures,
+                            stats=_jsonable(stats))
+
+
 # -- running -----------------------------------------------------------------------------------
 def _exception_message(r) -> str | None:
     info = r.exception_info or {}
@@ -486,6 +561,14 @@ def validate_tables(raw: RawTables, cfg: Config, reference: dict | None = None, 
     if reference is None:
         suites["drift"] = {"success": True, "evaluated": 0, "failed": 0, "elapsed_s": 0.0,
                            "skipped": True}
+    # each log file's schema (two checks per column and file); the file-level cause goes
+    # first, the merged table's errors follow from it
+    file_failures = log_file_failures(raw)
+    ev_suite = suites["events"]
+    ev_suite["evaluated"] += 2 * len(EVENT_COLUMNS) * len(raw.log_schemas)
+    if file_failures:
+        failures = file_failures + failures
+        ev_suite.update(success=False, failed=ev_suite["failed"] + len(file_failures))
 
     ev = raw.events
     stats: dict[str, Any] = {

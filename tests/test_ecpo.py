@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from onerec.config import Config
+from onerec.config import Config, ConfigError
 from onerec.data.synthetic import make_dataset
 from onerec.ecpo import (
     align,
@@ -25,7 +31,7 @@ from onerec.items import ItemSpace
 from onerec.model import Batch
 from onerec.reward import build_reward_model
 from onerec.stream import requests_from_events
-from onerec.train import build_model, load_checkpoint
+from onerec.train import CheckpointError, build_model, load_checkpoint, train
 
 EPS, DELTA = 0.2, 0.1
 
@@ -162,19 +168,106 @@ def test_align_logs_its_signals_and_writes_a_pretraining_format_checkpoint(
         torch.testing.assert_close(back.state_dict()[k], v)
 
 
-def test_onerec_align_cli_trains_the_reward_model_then_aligns(tmp_path):
-    from typer.testing import CliRunner
+def assert_same_state(a, b, where: str = "state") -> None:
+    """Bit-for-bit equality of two checkpoint states: torch.equal on every tensor, == on the
+    rest, recursing into dicts and lists; wall times (`wall_s`) are the only values skipped."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (where, set(a) ^ set(b))
+        for k in a:
+            if k != "wall_s":
+                assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), where
+    else:
+        assert a == b, (where, a, b)
 
-    from onerec.cli import app
+
+@pytest.mark.parametrize("sync_every", [1, 2])
+def test_align_resumes_from_its_checkpoint_exactly(tmp_path, aligned_setup, sync_every):
+    """Stopped after round 3 (with sync_every=2: between two copies into the sampler, so the
+    sampler's own weights must come back), resumed to round 5: the uninterrupted run's weights,
+    optimizer, RNG states, stream position and history."""
+    cfg, ds, space, reqs, rm = aligned_setup
+    cfg = Config.from_dict({**cfg.to_dict(), "align": {**cfg.align.__dict__,
+                                                       "sync_every": sync_every}})
+    messages: list[str] = []
+
+    def run(out, steps, resume=False):
+        policy = build_model(cfg, space.codes, space.vocab_sizes)
+        return align(cfg, policy, rm, reqs, space, out, items_table=ds.items, steps=steps,
+                     resume=resume, log=lambda r: messages.append(r.get("message", "")))
+
+    full, res_full = run(tmp_path / "full", 5)
+    run(tmp_path / "part", 3)
+    resumed, res = run(tmp_path / "part", 5, resume=True)
+    assert f"resuming alignment from {tmp_path / 'part' / 'checkpoint'} at round 3 of 5" in messages
+    assert res.steps == res_full.steps == 5 and len(res.history) == 5
+    assert_same_state(full.state_dict(), resumed.state_dict(), "model")
+    assert_same_state(res_full.history, res.history, "history")
+    a = load_checkpoint(res_full.checkpoint)["state"]
+    b = load_checkpoint(res.checkpoint)["state"]
+    assert_same_state(a, b)
+    assert (b["align"]["sampler"] is None) == (sync_every == 1)
+    # a resume with nothing left to do returns the finished run as it is
+    again, res_again = run(tmp_path / "part", 5, resume=True)
+    assert res_again.steps == 5 and len(res_again.history) == 5
+    assert_same_state(full.state_dict(), again.state_dict(), "model")
+
+
+def test_align_refuses_to_resume_a_checkpoint_it_cannot_continue(tmp_path, aligned_setup):
+    cfg, ds, space, reqs, rm = aligned_setup
+
+    def run(out, c=cfg, reward=rm, steps=2):
+        policy = build_model(c, space.codes, space.vocab_sizes)
+        return align(c, policy, reward, reqs, space, out, items_table=ds.items, steps=steps,
+                     resume=True)
+
+    run(tmp_path / "a")
+    lr = Config.from_dict({**cfg.to_dict(), "align": {**cfg.align.__dict__, "lr": 1e-3}})
+    with pytest.raises(CheckpointError, match=r"other settings \(align.lr: 1e-05 -> 0.001"):
+        run(tmp_path / "a", c=lr, steps=3)
+    other_rm = copy.deepcopy(rm)
+    with torch.no_grad():
+        next(other_rm.parameters()).add_(1.0)
+    with pytest.raises(CheckpointError, match="the reward model differs"):
+        run(tmp_path / "a", reward=other_rm, steps=3)
+    # a pretraining checkpoint in the folder: not something alignment can continue
+    train(cfg, reqs, space.codes, space.vocab_sizes, tmp_path / "pre",
+          codebook_fingerprint=space.fingerprint, max_steps=1, resume=False)
+    with pytest.raises(CheckpointError, match="not an alignment checkpoint"):
+        run(tmp_path / "pre")
+    with pytest.raises(ConfigError, match=r"align\.checkpoint_every: must be > 0"):
+        Config.from_preset("tiny", ["align.checkpoint_every=0"])
+
+
+@pytest.fixture(scope="module")
+def kuairand_pretrained(tmp_path_factory):
+    """A tiny pretrained checkpoint and its codebook on a synthetic KuaiRand-layout folder."""
     from onerec.data.synthetic import write_folder
     from onerec.pretrain import run_kuairand
 
+    tmp = tmp_path_factory.mktemp("pretrained")
     cfg = Config.from_preset("tiny", ["data.test_days=2", "train.max_steps=5",
                                       "tokenizer.codebook_size=4"])
-    data = write_folder(make_dataset(cfg.data, n_events=2000), tmp_path / "data")
-    run_kuairand(cfg, data, tmp_path / "pre", beam_width=4, max_test_users=5)
-    args = ["align", "--checkpoint", str(tmp_path / "pre" / "train" / "checkpoint"),
-            "--codebook", str(tmp_path / "pre" / "codebook"), "--data-dir", str(data),
+    data = write_folder(make_dataset(cfg.data, n_events=2000), tmp / "data")
+    run_kuairand(cfg, data, tmp / "pre", beam_width=4, max_test_users=5)
+    return data, tmp / "pre"
+
+
+def test_onerec_align_cli_trains_the_reward_model_then_aligns(tmp_path, kuairand_pretrained):
+    from typer.testing import CliRunner
+
+    from onerec.cli import app
+
+    data, pre = kuairand_pretrained
+    args = ["align", "--checkpoint", str(pre / "train" / "checkpoint"),
+            "--codebook", str(pre / "codebook"), "--data-dir", str(data),
             "--preset", "tiny", "--set", "data.test_days=2", "--steps", "2"]
     runner = CliRunner()
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
@@ -195,6 +288,67 @@ def test_onerec_align_cli_trains_the_reward_model_then_aligns(tmp_path):
                             "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "--checkpoint" in r.output
     assert not (tmp_path / "c").exists()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+KILL_AT, ROUNDS = 10, 60  # checkpoints every 4 rounds: one at round 8 exists when 10 is logged
+
+
+def _align_cmd(data: Path, pre: Path, out: Path) -> list[str]:
+    sets = ["data.test_days=2", f"align.steps={ROUNDS}", "align.checkpoint_every=4",
+            "align.log_every=1"]
+    return [sys.executable, "-m", "onerec", "align", "--checkpoint",
+            str(pre / "train" / "checkpoint"), "--codebook", str(pre / "codebook"),
+            "--data-dir", str(data), "--out", str(out), "--preset", "tiny",
+            *[a for kv in sets for a in ("--set", kv)]]
+
+
+def test_kill_dash_9_during_onerec_align_then_rerun_resumes_exactly(tmp_path, kuairand_pretrained):
+    """`onerec align` killed with SIGKILL after a checkpoint, then run again with the same
+    command: it resumes (reward model reused, alignment from the checkpoint) and its final
+    checkpoint equals an uninterrupted run's bit for bit: weights, optimizer, RNG states, the
+    sampler, the stream position (the next batch) and the history."""
+    data, pre = kuairand_pretrained
+    path = [str(ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1",
+           "COLUMNS": "500", "OMP_NUM_THREADS": "1", "ONEREC_NO_TUNING": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_align_cmd(data, pre, killed), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    seen, lines = 0, []
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("round"):
+            seen = int(line.split()[1])
+            if seen >= KILL_AT:
+                break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL and KILL_AT <= seen < ROUNDS, "".join(lines[-20:])
+    ck = killed / "align" / "checkpoint"
+    assert 4 <= json.loads((ck / "meta.json").read_text())["step"] < ROUNDS
+    assert not (killed / "metrics.json").exists()
+    resumed = subprocess.run(_align_cmd(data, pre, killed), capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming: reusing the reward model this run trained" in resumed.stdout
+    assert f"resuming alignment from {ck} at round" in resumed.stdout
+    clean = tmp_path / "clean"
+    done = subprocess.run(_align_cmd(data, pre, clean), capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming" not in done.stdout
+    a = load_checkpoint(killed / "align" / "checkpoint")["state"]
+    b = load_checkpoint(clean / "align" / "checkpoint")["state"]
+    assert a["step"] == b["step"] == ROUNDS
+    assert_same_state(a, b)
+    for run in (killed, clean):
+        assert json.loads((run / "metrics.json").read_text())["align_steps"] == ROUNDS
 
 
 def test_pipeline_reward_and_align_stages_run_on_the_shipped_sample(tmp_path):

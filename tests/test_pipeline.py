@@ -3,12 +3,16 @@ watermark, the gate, the PyTorchJob of the pretrain step, submission objects."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -405,3 +409,113 @@ def test_gate_blocks_a_worse_candidate_and_publish_is_not_reached(two_cycles):
     assert first["reasons"] and all("significantly below popularity" in r
                                     for r in first["reasons"])
     assert json.loads((tmp / "gate-first" / "gate.json").read_text())["decision"] == "blocked"
+
+
+# -- faults: a broken new log batch stops the cycle, production untouched ----------------------------
+OLD_LOG, NEW_LOG = "log_2022-04-25_to_04-25.parquet", "log_2022-04-26_to_04-30.parquet"
+
+
+def _digest(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under `root` (a link: its target; a folder: "dir"),
+    `.git` included: the state a cycle would update, byte for byte."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _git_refs(repo: Path) -> tuple[str, str]:
+    """HEAD and every ref of the GitOps repository."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                              text=True).stdout
+    return git("rev-parse", "HEAD"), git("for-each-ref", "--format=%(refname) %(objectname)")
+
+
+@pytest.fixture(scope="module")
+def split_data(tmp_path_factory) -> Path:
+    """The shipped sample with its first log split at DAY1: the events from DAY1 on arrive as a
+    new file, the log batch cycle 2 (until DAY2) validates."""
+    folder = tmp_path_factory.mktemp("split-data")
+    first = "log_2022-04-25_to_04-30.parquet"
+    for f in DATA.iterdir():
+        if f.name != first:
+            shutil.copy(DATA / f.name, folder / f.name)
+    ev = pd.read_parquet(DATA / first)
+    cut = stages.day_ms(DAY1)
+    ev[ev["time_ms"] < cut].to_parquet(folder / OLD_LOG, index=False)
+    ev[ev["time_ms"] >= cut].to_parquet(folder / NEW_LOG, index=False)
+    return folder
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])  # the copy stopped a third short
+
+
+def _rewrite(fn):
+    def corrupt(path: Path) -> None:
+        fn(pd.read_parquet(path)).to_parquet(path, index=False)
+    return corrupt
+
+
+# case -> (corruption of NEW_LOG, what the error must name besides the file)
+FAULTS = {
+    "truncated_parquet": (_truncate, "as parquet"),
+    "renamed_column": (_rewrite(lambda ev: ev.rename(columns={"is_click": "click"})),
+                       "events.is_click"),
+    "dropped_column": (_rewrite(lambda ev: ev.drop(columns=["long_view"])), "events.long_view"),
+    "dtype_changed": (_rewrite(lambda ev: ev.assign(watch_ratio=ev["watch_ratio"].astype(str))),
+                      "events.watch_ratio"),
+}
+
+
+def test_the_split_log_batch_is_valid_before_it_is_corrupted(two_cycles, split_data, tmp_path):
+    """Control for the fault tests: the clean split folder passes cycle 2's validation, so what
+    stops them is the corruption."""
+    _, _, c1_state = two_cycles
+    root = tmp_path / "state"
+    shutil.copytree(c1_state, root, symlinks=True)
+    out = stages.validate(_cfg(), split_data, tmp_path / "snap", until=DAY2, root=root)
+    assert out["validation_success"] and out["n_batch_events"] > 0
+
+
+@pytest.mark.parametrize("case", list(FAULTS))
+def test_a_broken_log_batch_stops_the_cycle_and_production_is_untouched(
+        case, two_cycles, split_data, tmp_path):
+    _, _, c1_state = two_cycles
+    corrupt, named = FAULTS[case]
+    data = tmp_path / "data"
+    shutil.copytree(split_data, data)
+    corrupt(data / NEW_LOG)
+    root = tmp_path / "state"
+    shutil.copytree(c1_state, root, symlinks=True)
+    repo = root / registry.GITOPS
+    refs_before = _git_refs(repo)
+    before = _digest(root)
+    run_id = f"fault-{case}"
+    params = prun.local_params(_cfg(), until=DAY2, run_id=run_id, root=root, data_dir=data,
+                               stages_csv=CORE, max_steps=12, gate_max_users=150,
+                               gate_popularity_floor=False)
+    with pytest.raises(RuntimeError):  # kfp.local: a step failed
+        prun.run_local(params, tmp_path / "kfp")
+    # the cycle stopped at validation, naming the file and the column (or the unreadable file)
+    c = cycle_summary(root, run_id)
+    assert list(c["failed"]) == ["validate"]
+    assert {s for s, st in c["stages"].items() if st != "not reached"} == {"validate"}
+    error = c["failed"]["validate"]
+    assert error.startswith("data validation failed") and NEW_LOG in error and named in error
+    # production, the canary slot, the stored versions and the GitOps tree: byte-identical; the
+    # only new file is the ledger's record of the failed stage
+    assert _git_refs(repo) == refs_before
+    after = _digest(root)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert set(after) - set(before) == {f"runs/{run_id}", f"runs/{run_id}/validate.json"}

@@ -22,6 +22,7 @@ from onerec.validation import (
     ValidationReport,
     compute_reference,
     load_reference,
+    log_file_failures,
     reference_from_folder,
     save_reference,
     validate_folder,
@@ -234,6 +235,28 @@ def test_corrupted_copy_fails_naming_column_and_expectation(case, small, small_r
     assert column in f.message and expectation in f.message and "limit" in f.message
     assert len(f.sample) <= cfg.validation.sample_unexpected
     json.dumps(report.to_dict(), allow_nan=False)  # numpy values converted
+
+
+def test_a_drifted_log_file_is_named_before_the_merged_table_errors(small, cfg):
+    """Schema drift in one log file (renamed, retyped column) is reported per file, naming it:
+    merged with the other files it would only be NaNs and an upcast dtype."""
+    ok = dict(small.events.dtypes.items())
+    renamed = {("click" if c == "is_click" else c): d for c, d in ok.items()}
+    raw = replace(small, log_schemas={"log_a.parquet": ok, "log_b.parquet": renamed})
+    fails = log_file_failures(raw)
+    assert [(f.column, f.expectation) for f in fails] == [("is_click", "expect_column_to_exist")]
+    assert "log file log_b.parquet" in fails[0].message and "not in the schema: click" in \
+        fails[0].message
+    retyped = replace(small, log_schemas={"log_a.parquet": {**ok, "time_ms": np.dtype("float64")},
+                                          "log_b.parquet": ok})
+    (f,) = log_file_failures(retyped)
+    assert (f.column, f.expectation) == ("time_ms", "expect_column_values_to_be_in_type_list")
+    assert "log file log_a.parquet" in f.message and "float64" in f.observed
+    assert log_file_failures(replace(small, log_schemas={"log_a.parquet": ok})) == []
+    report = validate_tables(raw, cfg)
+    assert not report.success and not report.suites["events"]["success"]
+    assert report.failures[0] == fails[0]
+    json.dumps(report.to_dict(), allow_nan=False)
 
 
 def test_row_level_failures_count_and_sample_the_offending_rows(small, small_reference, cfg):

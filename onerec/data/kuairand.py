@@ -15,8 +15,9 @@ shipped sample from the shared copy, with the cleaning documented in data/kuaira
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -25,8 +26,8 @@ from onerec.data.schema import (
     EVENT_KEY,
     ITEM_COLUMNS,
     USER_COLUMNS,
-    Dataset,
     DataError,
+    Dataset,
     conform,
 )
 from onerec.io import atomic_path
@@ -46,12 +47,19 @@ EVENT_EXTRA = ("date", "hourmin", "tab", "is_forward", "is_hate", "is_profile_en
 
 @dataclass
 class RawTables:
-    """Tables as read from disk, before validation and conforming."""
+    """Tables as read from disk, before validation and conforming.
+
+    `log_schemas` keeps each log file's own columns and dtypes (file name -> column -> dtype):
+    once the files are concatenated, a column renamed, dropped or retyped in one new file is
+    only NaNs and an upcast dtype in the merged table, so data validation checks every file's
+    schema from here and names the file (`onerec.validation.log_file_failures`).
+    """
 
     events: pd.DataFrame
     items: pd.DataFrame
     users: pd.DataFrame
     log_files: list[Path]
+    log_schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -91,7 +99,11 @@ def read_events(data_dir: str | Path, files: list[Path] | None = None) -> pd.Dat
     validation reports it instead of a sort hiding it.
     """
     files = files if files is not None else log_files(data_dir)
-    frames = [_read_parquet(f) for f in files]
+    return merge_logs([_read_parquet(f) for f in files])
+
+
+def merge_logs(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Log files (each time-ordered) -> one stream, as `read_events` documents."""
     if len(frames) == 1:
         return frames[0]
     events = pd.concat(frames, ignore_index=True)
@@ -115,9 +127,13 @@ def read_users(data_dir: str | Path) -> pd.DataFrame:
 
 
 def read_tables(data_dir: str | Path) -> RawTables:
+    """Every table of the folder as read (DataError naming the file when one cannot be read:
+    missing, truncated, not parquet), with each log file's own schema beside the merged log."""
     files = log_files(data_dir)
-    return RawTables(events=read_events(data_dir, files), items=read_items(data_dir),
-                     users=read_users(data_dir), log_files=files)
+    frames = [_read_parquet(f) for f in files]
+    schemas = {f.name: dict(frame.dtypes.items()) for f, frame in zip(files, frames, strict=True)}
+    return RawTables(events=merge_logs(frames), items=read_items(data_dir),
+                     users=read_users(data_dir), log_files=files, log_schemas=schemas)
 
 
 def read_history(data_dir: str | Path) -> pd.DataFrame | None:
