@@ -19,7 +19,9 @@ UNKNOWN_IDS = Counter("onerec_unknown_video_ids",
                       "History video ids the serving model does not know (dropped)")
 COLD_START = Counter("onerec_cold_start_users", "Users answered from the cold-start table")
 FEAST_AVAILABLE = Gauge("onerec_feast_online_available",
-                        "1 while the Feast online store answers, 0 during an outage")
+                        "1 while the Feast online store answers, 0 during an outage "
+                        "(-1: no feature repo configured)")
+FEAST_AVAILABLE.set(-1)
 FEAST_OUTAGES = Counter("onerec_feast_online_outages",
                         "Feast online store outages (each logged once, with its recovery)")
 FEAST_FALLBACK_USERS = Counter("onerec_feast_fallback_users",
