@@ -57,8 +57,9 @@ def sqlite_path(store: Any) -> Path | None:
     """The SQLite file of a FeatureStore's online store (None: another store type, or a store
     object without a Feast config, as in the unit tests)."""
     online = getattr(getattr(store, "config", None), "online_store", None)
-    if online is None or getattr(online, "type", None) != "sqlite" or not getattr(online, "path",
-                                                                                   None):
+    kind = str(getattr(online, "type", ""))
+    if not (kind == "sqlite" or kind.endswith("SqliteOnlineStore")) or not getattr(
+            online, "path", None):
         return None
     path = Path(online.path)
     repo = getattr(store, "repo_path", None)
