@@ -1,4 +1,4 @@
-"""Fault: the Feast online store (SQLite) is locked, removed or unreadable while serving.
+"""Fault: the Feast online store (SQLite) is locked, removed, corrupt or unreadable while serving.
 
 Issue #15, serving faults. One `onerec serve` (subprocess) reads user sequences from a real
 Feast repo (`feast_online`); `--feast-timeout 0.5 --feast-retry 0.3`. Each test breaks the
@@ -184,6 +184,21 @@ def test_store_file_removed_then_restored_as_a_new_file(server) -> None:
     StreamWriter(open_store(server["repo"]), server["cfg"], offline=False).consume(event)
     wait_for(lambda: healthy(server, last_click=video), 10, "the pushed event served")
     server["last_click"] = video
+
+
+def test_store_file_replaced_by_garbage(server) -> None:
+    """Another inode makes the server reopen the store; that one is no database: an outage
+    until the good file is back (atomic renames both ways: never a missing file here)."""
+    db: Path = server["db"]
+    good, garbage = db.with_name("online_store.db.good"), db.with_name("garbage.tmp")
+
+    def corrupt() -> None:
+        os.link(db, good)
+        garbage.write_bytes(b"not a database, " * 256)
+        os.replace(garbage, db)
+
+    seen = outage(server, corrupt, lambda: os.replace(good, db))
+    check_degraded(seen, "file is not a database")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads an unreadable folder anyway")
