@@ -152,27 +152,32 @@ def is_timeout(e: BaseException) -> bool:
 
 def _load_proc(url: str, protocol: str, reqs: list, beam: int, top_n: int, threads: int,
                duration: float, timeout_s: float, ready: Any, start: Any, out: Any) -> None:
-    """One client process: `threads` clients, one warm-up request each, then (once `start`
-    is set) back to back for `duration` s. Puts {lat, errors, timeouts, wall, messages}."""
+    """One client process: `threads` threads, each with its own client (tritonclient's HTTP
+    client is gevent-based: it must stay on the thread that made it) and one warm-up request,
+    then (once `start` is set) back to back for `duration` s.
+    Puts {lat, errors, timeouts, wall, messages}."""
     import threading
 
     from serving.client import RecommendClient
 
-    clients = [RecommendClient(url, protocol, binary=protocol == "http", timeout_s=timeout_s)
-               for _ in range(threads)]
-    for i, c in enumerate(clients):
-        users, hist = reqs[i % len(reqs)]
-        with contextlib.suppress(Exception):  # outside the window: the timed ones count
-            c.recommend(users, hist, beam_width=beam, top_n=top_n)
-    ready.put(threads)
-    start.wait()
-    t0 = time.monotonic()
-    end = t0 + duration
+    warmed = threading.Barrier(threads + 1)
+    go = threading.Event()
     lat: list[float] = []
-    errors, timeouts, last = [0], [0], [t0]
+    errors, timeouts = [0], [0]
+    t0, last = [0.0], [0.0]
     messages: list[str] = []
 
-    def run(k: int, c: RecommendClient) -> None:
+    def client() -> RecommendClient:
+        return RecommendClient(url, protocol, binary=protocol == "http", timeout_s=timeout_s)
+
+    def run(k: int) -> None:
+        c = client()
+        users, hist = reqs[k % len(reqs)]
+        with contextlib.suppress(Exception):  # outside the window: the timed ones count
+            c.recommend(users, hist, beam_width=beam, top_n=top_n)
+        warmed.wait()
+        go.wait()
+        end = t0[0] + duration
         i = k
         while time.monotonic() < end:
             users, hist = reqs[i % len(reqs)]
@@ -186,17 +191,21 @@ def _load_proc(url: str, protocol: str, reqs: list, beam: int, top_n: int, threa
                 timeouts[0] += is_timeout(e)
                 if len(messages) < 3:
                     messages.append(f"{type(e).__name__}: {str(e)[:200]}")
-                c = RecommendClient(url, protocol, binary=protocol == "http",
-                                    timeout_s=timeout_s)
+                c = client()
             last[0] = max(last[0], time.monotonic())
 
-    workers = [threading.Thread(target=run, args=(k, c)) for k, c in enumerate(clients)]
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
     for w in workers:
         w.start()
+    warmed.wait()
+    ready.put(threads)
+    start.wait()
+    t0[0] = last[0] = time.monotonic()
+    go.set()
     for w in workers:
         w.join()
     out.put({"lat": lat, "errors": errors[0], "timeouts": timeouts[0],
-             "wall": last[0] - t0, "messages": messages})
+             "wall": last[0] - t0[0], "messages": messages})
 
 
 def load_test(url: str, protocol: str, reqs: list, beam: int, top_n: int, concurrency: int,
