@@ -5,15 +5,23 @@ and gRPC with tritonclient, at several beam widths; then a load test with concur
     PYTHONPATH=. python -m bench.serving --repo runs/model_repository --quick   # ~1 minute
     PYTHONPATH=. python -m bench.serving --standin --quick    # the harness on a stand-in graph
     PYTHONPATH=. python -m bench.serving --repo R --checkpoint CKPT --codebook CB  # + generation
+    PYTHONPATH=. python -m bench.serving --repo R --requests 0 --duration 60 --concurrency 32 \
+        --beams 32,512 --protocols http,grpc      # load only: every (protocol, beam), issue #15
 
 The server runs in a subprocess (`python -m serving.server`, new versions not polled), on free
 ports, with the Config of the newest version folder (its config.yaml) when there is one. Each
 request is one user with full-length histories of random known videos (the model reads
 data.max_seq_len / max_pos_seq_len / max_long_seq_len of them), so the transformer's id mapping
 and the graph both do a realistic amount of work. Latency: sequential requests after a warm-up,
-p50 / p99 per request and the throughput they imply. Load test: `--clients` processes each
-sending requests back to back for `--duration` seconds (loopback), reporting requests,
-throughput, p50 / p99 and errors. The client runs in this process, which never imports kserve
+p50 / p99 per request and the throughput they imply (`--requests 0` skips it). Load test, for
+every (protocol, beam) of `--protocols` x `--beams` (or `--load-beam`): `--concurrency`
+requests in flight (that many client threads, spread over `--client-procs` processes so the
+clients' own Python work is not one GIL), each sending back to back for `--duration` seconds
+over loopback after one warm-up request per thread, all starting together. It reports
+requests, throughput, p50 / p99 of the requests that succeeded, errors (any exception, and of
+those the timeouts: a request slower than `--timeout` seconds counts as an error) and the
+1-minute load average at the end of each cell (the clients share the server's cores: on a small
+machine the load test measures them together). Clients never import kserve
 (tritonclient.grpc and kserve cannot share a process).
 
 With `--checkpoint/--codebook` (the served version's), `bench.generation` then runs on the same
@@ -27,6 +35,7 @@ so its numbers are the serving overhead alone (protocol, transformer, id mapping
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -36,8 +45,8 @@ import subprocess  # nosec B404 # argv lists only, no shell
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -134,39 +143,122 @@ def latency(url: str, protocol: str, reqs: list, beam: int, top_n: int,
             "rps": len(times) / wall, "n": len(times)}
 
 
-def _load_worker(args: tuple) -> dict:
-    url, protocol, reqs, beam, top_n, duration = args
+def is_timeout(e: BaseException) -> bool:
+    """A client timeout (tritonclient: gRPC DEADLINE_EXCEEDED, HTTP socket/gevent timeout)."""
+    text = f"{type(e).__name__} {e}".lower()
+    return isinstance(e, TimeoutError) or any(k in text for k in ("timeout", "timed out",
+                                                                  "deadline"))
+
+
+def _load_proc(url: str, protocol: str, reqs: list, beam: int, top_n: int, threads: int,
+               duration: float, timeout_s: float, ready: Any, start: Any, out: Any) -> None:
+    """One client process: `threads` threads, each with its own client (tritonclient's HTTP
+    client is gevent-based: it must stay on the thread that made it) and one warm-up request,
+    then (once `start` is set) back to back for `duration` s.
+    Puts {lat, errors, timeouts, wall, messages}."""
+    import threading
+
     from serving.client import RecommendClient
 
-    c = RecommendClient(url, protocol, binary=protocol == "http")
-    lat, errors, i = [], 0, 0
-    end = time.perf_counter() + duration
-    while time.perf_counter() < end:
-        users, hist = reqs[i % len(reqs)]
-        i += 1
-        t0 = time.perf_counter()
-        try:
+    warmed = threading.Barrier(threads + 1)
+    go = threading.Event()
+    lat: list[float] = []
+    errors, timeouts = [0], [0]
+    t0, last = [0.0], [0.0]
+    messages: list[str] = []
+
+    def client() -> RecommendClient:
+        return RecommendClient(url, protocol, binary=protocol == "http", timeout_s=timeout_s)
+
+    def run(k: int) -> None:
+        c = client()
+        users, hist = reqs[k % len(reqs)]
+        with contextlib.suppress(Exception):  # outside the window: the timed ones count
             c.recommend(users, hist, beam_width=beam, top_n=top_n)
-            lat.append(time.perf_counter() - t0)
-        except Exception:
-            errors += 1
-    return {"lat": lat, "errors": errors}
+        warmed.wait()
+        go.wait()
+        end = t0[0] + duration
+        i = k
+        while time.monotonic() < end:
+            users, hist = reqs[i % len(reqs)]
+            i += threads
+            s = time.monotonic()
+            try:
+                c.recommend(users, hist, beam_width=beam, top_n=top_n)
+                lat.append(time.monotonic() - s)  # list.append: atomic
+            except Exception as e:  # counted, the run goes on
+                errors[0] += 1
+                timeouts[0] += is_timeout(e)
+                if len(messages) < 3:
+                    messages.append(f"{type(e).__name__}: {str(e)[:200]}")
+                c = client()
+            last[0] = max(last[0], time.monotonic())
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    warmed.wait()
+    ready.put(threads)
+    start.wait()
+    t0[0] = last[0] = time.monotonic()
+    go.set()
+    for w in workers:
+        w.join()
+    out.put({"lat": lat, "errors": errors[0], "timeouts": timeouts[0],
+             "wall": last[0] - t0[0], "messages": messages})
 
 
-def load_test(url: str, protocol: str, reqs: list, beam: int, top_n: int, clients: int,
-              duration: float) -> dict[str, float]:
+def load_test(url: str, protocol: str, reqs: list, beam: int, top_n: int, concurrency: int,
+              duration: float, procs: int = 4, timeout_s: float = 30.0) -> dict[str, Any]:
+    """`concurrency` requests in flight for `duration` s (see the module docstring)."""
     # spawn, not fork: grpc's core does not survive a fork of a process that has used it
-    with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("spawn")) as pool:
-        t0 = time.perf_counter()
-        parts = list(pool.map(_load_worker, [(url, protocol, reqs, beam, top_n, duration)]
-                              * clients))
-        wall = time.perf_counter() - t0
+    ctx = multiprocessing.get_context("spawn")
+    procs = max(1, min(procs, concurrency))
+    split = [concurrency // procs + (k < concurrency % procs) for k in range(procs)]
+    ready, out, start = ctx.Queue(), ctx.Queue(), ctx.Event()
+    workers = [ctx.Process(target=_load_proc, args=(url, protocol, reqs, beam, top_n, n,
+                                                    duration, timeout_s, ready, start, out))
+               for n in split]
+    for w in workers:
+        w.start()
+    try:
+        for _ in workers:
+            ready.get(timeout=300)  # every client connected and warmed up
+        start.set()
+        parts = [out.get(timeout=duration + timeout_s + 120) for _ in workers]
+    finally:
+        for w in workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                w.terminate()
+    load1 = os.getloadavg()[0]
     lat = np.concatenate([np.asarray(p["lat"]) for p in parts]) * 1000
     n = len(lat)
-    return {"requests": n, "rps": n / min(wall, duration + 1e-9),
+    wall = max(p["wall"] for p in parts) or duration
+    return {"requests": n, "rps": n / wall,
             "p50": float(np.percentile(lat, 50)) if n else float("nan"),
             "p99": float(np.percentile(lat, 99)) if n else float("nan"),
-            "errors": sum(p["errors"] for p in parts)}
+            "errors": sum(p["errors"] for p in parts),
+            "timeouts": sum(p["timeouts"] for p in parts),
+            "messages": [m for p in parts for m in p["messages"]][:3],
+            "load1": load1, "client_procs": procs}
+
+
+def number_list(values: list[str]) -> list[int]:
+    """["32,512"] or ["32", "512"] -> [32, 512]."""
+    return [int(v) for item in values for v in item.split(",") if v.strip()]
+
+
+def name_list(values: list[str]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True,  # nosec B603 B607
+                              timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,14 +268,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repo", type=Path, default=Path("runs/model_repository"))
     p.add_argument("--model-name", default="onerec")
     p.add_argument("--standin", action="store_true", help="bench a stand-in graph (overhead)")
-    p.add_argument("--beams", type=int, nargs="+", default=[32, 128, 512])
+    p.add_argument("--beams", nargs="+", default=["32", "128", "512"],
+                   help="beam widths, e.g. 32,512 or 32 512")
     p.add_argument("--top-n", type=int, default=10)
-    p.add_argument("--requests", type=int, default=200, help="sequential requests per cell")
-    p.add_argument("--clients", type=int, default=8, help="load test: concurrent clients")
-    p.add_argument("--duration", type=float, default=60.0, help="load test: seconds")
+    p.add_argument("--requests", type=int, default=200,
+                   help="sequential requests per cell (0: no latency part, load test only)")
+    p.add_argument("--concurrency", "--clients", dest="concurrency", type=int, default=8,
+                   help="load test: requests in flight (client threads)")
+    p.add_argument("--client-procs", type=int, default=4,
+                   help="load test: processes the client threads are spread over")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="client timeout per request, seconds (a timeout counts as an error)")
+    p.add_argument("--duration", type=float, default=60.0, help="load test: seconds per cell")
     p.add_argument("--load-beam", type=int, default=None,
-                   help="beam of the load test [default: the smallest of --beams]")
-    p.add_argument("--protocols", nargs="+", default=["http", "grpc"])
+                   help="one beam for the load test [default: every one of --beams]")
+    p.add_argument("--protocols", nargs="+", default=["http", "grpc"],
+                   help="http, grpc or both (http,grpc)")
     p.add_argument("--quick", action="store_true",
                    help="30 requests per cell, 4 clients for 5 s")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
@@ -196,8 +296,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--codebook", type=Path, default=None, help="its codebook (with --checkpoint)")
     p.add_argument("--runs", type=int, default=3, help="bench.generation runs (with --checkpoint)")
     args = p.parse_args(argv)
+    args.beams, args.protocols = number_list(args.beams), name_list(args.protocols)
+    bad = [x for x in args.protocols if x not in ("http", "grpc")]
+    if bad or not args.beams:
+        raise SystemExit(f"--protocols: http and/or grpc, got {bad}" if bad else "--beams: none")
     if args.quick:
-        args.requests, args.clients, args.duration = 30, 4, min(args.duration, 5.0)
+        args.requests, args.concurrency, args.duration = 30, 4, min(args.duration, 5.0)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    up_before = uptime()
 
     from onerec.config import Config
 
@@ -227,39 +333,55 @@ def main(argv: list[str] | None = None) -> None:
     proc, http, grpc, log = start_server(repo, config, max(max(args.beams), 512),
                                          args.ort_threads)
     urls = {"http": http, "grpc": grpc}
-    results: dict = {"latency": [], "load": []}
+    results: dict = {"latency": [], "load": [], "started": started,
+                     "command": " ".join(["python -m bench.serving", *(argv or sys.argv[1:])]),
+                     "uptime_before": up_before}
     try:
-        for beam in args.beams:
+        for beam in args.beams if args.requests > 0 else []:
             for proto in args.protocols:
                 r = latency(urls[proto], proto, reqs[: args.requests + 5], beam,
                             min(args.top_n, beam), warmup=5)
                 results["latency"].append({"beam": beam, "protocol": proto, **r})
                 console.print(f"beam {beam:>4} {proto:<4} p50 {r['p50']:.2f} ms  "
                               f"p99 {r['p99']:.2f} ms  {r['rps']:.1f} req/s", highlight=False)
-        load_beam = args.load_beam or min(args.beams)
-        for proto in args.protocols:
-            r = load_test(urls[proto], proto, reqs, load_beam, min(args.top_n, load_beam),
-                          args.clients, args.duration)
-            results["load"].append({"beam": load_beam, "protocol": proto,
-                                    "clients": args.clients, "duration_s": args.duration, **r})
+        for load_beam in [args.load_beam] if args.load_beam else args.beams:
+            for proto in args.protocols:
+                r = load_test(urls[proto], proto, reqs, load_beam, min(args.top_n, load_beam),
+                              args.concurrency, args.duration, args.client_procs, args.timeout)
+                results["load"].append({"beam": load_beam, "protocol": proto,
+                                        "concurrency": args.concurrency,
+                                        "duration_s": args.duration, **r})
+                console.print(f"load {proto:<4} beam {load_beam:>4} x{args.concurrency}: "
+                              f"{r['rps']:.1f} req/s p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} "
+                              f"ms errors {r['errors']} (timeouts {r['timeouts']}) load "
+                              f"{r['load1']:.2f}", highlight=False)
+                for m in r["messages"]:
+                    console.print(f"  error: {m}", highlight=False, markup=False)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+    results["uptime_after"] = uptime()
     what = "stand-in graph (serving overhead only)" if args.standin else "exported model"
-    print_table(console, f"serving latency, one user per request, {what}",
-                ["beam", "protocol", "requests", "p50 (ms)", "p99 (ms)", "throughput (req/s)"],
-                [[str(r["beam"]), r["protocol"], str(r["n"]), f"{r['p50']:.2f}",
-                  f"{r['p99']:.2f}", f"{r['rps']:.1f}"] for r in results["latency"]],
+    if results["latency"]:
+        print_table(console, f"serving latency, one user per request, {what}",
+                    ["beam", "protocol", "requests", "p50 (ms)", "p99 (ms)",
+                     "throughput (req/s)"],
+                    [[str(r["beam"]), r["protocol"], str(r["n"]), f"{r['p50']:.2f}",
+                      f"{r['p99']:.2f}", f"{r['rps']:.1f}"] for r in results["latency"]],
+                    left=["protocol"])
+    print_table(console, f"load test: {args.concurrency} in flight x {args.duration:g} s per "
+                         f"cell, loopback, client timeout {args.timeout:g} s, {what}",
+                ["protocol", "beam", "concurrency", "requests", "throughput (req/s)",
+                 "p50 (ms)", "p99 (ms)", "errors", "of which timeouts", "load avg (1 min)"],
+                [[r["protocol"], str(r["beam"]), str(r["concurrency"]), str(r["requests"]),
+                  f"{r['rps']:.1f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", str(r["errors"]),
+                  str(r["timeouts"]), f"{r['load1']:.2f}"] for r in results["load"]],
                 left=["protocol"])
-    print_table(console, f"load test: {args.clients} clients x {args.duration:g} s, loopback",
-                ["beam", "protocol", "requests", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
-                 "errors"],
-                [[str(r["beam"]), r["protocol"], str(r["requests"]), f"{r['rps']:.1f}",
-                  f"{r['p50']:.2f}", f"{r['p99']:.2f}", str(r["errors"])]
-                 for r in results["load"]], left=["protocol"])
+    console.print(f"started {started}; uptime before: {up_before}; after: "
+                  f"{results['uptime_after']}", highlight=False)
     console.print(f"server log: {log}")
     if args.checkpoint is not None:
         results["generation"] = generation(args, console)

@@ -360,6 +360,11 @@ def serve(
              "most engaged videos of its last data.test_days days.")] = None,
     poll_interval: Annotated[float, typer.Option(
         help="Seconds between scans for new versions (0: explicit reload only).")] = 2.0,
+    feast_timeout: Annotated[float, typer.Option(
+        help="Seconds a Feast online read may take; past it (or on an error) its users are "
+             "served without online features, flagged features_unavailable.")] = 1.0,
+    feast_retry: Annotated[float, typer.Option(
+        help="Seconds between probes of an unavailable Feast online store.")] = 2.0,
     model_name: Annotated[str | None, typer.Option(
         help="Model folder in the repo [default: the only one].")] = None,
     rm_selection: Annotated[Path | None, typer.Option(
@@ -373,6 +378,7 @@ def serve(
     if not repo.is_dir():
         raise fail(f"--repo: {repo} is not a folder (run `onerec export` first)")
     argv = ["--repo", str(repo), "--poll_interval", str(poll_interval),
+            "--feast_timeout", str(feast_timeout), "--feast_retry", str(feast_retry),
             "--http_port", str(http_port or cfg.serve.http_port),
             "--grpc_port", str(grpc_port or cfg.serve.grpc_port),
             "--host", host or cfg.serve.host]
@@ -444,6 +450,10 @@ def recommend(
                           f"{score:.3f}", str(row.cold_start) if first else "",
                           str(row.unknown_ids) if first else "")
     console.print(table)
+    degraded = [str(row.user_id) for row in res.rows if row.features_unavailable]
+    if degraded:
+        console.print(f"features_unavailable: the Feast online store could not be read for "
+                      f"user(s) {', '.join(degraded)}; answered without their online features")
 
 
 # -- export ---------------------------------------------------------------------------------------

@@ -15,7 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from serving.schema import COLD_START, HISTORIES, PADDING, SCORES, UNKNOWN, USER, VIDEO_IDS
+from serving.schema import (
+    COLD_START,
+    FEATURES_UNAVAILABLE,
+    HISTORIES,
+    PADDING,
+    SCORES,
+    UNKNOWN,
+    USER,
+    VIDEO_IDS,
+)
 
 
 @dataclass
@@ -25,6 +34,7 @@ class Recommendation:
     scores: list[float]
     cold_start: bool
     unknown_ids: int
+    features_unavailable: bool = False  # Feast could not be read for this user (see schema)
 
 
 @dataclass
@@ -57,6 +67,7 @@ class RecommendClient:
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol must be http or grpc, got {protocol!r}")
         self.protocol, self.model, self.binary = protocol, model, binary
+        self.timeout_s = timeout_s  # per request: HTTP network timeout, gRPC deadline
         self.url = url.split("://", 1)[-1]
         if protocol == "http":
             import tritonclient.http as tc
@@ -103,9 +114,12 @@ class RecommendClient:
         kwargs: dict[str, Any] = {"parameters": params or None}
         if self.protocol == "http":
             kwargs["outputs"] = [self.tc.InferRequestedOutput(n, binary_data=self.binary)
-                                 for n in (VIDEO_IDS, SCORES, COLD_START, UNKNOWN)]
+                                 for n in (VIDEO_IDS, SCORES, COLD_START, UNKNOWN,
+                                           FEATURES_UNAVAILABLE)]
             if not self.binary:
                 kwargs["headers"] = {"Content-Type": "application/json"}
+        else:
+            kwargs["client_timeout"] = self.timeout_s
         return self.client.infer(self.model, inputs, **kwargs)
 
     def parameters(self, result: Any) -> dict[str, Any]:
@@ -124,12 +138,15 @@ class RecommendClient:
         res = self.infer_raw(user_ids, histories, beam_width=beam_width, top_n=top_n)
         vids, scores = res.as_numpy(VIDEO_IDS), res.as_numpy(SCORES)
         cold, unk = res.as_numpy(COLD_START), res.as_numpy(UNKNOWN)
+        no_features = res.as_numpy(FEATURES_UNAVAILABLE)  # None from a server without it
         rows = []
         for i, u in enumerate(user_ids):
             keep = vids[i] >= 0
             rows.append(Recommendation(int(u), vids[i][keep].tolist(),
                                        [float(s) for s in scores[i][keep]], bool(cold[i]),
-                                       int(unk[i])))
+                                       int(unk[i]),
+                                       bool(no_features[i]) if no_features is not None
+                                       else False))
         p = self.parameters(res)
 
         def get(k: str) -> int | None:

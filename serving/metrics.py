@@ -2,7 +2,8 @@
 
 Counters, not logs, because an operator alerts on them: a refused model version (the old one
 keeps serving, so nothing else would show it), unknown video ids in histories (a codebook that
-lags the catalogue), cold-start users (a Feast store that lags the stream).
+lags the catalogue), cold-start users (a Feast store that lags the stream), and users answered without their online
+features because the Feast store was unavailable (`serving.online`).
 """
 
 from __future__ import annotations
@@ -17,3 +18,11 @@ REFUSED = Counter("onerec_model_versions_refused",
 UNKNOWN_IDS = Counter("onerec_unknown_video_ids",
                       "History video ids the serving model does not know (dropped)")
 COLD_START = Counter("onerec_cold_start_users", "Users answered from the cold-start table")
+FEAST_AVAILABLE = Gauge("onerec_feast_online_available",
+                        "1 while the Feast online store answers, 0 during an outage "
+                        "(-1: no feature repo configured)")
+FEAST_AVAILABLE.set(-1)
+FEAST_OUTAGES = Counter("onerec_feast_online_outages",
+                        "Feast online store outages (each logged once, with its recovery)")
+FEAST_FALLBACK_USERS = Counter("onerec_feast_fallback_users",
+                               "Users served without their online features (store unavailable)")

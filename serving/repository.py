@@ -11,7 +11,9 @@ Layout (what `onerec export` writes and Triton reads):
 Design choices:
 - A version folder counts once its manifest, graph and item table are all there; the exporter
   writes the folder under a temporary name and renames it, so a half-written version is never
-  listed (and one that is, is retried on the next scan, not refused).
+  listed. A folder without a manifest is taken for a copy in progress and ignored; one with a
+  manifest but no graph or item table is refused naming what is missing (`missing_files`),
+  and retried when its files change (`folder_signature`).
 - Identity is the manifest's two fingerprints (Config and codebook). `check_manifest` compares
   them with what the server was configured with; a mismatch is a `VersionRefused`, never a
   silent swap: a model trained on another codebook would map its items to the wrong videos.
@@ -53,19 +55,26 @@ class Manifest:
         path = Path(folder) / MANIFEST
         try:
             d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8 (a torn file)
             raise VersionRefused(f"{path}: unreadable manifest ({e})") from None
+        if not isinstance(d, dict):
+            raise VersionRefused(f"{path}: unreadable manifest (top level is a "
+                                 f"{type(d).__name__}, not an object)")
         missing = [k for k in ("config_fingerprint", "codebook_fingerprint") if not d.get(k)]
         if missing:
             raise VersionRefused(f"{path}: missing {', '.join(missing)}")
-        widths = d.get("beam_widths", d.get("beam_width", []))
-        widths = [int(w) for w in (widths if isinstance(widths, list) else [widths])]
         known = {"version", "config_fingerprint", "codebook_fingerprint", "beam_widths",
                  "beam_width", "n_user_buckets"}
-        return cls(version=int(d.get("version", folder_version(folder) or 0)),
-                   config_fingerprint=str(d["config_fingerprint"]),
+        try:
+            widths = d.get("beam_widths", d.get("beam_width", []))
+            widths = [int(w) for w in (widths if isinstance(widths, list) else [widths])]
+            version = int(d.get("version", folder_version(folder) or 0))
+            buckets = int(d.get("n_user_buckets", 1))
+        except (TypeError, ValueError) as e:
+            raise VersionRefused(f"{path}: malformed manifest field ({e})") from None
+        return cls(version=version, config_fingerprint=str(d["config_fingerprint"]),
                    codebook_fingerprint=str(d["codebook_fingerprint"]),
-                   beam_widths=sorted(widths), n_user_buckets=int(d.get("n_user_buckets", 1)),
+                   beam_widths=sorted(widths), n_user_buckets=buckets,
                    extra={k: v for k, v in d.items() if k not in known})
 
 
@@ -91,11 +100,48 @@ def folder_version(folder: Path) -> int | None:
     return int(name) if name.isdigit() else None
 
 
+def required_files(graph: bool = True) -> tuple[str, ...]:
+    """What a version folder must hold: manifest, item table and (unless graph=False: a
+    transformer whose graph runs elsewhere) model.onnx."""
+    return (MANIFEST, GRAPH, ITEMS) if graph else (MANIFEST, ITEMS)
+
+
+def missing_files(folder: Path, graph: bool = True) -> list[str]:
+    """The required files (`required_files`) a version folder lacks."""
+    return [f for f in required_files(graph) if not (Path(folder) / f).is_file()]
+
+
 def is_complete(folder: Path, graph: bool = True) -> bool:
-    """Manifest, item table and (unless graph=False: a transformer whose graph runs
-    elsewhere) model.onnx are all there."""
-    need = (MANIFEST, GRAPH, ITEMS) if graph else (MANIFEST, ITEMS)
-    return all((Path(folder) / f).is_file() for f in need)
+    """Manifest, item table and (unless graph=False) model.onnx are all there."""
+    return not missing_files(folder, graph)
+
+
+def candidate_versions(model_dir: Path) -> list[int]:
+    """Version folders under <repo>/<model> that hold a manifest, complete or not, ascending.
+
+    A folder with a manifest is a published version (exports are renamed into place whole),
+    so one that lacks its graph or item table is refused, not waited for; a folder without a
+    manifest is still being copied and is ignored."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    out = [v for p in model_dir.iterdir() if p.is_dir() and (v := folder_version(p)) is not None
+           and (p / MANIFEST).is_file()]
+    return sorted(out)
+
+
+def folder_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime_ns) of every file in a version folder: a refused folder is retried
+    once any of them changes (a torn graph rewritten, a missing item table added, a manifest
+    fixed), and never while none does."""
+    out = []
+    for p in sorted(Path(folder).iterdir()):
+        try:
+            st = p.stat()
+        except OSError:  # removed while listing: it changed
+            continue
+        out.append((p.name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def list_versions(model_dir: Path, graph: bool = True) -> list[int]:
@@ -127,8 +173,9 @@ def read_items(folder: Path) -> np.ndarray:
     path = Path(folder) / ITEMS
     try:
         items = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise VersionRefused(f"{path}: unreadable item table ({e})") from None
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or truncated header
+        raise VersionRefused(f"{path}: unreadable item table ({type(e).__name__}: {e})"
+                             ) from None
     if items.ndim != 1 or not np.issubdtype(items.dtype, np.integer) or len(items) == 0:
         raise VersionRefused(f"{path}: must be a non-empty 1-D integer array, got "
                              f"{items.dtype} {items.shape}")

@@ -182,13 +182,22 @@ def load_version(folder: Path, *, threads: int = 0, sessions: bool = True) -> Pr
             name = entry.get("file") if isinstance(entry, dict) else entry
             path = folder / str(name)
             want = entry.get("sha256") if isinstance(entry, dict) else None
-            if want and path.is_file() and _sha256(path) != want:
+            if not path.is_file():
+                raise VersionRefused(f"{path}: missing (named by the manifest's graphs[{width}])")
+            if want and _sha256(path) != want:
                 raise VersionRefused(f"{path}: sha256 does not match the manifest (a torn or "
                                      f"swapped graph)")
+            if not str(width).isdigit():
+                raise VersionRefused(f"{folder / 'manifest.json'}: graphs key {width!r} is not "
+                                     f"a beam width")
             graphs.append(_graph(path, int(width), threads))
     else:
         width = manifest.beam_widths[-1] if manifest.beam_widths else None
         graphs.append(_graph(folder / GRAPH, width, threads))
     items = read_items(folder)
+    n_items = manifest.extra.get("n_items")
+    if isinstance(n_items, int) and not isinstance(n_items, bool) and n_items != len(items):
+        raise VersionRefused(f"{folder / 'items.npy'}: {len(items)} items, the manifest's "
+                             f"n_items is {n_items} (a torn or swapped item table)")
     cold = read_cold_start(folder / COLD_START) if (folder / COLD_START).is_file() else None
     return Predictor(folder, manifest, graphs, items, cold)

@@ -18,6 +18,9 @@ Response:
 - `cold_start` BOOL [B]: true when the user had no usable history (no Feast row, none in the
   request, or every id unknown) and the row holds the cold-start table instead;
 - `unknown_ids` INT64 [B]: history video ids the model does not know, dropped from the context;
+- `features_unavailable` BOOL [B]: true when the user had no history in the request and the
+  Feast online store could not be read (locked, missing, unreadable: `serving.online`), so the
+  row was answered without the user's online features (the cold-start table);
 - response parameters `model_version`, `beam_width`, `top_n`.
 
 Every violation raises `RequestError` whose message names the input and the limit; the server
@@ -37,7 +40,8 @@ USER = "user_id"
 HISTORIES = ("short_history", "pos_history", "long_history")  # the model's three pathways
 INPUTS = (USER, *HISTORIES)
 VIDEO_IDS, SCORES, COLD_START, UNKNOWN = "video_ids", "scores", "cold_start", "unknown_ids"
-OUTPUTS = (VIDEO_IDS, SCORES, COLD_START, UNKNOWN)
+FEATURES_UNAVAILABLE = "features_unavailable"
+OUTPUTS = (VIDEO_IDS, SCORES, COLD_START, UNKNOWN, FEATURES_UNAVAILABLE)
 PARAMETERS = ("beam_width", "top_n")
 PADDING = -1  # padding in request histories and in `video_ids`
 

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rm_selection", type=Path, default=None,
                    help="reward-model folder (onerec align): re-rank each beam by P-Score "
                         "(OneRec with RM selection)")
+    p.add_argument("--feast_timeout", type=float, default=1.0,
+                   help="seconds a Feast online read may take before its users are served "
+                        "without online features (the store is then probed in the background)")
+    p.add_argument("--feast_retry", type=float, default=2.0,
+                   help="seconds between probes of an unavailable Feast online store")
     p.add_argument("--poll_interval", type=float, default=2.0,
                    help="seconds between scans for new versions (0: only explicit reload)")
     p.add_argument("--graph_name", default=None,
@@ -175,7 +180,8 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any, BodyLimits]:
     transformer = OneRecTransformer(
         name, manager, limits, feature_repo=args.feature_repo,
         cold_start=cold_start_table(args, cfg),
-        reranker=reranker_of(args, codebook_fp), graph_name=graph_name)
+        reranker=reranker_of(args, codebook_fp), graph_name=graph_name,
+        feast_timeout_s=args.feast_timeout, feast_retry_s=args.feast_retry)
     models.append(transformer)
     if not remote:
         models.append(GraphPredictor(graph_name, manager, limits))
@@ -237,16 +243,22 @@ def kserve_shims(server: Any) -> None:
         ModelNotReady.reason = property(lambda self: str(self))  # type: ignore[attr-defined]
 
 
-def add_routes(manager: Any, body_limits: BodyLimits | None = None) -> None:
-    """GET /onerec/versions (active version, refusals), v2-style 400s for bad JSON, and the
-    request limits checked before a body is parsed (`serving.limits`)."""
+def add_routes(manager: Any, body_limits: BodyLimits | None = None,
+               features: Any = None) -> None:
+    """GET /onerec/versions (active version, refusals; `features`: the transformer, whose
+    Feast online store state is added), v2-style 400s for bad JSON, and the request limits
+    checked before a body is parsed (`serving.limits`)."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from kserve import model_server
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     async def versions() -> dict:
-        return manager.status()
+        out = manager.status()
+        online = getattr(features, "online", None)
+        if online is not None:
+            out["features"] = online.status()
+        return out
 
     async def bad_request(_: Any, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -313,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # FeaturesError, or feast missing
         print(f"error: --feature_repo: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    add_routes(manager, body_limits)
+    add_routes(manager, body_limits, features=models[0])
     load_in_background(models, manager, args.poll_interval)
     server.start([])
 

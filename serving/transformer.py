@@ -5,7 +5,9 @@
    naming the input and the limit);
 2. per user: the histories in the request if it carries any for that user, else the user's
    three sequences from the Feast online store (`online_user_context`) when a feature repo is
-   configured, else nothing;
+   configured, else nothing. The store is read through `serving.online.OnlineFeatures`: when
+   it is locked, missing or unreadable, those users get no online features (hence the
+   cold-start table) and `features_unavailable` true, never an error;
 3. maps video ids to the active version's item indices; unknown ids are dropped and counted
    (`unknown_ids` output, `onerec_unknown_video_ids_total` metric), the most recent ones kept,
    left-padded to the exported lengths;
@@ -27,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,11 @@ from kserve import InferInput, InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput, ModelNotReady
 
 from serving import metrics
+from serving.online import OnlineFeatures
 from serving.runtime import Predictor
 from serving.schema import (
     COLD_START,
+    FEATURES_UNAVAILABLE,
     GRAPH_INPUTS,
     HISTORIES,
     INPUTS,
@@ -88,6 +91,7 @@ class Prepared:
     cold: np.ndarray  # (B,) bool
     unknown: np.ndarray  # (B,) int64
     graph: dict[str, np.ndarray]  # graph inputs of the rows with ~cold
+    no_features: np.ndarray  # (B,) bool: to be read from Feast, which could not answer
 
 
 @dataclass
@@ -124,7 +128,8 @@ class OneRecTransformer(Model):
 
     def __init__(self, name: str, manager: VersionManager, limits: Limits, *,
                  feature_repo: Path | None = None, cold_start: np.ndarray | None = None,
-                 reranker: Reranker = keep_order, graph_name: str | None = None) -> None:
+                 reranker: Reranker = keep_order, graph_name: str | None = None,
+                 feast_timeout_s: float = 1.0, feast_retry_s: float = 2.0) -> None:
         super().__init__(name)
         self.manager = manager
         self.limits = limits
@@ -132,9 +137,21 @@ class OneRecTransformer(Model):
         self.cold_start_override = cold_start
         self.reranker = reranker
         self.graph_name = graph_name or name  # the predictor's model name (remote mode)
-        self.store: Any = None
-        self._feast = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
+        self.feast_timeout_s, self.feast_retry_s = feast_timeout_s, feast_retry_s
+        self.online: OnlineFeatures | None = None
         self.ready = False
+
+    @property
+    def store(self) -> Any:
+        """The Feast store read online (None: no feature repo)."""
+        return self.online.store if self.online is not None else None
+
+    @store.setter
+    def store(self, store: Any) -> None:
+        if self.online is not None:
+            self.online.close()
+        self.online = None if store is None else OnlineFeatures(
+            store, timeout_s=self.feast_timeout_s, retry_s=self.feast_retry_s)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def open_features(self) -> None:
@@ -145,6 +162,8 @@ class OneRecTransformer(Model):
             from onerec.features.store import open_store
 
             self.store = open_store(self.feature_repo)
+            assert self.online is not None  # nosec B101 # type narrowing: set by the setter
+            self.online.warm_up()  # a store that cannot answer yet is an outage, not an error
 
     def load(self) -> bool:
         """Ready once the Feast store (if configured) is open and a model version is active."""
@@ -165,7 +184,8 @@ class OneRecTransformer(Model):
         return [{"name": VIDEO_IDS, "datatype": "INT64", "shape": [-1, -1]},
                 {"name": SCORES, "datatype": "FP32", "shape": [-1, -1]},
                 {"name": COLD_START, "datatype": "BOOL", "shape": [-1]},
-                {"name": UNKNOWN, "datatype": "INT64", "shape": [-1]}]
+                {"name": UNKNOWN, "datatype": "INT64", "shape": [-1]},
+                {"name": FEATURES_UNAVAILABLE, "datatype": "BOOL", "shape": [-1]}]
 
     def validate(self, payload: Any) -> Any:
         return payload  # checked in preprocess
@@ -182,13 +202,12 @@ class OneRecTransformer(Model):
         check_arrays(user, hist, self.limits)
         return user, hist, beam, top_n
 
-    async def _feast_rows(self, users: list[int]) -> dict[int, tuple[list[int], ...]]:
-        if self.store is None or not users:
-            return {}
-        from onerec.features.store import online_user_context
-
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._feast, online_user_context, self.store, users)
+    async def _feast_rows(self, users: list[int]) -> tuple[dict[int, tuple[list[int], ...]],
+                                                          bool]:
+        """-> (rows by user, whether the store answered); no store configured: ({}, True)."""
+        if self.online is None or not users:
+            return {}, True
+        return await self.online.fetch(users)
 
     async def preprocess(self, payload: InferRequest,
                          headers: dict[str, str] | None = None) -> Prepared:
@@ -207,7 +226,8 @@ class OneRecTransformer(Model):
         given = np.zeros(b, dtype=bool)
         for a in hist.values():
             given |= (a >= 0).any(axis=1)
-        feast = await self._feast_rows([int(u) for u in user[~given]])
+        feast, answered = await self._feast_rows([int(u) for u in user[~given]])
+        no_features = ~given & (not answered)
         unknown = np.zeros(b, dtype=np.int64)
         # the graph's user input is a feature bucket; Triton (remote mode) does not fold ids
         graph: dict[str, np.ndarray] = {"user": user % max(1, pred.manifest.n_user_buckets)}
@@ -228,7 +248,7 @@ class OneRecTransformer(Model):
         metrics.UNKNOWN_IDS.inc(int(unknown.sum()))
         metrics.COLD_START.inc(int(cold.sum()))
         warm = {n: np.ascontiguousarray(a[~cold]) for n, a in graph.items()}
-        return Prepared(payload, pred, user, beam, top_n, cold, unknown, warm)
+        return Prepared(payload, pred, user, beam, top_n, cold, unknown, warm, no_features)
 
     # -- predict ------------------------------------------------------------------------------
     async def predict(self, payload: Prepared, headers: dict[str, str] | None = None,
@@ -297,7 +317,8 @@ class OneRecTransformer(Model):
         outputs = [InferOutput(VIDEO_IDS, [b, n], "INT64", data=video),
                    InferOutput(SCORES, [b, n], "FP32", data=score),
                    InferOutput(COLD_START, [b], "BOOL", data=p.cold.copy()),
-                   InferOutput(UNKNOWN, [b], "INT64", data=p.unknown)]
+                   InferOutput(UNKNOWN, [b], "INT64", data=p.unknown),
+                   InferOutput(FEATURES_UNAVAILABLE, [b], "BOOL", data=p.no_features.copy())]
         params = {"model_version": p.pred.version, "beam_width": result.beam_width, "top_n": n}
         return InferResponse(response_id=p.request.id or "", model_name=self.name,
                              infer_outputs=outputs, model_version=str(p.pred.version),

@@ -11,9 +11,14 @@ Design choices:
   never roll the server back by accident.
 - Fingerprints are pinned: those given at start (`Expected`), else the first version loaded.
   A version whose Config or codebook fingerprint differs is refused with a reason, logged,
-  counted (`on_refuse`), and kept in `status()`; the active version keeps serving. A refused
-  folder is retried only if its manifest changes.
-- An incomplete folder (no manifest, graph or item table yet) is not refused, just not listed.
+  counted (`on_refuse`), and kept in `status()`; the active version keeps serving. So is one
+  that cannot be loaded for any other reason: a graph whose sha256 differs from the manifest
+  (torn or swapped), a graph ONNX Runtime cannot read, a malformed manifest, an unreadable or
+  missing item table. Anything a load raises becomes a refusal, so one bad folder can neither
+  stop the scan from reaching older good ones nor be retried (and logged) on every poll.
+- A refused folder is retried only once one of its files changes (`folder_signature`: name,
+  size, mtime), e.g. a torn graph finished or the missing item table copied in.
+- A folder with no manifest yet is a copy in progress: ignored, neither listed nor refused.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from serving.repository import (
     Expected,
     Manifest,
     VersionRefused,
+    candidate_versions,
     check_manifest,
+    folder_signature,
     list_versions,
+    missing_files,
 )
 from serving.runtime import Predictor, load_version
 
@@ -44,7 +52,7 @@ class Refusal:
     version: int
     reason: str
     at: float  # unix time
-    manifest_mtime: float
+    signature: tuple  # folder_signature when refused: retried once it differs
 
 
 class VersionManager:
@@ -76,19 +84,32 @@ class VersionManager:
     # -- loading ------------------------------------------------------------------------------
     def _try(self, version: int) -> Predictor | None:
         folder = self.model_dir / str(version)
-        mtime = (folder / MANIFEST).stat().st_mtime
+        try:
+            signature = folder_signature(folder)
+        except OSError:  # the folder went away between the listing and now
+            return None
         old = self.refused.get(version)
-        if old is not None and old.manifest_mtime == mtime:
+        if old is not None and old.signature == signature:
             return None  # refused before, unchanged since
         try:
+            missing = missing_files(folder, self.sessions)
+            if missing:
+                raise VersionRefused(f"{folder}: incomplete version folder, missing "
+                                     f"{', '.join(missing)}")
             check_manifest(Manifest.read(folder), self.expected)
-            return load_version(folder, threads=self.threads, sessions=self.sessions)
-        except VersionRefused as e:
-            self.refused[version] = Refusal(version, str(e), time.time(), mtime)
-            log.error("refused model version %s: %s", version, e)
+            new = load_version(folder, threads=self.threads, sessions=self.sessions)
+        except Exception as e:  # VersionRefused, or anything a malformed folder raises
+            reason = str(e) if isinstance(e, VersionRefused) else \
+                f"{folder}: cannot be loaded ({type(e).__name__}: {e})"
+            self.refused[version] = Refusal(version, reason, time.time(), signature)
+            active = self._active
+            log.error("refused model version %s: %s%s", version, reason,
+                      f" (still serving version {active.version})" if active is not None else "")
             if self.on_refuse is not None:
-                self.on_refuse(version, str(e))
+                self.on_refuse(version, reason)
             return None
+        self.refused.pop(version, None)  # refused before, fixed since
+        return new
 
     def refresh(self, blocking: bool = True) -> Predictor | None:
         """Load the newest acceptable version newer than the active one, if any; -> active.
@@ -100,7 +121,7 @@ class VersionManager:
         try:
             active = self._active
             floor = active.version if active is not None else -1
-            for version in reversed(list_versions(self.model_dir, self.sessions)):
+            for version in reversed(candidate_versions(self.model_dir)):
                 if version <= floor:
                     break
                 new = self._try(version)
@@ -115,7 +136,7 @@ class VersionManager:
         """Explicit reload: `refresh`, then raise VersionRefused if the newest version on disk
         was refused (the active one keeps serving) or nothing can be served at all."""
         active = self.refresh()
-        versions = list_versions(self.model_dir, self.sessions)
+        versions = candidate_versions(self.model_dir)
         newest = versions[-1] if versions else None
         if newest is not None and newest in self.refused and (
                 active is None or active.version < newest):

@@ -13,10 +13,16 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -142,6 +148,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_serve(repo: Path, http: int, grpc: int, log_path: Path, *extra: str,
+                preset: str = "tiny", append: bool = False) -> subprocess.Popen:
+    """`onerec serve` on loopback ports over `repo` in a subprocess (stdout and stderr to
+    `log_path`, appended to with append=True: a restart keeps the first run's lines); no
+    polling unless `extra` says so (e.g. "--poll-interval", "0.2": the last one wins)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "onerec", "serve", "--repo", str(repo), "--preset",
+           preset, "--http-port", str(http), "--grpc-port", str(grpc), "--poll-interval", "0",
+           *extra]
+    with open(log_path, "a" if append else "w") as log:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(proc: subprocess.Popen, base: str, log_path: Path,
+               timeout_s: float = 120.0) -> None:
+    """Until GET <base>/v2/models/onerec/ready answers 200 (RuntimeError with the log's tail
+    when the server exits or is not ready in time)."""
+    import urllib.request
+
+    end = time.time() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"onerec serve exited ({proc.returncode}): "
+                               f"{log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/v2/models/onerec/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > end:
+            raise RuntimeError(f"onerec serve not ready after {timeout_s:.0f} s: "
+                               f"{log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def standin_server(root: Path, *extra: str, preset: str = "tiny",
                    timeout_s: float = 120.0) -> Iterator[dict]:
@@ -149,44 +200,125 @@ def standin_server(root: Path, *extra: str, preset: str = "tiny",
     (60 videos, ids 1000 + 7k, cold-start table COLD), no Feast, no polling; `extra` are more
     serve options (e.g. "--set", "serve.max_request_bytes=4096"). Yields {"http", "grpc"
     (host:port), "base" (URL), "proc", "log"} once the model is ready."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     root = Path(root)
     write_version(root / "repo" / "onerec", 1, n_items=60, cold_start=COLD)
     http, grpc = free_port(), free_port()
     log_path = root / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "onerec", "serve", "--repo", str(root / "repo"), "--preset",
-           preset, "--http-port", str(http), "--grpc-port", str(grpc), "--poll-interval", "0",
-           *extra]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_serve(root / "repo", http, grpc, log_path, *extra, preset=preset)
     base = f"http://127.0.0.1:{http}"
     try:
-        end = time.time() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"onerec serve exited ({proc.returncode}): "
-                                   f"{log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/v2/models/onerec/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > end:
-                raise RuntimeError(f"onerec serve not ready after {timeout_s:.0f} s: "
-                                   f"{log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
+        wait_ready(proc, base, log_path, timeout_s)
         yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "base": base,
                "proc": proc, "log": log_path}
     finally:
-        proc.terminate()
+        stop(proc)
+
+
+# -- load while something breaks ----------------------------------------------------------------
+@dataclass
+class Outcome:
+    """One request of a `Hammer`: when it started and ended, and what came back."""
+
+    t0: float
+    t1: float
+    version: int | None  # None: the request failed
+    rows: list | None  # [(video_ids, cold_start)] per user
+    error: str = ""
+
+
+class Hammer:
+    """Threads sending the same valid request back to back over HTTP (tritonclient), each
+    outcome recorded: what the fault tests count failures in. A thread whose request failed
+    opens a fresh client and pauses 20 ms (a dead server refuses at once: no busy loop)."""
+
+    USERS: ClassVar[list[int]] = [1, 9003]  # a history in the request, and none (cold)
+    HIST: ClassVar[dict] = {"short_history": [[1000], []]}
+
+    def __init__(self, url: str, threads: int = 3, timeout_s: float = 10.0) -> None:
+        self.url, self.n_threads, self.timeout_s = url, threads, timeout_s
+        self.outcomes: list[Outcome] = []  # list.append is atomic: no lock needed
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _run(self) -> None:
+        from serving.client import RecommendClient
+
+        client = None
+        while not self._stop.is_set():
+            t0 = time.time()
+            try:
+                if client is None:
+                    client = RecommendClient(self.url, "http", timeout_s=self.timeout_s)
+                r = client.recommend(self.USERS, self.HIST, beam_width=16, top_n=6)
+                rows = [(row.video_ids, row.cold_start) for row in r.rows]
+                self.outcomes.append(Outcome(t0, time.time(), r.model_version, rows))
+            except Exception as e:  # what the tests look for
+                self.outcomes.append(Outcome(t0, time.time(), None, None, repr(e)[:300]))
+                client = None
+                time.sleep(0.02)
+
+    def __enter__(self) -> Hammer:
+        self._threads = [threading.Thread(target=self._run, daemon=True)
+                         for _ in range(self.n_threads)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def ok(self, after: float = 0.0) -> list[Outcome]:
+        return [o for o in list(self.outcomes) if o.version is not None and o.t0 >= after]
+
+    def failed(self) -> list[Outcome]:
+        return [o for o in list(self.outcomes) if o.version is None]
+
+    def wait_ok(self, n: int, after: float = 0.0, timeout_s: float = 30.0) -> None:
+        """Until n successful requests started at or after `after`."""
+        end = time.time() + timeout_s
+        while len(self.ok(after)) < n:
+            if time.time() > end:
+                raise AssertionError(f"{len(self.ok(after))} of {n} requests succeeded in "
+                                     f"{timeout_s:.0f} s; last failures: {self.failed()[-3:]}")
+            time.sleep(0.05)
+
+
+def wait_for(cond: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
+    """Poll cond() (exceptions count as not yet) until it is truthy; -> its value."""
+    end = time.time() + timeout_s
+    last: Exception | None = None
+    while time.time() < end:
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            value = cond()
+            if value:
+                return value
+        except Exception as e:
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}"
+                         + (f" (last error: {last!r})" if last else ""))
+
+
+def feast_online(repo: Path, n_events: int = 400):
+    """A real Feast repo like `feast_world`'s, lighter: only the three sequence views are
+    loaded online, written directly (`write_sequences`) instead of by Feast's materialize.
+    -> (store, cfg, dataset)."""
+    from onerec.config import Config
+    from onerec.data.schema import Dataset
+    from onerec.data.synthetic import make_dataset
+    from onerec.features import SequenceBook, apply_repo, prepare_repo, write_sequences
+
+    cfg = Config.from_preset("tiny", [f"features.repo_template={ROOT / 'feature_repo'}"])
+    ds = make_dataset(cfg.data)
+    events, items = ds.events.copy(), ds.items.copy()
+    events["video_id"] = events["video_id"] * 7 + 1000
+    items["video_id"] = items["video_id"] * 7 + 1000
+    ds = Dataset(ds.name, events, items, ds.users)
+    prepare_repo(repo, cfg, Dataset(ds.name, events.iloc[:n_events], items, ds.users))
+    store = apply_repo(repo)
+    book = SequenceBook(cfg.data)
+    book.apply(events.iloc[:n_events])
+    write_sequences(store, book)
+    return store, cfg, ds

@@ -130,7 +130,7 @@ def test_live_at_once_ready_only_after_a_version_is_loaded(server) -> None:
     assert [i["name"] for i in meta["inputs"]] == ["user_id", "short_history", "pos_history",
                                                    "long_history"]
     assert [o["name"] for o in meta["outputs"]] == ["video_ids", "scores", "cold_start",
-                                                    "unknown_ids"]
+                                                    "unknown_ids", "features_unavailable"]
 
 
 # -- round trips ---------------------------------------------------------------------------------
