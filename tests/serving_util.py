@@ -123,17 +123,11 @@ def expected_items(video_ids: np.ndarray, last_video: int, width: int) -> list[i
 def feast_world(repo: Path, n_backfill: int = 400):
     """A real Feast repo (tiny preset, synthetic events with video ids remapped to the
     stand-in's ids 1000 + 7k), applied and materialized. -> (store, cfg, dataset)."""
-    from onerec.config import Config
     from onerec.data.schema import Dataset
-    from onerec.data.synthetic import make_dataset
     from onerec.features import apply_repo, materialize_all, prepare_repo
 
-    cfg = Config.from_preset("tiny", [f"features.repo_template={ROOT / 'feature_repo'}"])
-    ds = make_dataset(cfg.data)
-    events, items = ds.events.copy(), ds.items.copy()
-    events["video_id"] = events["video_id"] * 7 + 1000
-    items["video_id"] = items["video_id"] * 7 + 1000
-    ds = Dataset(ds.name, events, items, ds.users)
+    cfg, ds = standin_dataset()
+    events, items = ds.events, ds.items
     prepare_repo(repo, cfg, Dataset(ds.name, events.iloc[:n_backfill], items, ds.users))
     store = apply_repo(repo)
     materialize_all(store)
@@ -305,20 +299,29 @@ def feast_online(repo: Path, n_events: int = 400):
     """A real Feast repo like `feast_world`'s, lighter: only the three sequence views are
     loaded online, written directly (`write_sequences`) instead of by Feast's materialize.
     -> (store, cfg, dataset)."""
-    from onerec.config import Config
     from onerec.data.schema import Dataset
-    from onerec.data.synthetic import make_dataset
     from onerec.features import SequenceBook, apply_repo, prepare_repo, write_sequences
 
-    cfg = Config.from_preset("tiny", [f"features.repo_template={ROOT / 'feature_repo'}"])
-    ds = make_dataset(cfg.data)
-    events, items = ds.events.copy(), ds.items.copy()
-    events["video_id"] = events["video_id"] * 7 + 1000
-    items["video_id"] = items["video_id"] * 7 + 1000
-    ds = Dataset(ds.name, events, items, ds.users)
+    cfg, ds = standin_dataset()
+    events, items = ds.events, ds.items
     prepare_repo(repo, cfg, Dataset(ds.name, events.iloc[:n_events], items, ds.users))
     store = apply_repo(repo)
     book = SequenceBook(cfg.data)
     book.apply(events.iloc[:n_events])
     write_sequences(store, book)
     return store, cfg, ds
+
+
+def standin_dataset():
+    """-> (tiny Config with the shipped feature repo, synthetic dataset on the stand-in's
+    video ids 1000 + 7k)."""
+    from onerec.config import Config
+    from onerec.data.schema import Dataset
+    from onerec.data.synthetic import make_dataset
+
+    cfg = Config.from_preset("tiny", [f"features.repo_template={ROOT / 'feature_repo'}"])
+    ds = make_dataset(cfg.data)
+    events, items = ds.events.copy(), ds.items.copy()
+    events["video_id"] = events["video_id"] * 7 + 1000
+    items["video_id"] = items["video_id"] * 7 + 1000
+    return cfg, Dataset(ds.name, events, items, ds.users)
