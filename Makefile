@@ -33,9 +33,12 @@ $(TOOLS_STAMP): constraints-tools.txt
 demo: $(STAMP)
 	$(VENV)/bin/onerec demo
 
+# two pytest-xdist workers (one intra-op thread each, tests/conftest.py); --dist loadfile keeps a
+# file's module fixtures (a demo run, a pipeline cycle) in one worker. TEST_WORKERS=0: in-process.
+TEST_WORKERS ?= 2
 test: $(STAMP) security
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not slow" --durations=15
+	$(PY) -m pytest -q -m "not slow" --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

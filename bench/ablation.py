@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--beam", type=int, default=50)
     ap.add_argument("--more-beams", default="",
-                    help="comma-separated wider beams to score the same model at (chosen weight)")
+                    help="comma-separated wider beams to score the same model at")
+    ap.add_argument("--more-weights", default="",
+                    help="comma-separated re-rank weights for --more-beams (default: the "
+                         "Config's model.item_score_weight)")
     ap.add_argument("--n-valid", type=int, default=2000, help="validation users (seeded)")
     ap.add_argument("--data-dir", default=None, help="amazon-beauty-format folder")
     ap.add_argument("--preset", default="small")
@@ -131,12 +134,18 @@ def main(argv: list[str] | None = None) -> dict:
         (_, split_m), = by_transition({"OneRec": recs}, [t for *_, t in valid], seen)
         rows[w].update({k: round(v, 4) for k, v in split_m.items()})
         print(f"valid, item_score_weight={w}: {json.dumps(rows[w])}", flush=True)
-    model.cfg.item_score_weight = chosen
-    by_beam = {}
+    by_beam: dict[int, dict[float, dict]] = {}  # beam -> re-rank weight -> row
+    more_w = [float(x) for x in args.more_weights.split(",") if x.strip()] or [chosen]
     for beam in (int(b) for b in args.more_beams.split(",") if b.strip()):
-        m, _ = evaluate_sequences(model, space, cfg, valid, beam_width=beam)
-        by_beam[beam] = {k: round(float(v), 4) for k, v in m.items()}
-        print(f"valid, beam {beam}: {json.dumps(by_beam[beam])}", flush=True)
+        for w in more_w if model.item_query is not None else [chosen]:
+            model.cfg.item_score_weight = w
+            m, recs = evaluate_sequences(model, space, cfg, valid, beam_width=beam)
+            row = {k: round(float(v), 4) for k, v in m.items()}
+            (_, split_m), = by_transition({"OneRec": recs}, [t for *_, t in valid], seen)
+            row.update({k: round(v, 4) for k, v in split_m.items()})
+            by_beam.setdefault(beam, {})[w] = row
+            print(f"valid, beam {beam}, item_score_weight={w}: {json.dumps(row)}", flush=True)
+    model.cfg.item_score_weight = chosen
     sasrec = _sasrec_row(split, data.n_items, cfg, valid, seen) if args.sasrec else None
     result = {"overrides": args.overrides, "sasrec": sasrec, "steps": res.steps,
               "train_s": round(train_s, 1), "n_valid": len(valid), "beam": args.beam, "by_item_score_weight": rows,

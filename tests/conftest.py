@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,12 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"../shared/datasets/{name} not available")
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs two workers on the 2-core machine), each worker keeps
+    to one intra-op thread, so two workers do not oversubscribe the cores with OpenMP spinning."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
