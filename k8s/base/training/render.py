@@ -1,5 +1,6 @@
-"""Write base/training/pytorchjob.yaml from pipelines/pytorchjob.py, so the manifest a person
-applies by hand is the job the pipeline launches (tests/test_k8s.py checks they agree).
+"""Write base/training/pytorchjob.yaml from pipelines/pytorchjob.py (Training Operator v1), so the
+manifest a person applies by hand is the job the pipeline launches with `launcher=pytorchjob`
+(tests/test_k8s.py checks they agree).
 
     PYTHONPATH=. python k8s/base/training/render.py
 
@@ -16,26 +17,15 @@ from typing import Any
 import yaml
 
 from onerec.config import Config
-from pipelines.pytorchjob import JobSpec, build_pytorchjob, to_manifest
+from pipelines.jobs import JobSpec, to_manifest, without_fingerprints
+from pipelines.pytorchjob import build_pytorchjob
 
 HERE = Path(__file__).resolve().parent
-FINGERPRINT = "onerec.io/config-fingerprint"
-
-
-def strip_fingerprints(doc: dict[str, Any]) -> dict[str, Any]:
-    """The job without its Config fingerprint (label and env), which depends on the Config."""
-    doc["metadata"].get("labels", {}).pop(FINGERPRINT, None)
-    for replica in doc["spec"]["pytorchReplicaSpecs"].values():
-        for c in replica["template"]["spec"]["containers"]:
-            c["env"] = [e for e in c.get("env", []) if e["name"] != "ONEREC_CONFIG_FINGERPRINT"]
-            if not c["env"]:
-                del c["env"]
-    return doc
 
 
 def render(spec: JobSpec | None = None) -> dict[str, Any]:
     spec = spec or JobSpec(namespace="onerec", image="onerec-train")
-    return strip_fingerprints(to_manifest(build_pytorchjob(Config.from_preset("base"), spec)))
+    return without_fingerprints(to_manifest(build_pytorchjob(Config.from_preset("base"), spec)))
 
 
 def main() -> None:
