@@ -176,7 +176,7 @@ def step_cmd(
     time_budget: Annotated[float, typer.Option(help="Seconds (0: none).")] = 0.0,
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
-    """One training step in this process: what each PyTorchJob replica runs (torchrun/DDP)."""
+    """One training step in this process: what each TrainJob or PyTorchJob pod runs (DDP)."""
     from onerec.distributed import init_from_env
     from onerec.stages import StageError
     from pipelines.training import StepOptions, run_local

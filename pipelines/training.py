@@ -28,6 +28,8 @@ from typing import Any
 from onerec import stages
 from onerec.config import Config
 from pipelines.jobs import CLUSTER_LAUNCHER, LAUNCHERS, JobLauncher, JobSpec, to_manifest
+from pipelines.pytorchjob import TrainingClientLauncher, build_pytorchjob
+from pipelines.trainjob import TrainerClientLauncher, build_trainjob
 
 __all__ = ["CLUSTER_LAUNCHER", "LAUNCHERS", "StepOptions", "preview_job", "run_local",
            "run_step", "step_command"]
@@ -104,12 +106,8 @@ def make_launcher(launcher: str, client: Any = None) -> JobLauncher:
     TrainingClient), made from the pod's service account when None."""
     check_launcher(launcher)
     if launcher == "trainjob":
-        from pipelines.trainjob import TrainerClientLauncher
-
         return TrainerClientLauncher(trainer_client=client)
     if launcher == "pytorchjob":
-        from pipelines.pytorchjob import TrainingClientLauncher
-
         return TrainingClientLauncher(training_client=client)
     raise stages.StageError("launcher: 'local' runs in this process, not as a cluster job")
 
@@ -144,11 +142,7 @@ def preview_job(step: str, cfg: Config, opts: StepOptions, run_id: str,
     job = replace(spec or JobSpec(), name=job_name(step, run_id),
                   command=step_command(step, staged, str(work / "out"), opts))
     if launcher == "pytorchjob":
-        from pipelines.pytorchjob import build_pytorchjob
-
         return to_manifest(build_pytorchjob(cfg, job))
     if launcher == "trainjob":
-        from pipelines.trainjob import build_trainjob
-
         return to_manifest(build_trainjob(cfg, job))
     raise stages.StageError("launcher: 'local' creates no job to preview")

@@ -22,11 +22,13 @@ What the TrainJob API cannot say, and what covers it instead (docs/security.md):
 inherit it) and `imagePullPolicy` (the runtime's; kubelet's default for a tagged image).
 
 The objects are the `kubeflow_trainer_api` models (the Trainer SDK's); submission goes through
-the SDK's `TrainerClient` and its Kubernetes backend (`TrainerClientLauncher`).
+the SDK's `TrainerClient` and its Kubernetes backend (`TrainerClientLauncher`, which says why
+it does not call `train` and `wait_for_job_status`).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kubeflow_trainer_api import models as tm
@@ -89,33 +91,63 @@ def build_trainjob(cfg: Config, spec: JobSpec | None = None) -> tm.TrainerV1alph
     return tm.TrainerV1alpha1TrainJob.from_dict(trainjob_manifest(cfg, spec or JobSpec()))
 
 
+def terminal_condition(job: tm.TrainerV1alpha1TrainJob) -> Any:
+    """The TrainJob's Complete or Failed condition when one is True, else None."""
+    for cond in (job.status.conditions or []) if job.status else []:
+        if cond.type in ("Complete", "Failed") and cond.status == "True":
+            return cond
+    return None
+
+
 class TrainerClientLauncher:
-    """The Trainer v2 path: the ConfigMap, then the TrainJob, through the Trainer SDK's
-    Kubernetes backend; wait on the TrainJob's conditions (Complete, or an error on Failed)."""
+    """The Trainer v2 path, through the Trainer SDK's Kubernetes backend (`TrainerClient`, in
+    the pod's service account when none is given): create the ConfigMap, then the TrainJob; wait
+    on the TrainJob's conditions (Complete, or an error naming the Failed condition's reason).
 
-    def __init__(self, trainer_client: Any = None) -> None:
+    The job is created with the backend's API client rather than `TrainerClient.train`, which
+    names jobs at random and builds the trainer from its own types; and the wait reads the
+    TrainJob's conditions itself rather than `wait_for_job_status`, which reads the
+    cluster-scoped ClusterTrainingRuntime on every poll: the pipeline's Role is namespaced
+    (k8s/base/security/rbac.yaml) and may only touch TrainJobs, ConfigMaps and pods.
+    """
+
+    def __init__(self, trainer_client: Any = None, *, poll_s: float = 10.0) -> None:
         self._trainer_client = trainer_client
+        self._poll_s = poll_s
 
-    def _client(self, namespace: str) -> Any:
+    def _backend(self, namespace: str) -> Any:
         if self._trainer_client is None:
             from kubeflow.common.types import KubernetesBackendConfig
             from kubeflow.trainer import TrainerClient
 
             self._trainer_client = TrainerClient(KubernetesBackendConfig(namespace=namespace))
-        return self._trainer_client
+        return self._trainer_client.backend
 
     def launch(self, cfg: Config, spec: JobSpec) -> str:
         from kubeflow.trainer.constants import constants as c
 
-        backend = self._client(spec.namespace).backend
+        backend = self._backend(spec.namespace)
         backend.core_api.create_namespaced_config_map(spec.namespace, config_map(cfg, spec))
         backend.custom_api.create_namespaced_custom_object(
             c.GROUP, c.VERSION, spec.namespace, c.TRAINJOB_PLURAL,
-            build_trainjob(cfg, spec).to_dict())
+            to_manifest(build_trainjob(cfg, spec)))
         return spec.name
 
     def wait(self, name: str, namespace: str, timeout_s: int) -> None:
         from kubeflow.trainer.constants import constants as c
 
-        self._client(namespace).wait_for_job_status(name, status={c.TRAINJOB_COMPLETE},
-                                                    timeout=timeout_s, polling_interval=10)
+        api = self._backend(namespace).custom_api
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = tm.TrainerV1alpha1TrainJob.from_dict(api.get_namespaced_custom_object(
+                c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, name))
+            cond = terminal_condition(job)
+            if cond is not None and cond.type == c.TRAINJOB_COMPLETE:
+                return
+            if cond is not None:
+                raise RuntimeError(f"TrainJob {namespace}/{name} failed: {cond.reason}: "
+                                   f"{cond.message}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"TrainJob {namespace}/{name}: not Complete after "
+                                   f"{timeout_s} s")
+            time.sleep(self._poll_s)

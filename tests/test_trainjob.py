@@ -212,11 +212,12 @@ class _Async:
 
 
 class FakeKubernetesAPI:
-    """Stands in for the API server (the CoreV1Api and CustomObjectsApi calls the Trainer SDK
-    makes), which cannot exist here: it keeps what is created, and reports a TrainJob with the
-    terminal condition `condition` once `finish` (the pods' work) has run."""
+    """Stands in for the API server (the CoreV1Api and CustomObjectsApi calls made through the
+    Trainer SDK's backend), which cannot exist here: it keeps what is created, and reports a
+    TrainJob with the terminal condition `condition` (None: still running) once `finish` (the
+    pods' work) has run."""
 
-    def __init__(self, condition: str = "Complete", finish: Any = None) -> None:
+    def __init__(self, condition: str | None = "Complete", finish: Any = None) -> None:
         self.sent: list[tuple[str, str, str]] = []
         self.objects: dict[str, dict[str, Any]] = {}
         self.condition, self.finish = condition, finish
@@ -243,13 +244,16 @@ class FakeKubernetesAPI:
             self.finish(self.objects[name])
             self.finish = None
         job = copy.deepcopy(self.objects[name])
+        job["metadata"]["creationTimestamp"] = "2026-12-03T10:00:00Z"
         job["status"] = {"conditions": [{
-            "type": self.condition, "status": "True", "reason": "JobSet" + self.condition,
-            "message": "", "lastTransitionTime": "2026-12-03T10:00:00Z"}]}
+            "type": "Created", "status": "True", "reason": "JobSetCreated", "message": "",
+            "lastTransitionTime": "2026-12-03T10:00:00Z"}]}
+        if self.condition:
+            job["status"]["conditions"].append({
+                "type": self.condition, "status": "True", "reason": f"JobSet{self.condition}",
+                "message": "node-0: exit code 1" if self.condition == "Failed" else "",
+                "lastTransitionTime": "2026-12-03T11:00:00Z"})
         return self._reply(job, kw)
-
-    def list_namespaced_pod(self, namespace: str, **kw: Any) -> Any:
-        return self._reply(k8s.V1PodList(items=[]), kw)
 
 
 def _trainer_client(api: FakeKubernetesAPI, namespace: str) -> Any:
@@ -279,12 +283,21 @@ def test_launcher_sends_the_config_map_then_the_trainjob_and_waits_for_complete(
     assert api.sent[-1] == ("get", "ml", "onerec-pretrain-42")
 
 
-def test_a_failed_trainjob_fails_the_wait():
+def test_a_failed_trainjob_fails_the_wait_with_its_reason():
     api = FakeKubernetesAPI(condition="Failed")
     launcher = TrainerClientLauncher(_trainer_client(api, "ml"))
     launcher.launch(Config.from_preset("tiny"), JobSpec(name="onerec-align-1", namespace="ml"))
-    with pytest.raises(RuntimeError, match="onerec-align-1"):
+    with pytest.raises(RuntimeError, match=r"^TrainJob ml/onerec-align-1 failed: JobSetFailed: "
+                                           r"node-0: exit code 1$"):
         launcher.wait("onerec-align-1", "ml", timeout_s=60)
+
+
+def test_a_trainjob_that_does_not_finish_times_out():
+    api = FakeKubernetesAPI(condition=None)
+    launcher = TrainerClientLauncher(_trainer_client(api, "ml"), poll_s=0.01)
+    launcher.launch(Config.from_preset("tiny"), JobSpec(name="onerec-align-2", namespace="ml"))
+    with pytest.raises(TimeoutError, match="onerec-align-2: not Complete after 0 s"):
+        launcher.wait("onerec-align-2", "ml", timeout_s=0)
 
 
 def test_trainjob_launcher_stages_inputs_launches_waits_and_collects(tmp_path):
