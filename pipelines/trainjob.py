@@ -51,7 +51,7 @@ TRAINJOB_SKIPS = {
                         "the image is pinned by tag"}
 
 
-def _patch(cfg: Config, spec: JobSpec) -> dict[str, Any]:
+def _patch(spec: JobSpec) -> dict[str, Any]:
     """The runtime patch: the `node` pod template as the restricted namespace needs it."""
     pod = {
         "serviceAccountName": spec.service_account,
@@ -82,12 +82,13 @@ def trainjob_manifest(cfg: Config, spec: JobSpec) -> dict[str, Any]:
     doc = {"apiVersion": API_VERSION, "kind": KIND, "metadata": jobs.job_metadata(cfg, spec),
            "spec": {"runtimeRef": {"apiGroup": "trainer.kubeflow.org",
                                    "kind": "ClusterTrainingRuntime", "name": RUNTIME},
-                    "trainer": trainer, "runtimePatches": [_patch(cfg, spec)]}}
+                    "trainer": trainer, "runtimePatches": [_patch(spec)]}}
     return to_manifest(doc)  # kubernetes-client objects inside -> their JSON form, Nones dropped
 
 
 def build_trainjob(cfg: Config, spec: JobSpec | None = None) -> tm.TrainerV1alpha1TrainJob:
-    """The TrainJob as the Trainer SDK's API model (typed: a field it does not know fails)."""
+    """The TrainJob as the Trainer SDK's API model (typed; tests check that the round trip
+    through the model keeps every field of `trainjob_manifest`)."""
     return tm.TrainerV1alpha1TrainJob.from_dict(trainjob_manifest(cfg, spec or JobSpec()))
 
 
