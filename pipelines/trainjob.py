@@ -105,11 +105,13 @@ class TrainerClientLauncher:
     the pod's service account when none is given): create the ConfigMap, then the TrainJob; wait
     on the TrainJob's conditions (Complete, or an error naming the Failed condition's reason).
 
-    The job is created with the backend's API client rather than `TrainerClient.train`, which
-    names jobs at random and builds the trainer from its own types; and the wait reads the
-    TrainJob's conditions itself rather than `wait_for_job_status`, which reads the
-    cluster-scoped ClusterTrainingRuntime on every poll: the pipeline's Role is namespaced
-    (k8s/base/security/rbac.yaml) and may only touch TrainJobs, ConfigMaps and pods.
+    The job is created with the backend's API client rather than `TrainerClient.train` (kubeflow
+    0.5.0): its `CustomTrainerContainer` cannot set `numProcPerNode` (the torch plugin would
+    then start one process per CPU of the limit on a CPU node), and `train` reads the
+    ClusterTrainingRuntime first. The wait reads the TrainJob's conditions itself rather than
+    `wait_for_job_status`, which reads that cluster-scoped runtime on every poll: the pipeline's
+    Role is namespaced (k8s/base/security/rbac.yaml) and may touch TrainJobs, ConfigMaps and
+    pods only.
     """
 
     def __init__(self, trainer_client: Any = None, *, poll_s: float = 10.0) -> None:

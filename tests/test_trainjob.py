@@ -39,10 +39,11 @@ def cfg() -> Config:
     return Config.from_preset("base")
 
 
-def _job(cfg: Config, step: str, spec: JobSpec | None = None) -> dict[str, Any]:
+def _job(cfg: Config, step: str, spec: JobSpec | None = None,
+         launcher: str = "trainjob") -> dict[str, Any]:
     return preview_job(step, cfg, StepOptions(root="/mnt/onerec", max_steps=500),
                        "cycle-2022-05-01", spec or JobSpec(workers=1, gpus_per_node=8),
-                       launcher="trainjob")
+                       launcher=launcher)
 
 
 def _node_pod(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -166,8 +167,7 @@ def test_the_trainjob_command_parses_with_the_cli(cfg):
 
 
 def test_selecting_pytorchjob_still_builds_a_valid_pytorchjob(cfg):
-    doc = preview_job("pretrain", cfg, StepOptions(root="/mnt/onerec"), "c1",
-                      JobSpec(workers=1, gpus_per_node=4), launcher="pytorchjob")
+    doc = _job(cfg, "pretrain", JobSpec(workers=1, gpus_per_node=4), launcher="pytorchjob")
     assert doc["apiVersion"] == "kubeflow.org/v1" and doc["kind"] == "PyTorchJob"
     assert doc["spec"]["nprocPerNode"] == "4"
     trainjob = _job(cfg, "pretrain", JobSpec(workers=1, gpus_per_node=4))
