@@ -19,13 +19,13 @@ from kubernetes import client as k8s
 from onerec import stages
 from onerec.config import Config, ConfigError
 from pipelines.jobs import JobSpec, to_manifest
+from pipelines.training import StepOptions, preview_job, run_step
 from pipelines.trainjob import (
     RUNTIME,
     TrainerClientLauncher,
     build_trainjob,
     trainjob_manifest,
 )
-from pipelines.training import StepOptions, preview_job, run_step
 from tests.test_k8s import K8S_VERSION, check_custom_resource, load_module, shared_crd
 
 STEPS = ("pretrain", "align")
@@ -195,7 +195,7 @@ def test_an_unknown_launcher_is_refused_naming_the_setting(cfg, tmp_path):
                                                 r"'trainjob', 'pytorchjob'\], got 'slurm'"):
         run_step("pretrain", cfg, {}, str(tmp_path / "out"), StepOptions(root=str(tmp_path)),
                  launcher="slurm")
-    with pytest.raises(stages.StageError, match="^launcher: "):
+    with pytest.raises(stages.StageError, match=r"^launcher: "):
         preview_job("pretrain", cfg, StepOptions(root="/r"), "x", launcher="TrainJob")
     assert not (tmp_path / "jobs").exists()  # nothing staged
 
