@@ -1,4 +1,5 @@
-"""ECPO alignment of the pretrained candidate with the reward model (PyTorchJob on a cluster)."""
+"""ECPO alignment of the pretrained candidate with the reward model (a TrainJob, or a PyTorchJob,
+on a cluster)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
@@ -17,7 +18,7 @@ def align(config_yaml: str, root: str, run_id: str, stages_csv: str, launcher: s
 
     from onerec import stages
     from onerec.config import Config
-    from pipelines.pytorchjob import JobSpec
+    from pipelines.jobs import JobSpec
     from pipelines.training import StepOptions, run_step
 
     if "align" not in stages.parse_stages(stages_csv):

@@ -1,5 +1,5 @@
-"""Streaming pretraining: warm start from production, train past its watermark (PyTorchJob on
-a cluster, in-process locally)."""
+"""Streaming pretraining: warm start from production, train past its watermark (a TrainJob, or a
+PyTorchJob, on a cluster; in-process locally)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
@@ -18,7 +18,7 @@ def pretrain(config_yaml: str, root: str, run_id: str, launcher: str, warm_start
 
     from onerec import stages
     from onerec.config import Config
-    from pipelines.pytorchjob import JobSpec
+    from pipelines.jobs import JobSpec
     from pipelines.training import StepOptions, run_step
 
     cfg = Config.from_dict(yaml.safe_load(config_yaml))

@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# onerec-train: the pipeline's components and the training replicas (PyTorchJob) on GPU nodes.
+# onerec-train: the pipeline's components and the training pods (TrainJob or PyTorchJob) on GPU
+# nodes; torch brings the `torchrun` a TrainJob starts the step with.
 # CUDA base pinned by tag; torch pinned to 2.13.0 (PyPI's Linux x86_64 wheel is the CUDA build,
 # its CUDA libraries come as nvidia-* wheels, so the base only has to match the node driver);
 # everything else pinned by constraints.txt, the same set `make` installs on a laptop.

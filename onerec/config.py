@@ -1,4 +1,4 @@
-"""One Config for the whole system: CLI, KFP components, PyTorchJobs, checkpoints, export, serving.
+"""One Config for the whole system: CLI, KFP components, training jobs, checkpoints, export, serving.
 
 Design choices:
 - Plain nested dataclasses, one per stage (data, validation, tokenizer, model, train, reward,

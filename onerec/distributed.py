@@ -1,8 +1,11 @@
-"""Process-group set-up for DDP, the same under torchrun on a laptop and in a PyTorchJob.
+"""Process-group set-up for DDP, the same under torchrun on a laptop, in a TrainJob and in a
+PyTorchJob.
 
-torchrun and the Kubeflow Training Operator both export RANK, WORLD_SIZE, MASTER_ADDR and
-MASTER_PORT; `init_from_env` starts the process group from them (gloo on CPU, nccl on CUDA)
-and is a no-op for a single process, so training code never branches on the launcher.
+torchrun (on a laptop, and in a TrainJob's pods: Kubeflow Trainer passes it the node count,
+rank and master as PET_* variables) and the Kubeflow Training Operator export RANK, WORLD_SIZE,
+MASTER_ADDR and MASTER_PORT; `init_from_env` starts the process group from them (gloo on CPU,
+nccl on CUDA) and is a no-op for a single process, so training code never branches on the
+launcher.
 """
 
 from __future__ import annotations

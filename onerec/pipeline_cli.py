@@ -3,11 +3,11 @@
 A self-contained sub-app: `onerec/cli.py` calls `register(app)`. kfp and the pipeline modules
 are imported inside the commands, so the rest of the CLI starts without them.
 
-- `compile OUT.yaml`: the cluster variant (PVC, GPU pool, PyTorchJobs) or `--local`'s.
+- `compile OUT.yaml`: the cluster variant (PVC, GPU pool, TrainJobs) or `--local`'s.
 - `run --local [--cycles N]`: N successive days under kfp.local; cycle k+1 warm-starts from
   cycle k's published model and trains past its watermark; prints and writes a report.
 - `submit --host URL [--schedule CRON]`: upload, then run once or create a recurring run.
-- `step pretrain|align`: what a PyTorchJob replica runs (the same `onerec.stages` function).
+- `step pretrain|align`: what a TrainJob or PyTorchJob pod runs (the same `onerec.stages` function).
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def step_cmd(
     time_budget: Annotated[float, typer.Option(help="Seconds (0: none).")] = 0.0,
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
-    """One training step in this process: what each PyTorchJob replica runs (torchrun/DDP)."""
+    """One training step in this process: what each TrainJob or PyTorchJob pod runs (DDP)."""
     from onerec.distributed import init_from_env
     from onerec.stages import StageError
     from pipelines.training import StepOptions, run_local

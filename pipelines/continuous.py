@@ -14,8 +14,9 @@ Two variants of the same graph:
   virtual environment; training steps run in-process (`launcher="local"`).
 - cluster (`cluster=True`): the same components, plus kfp-kubernetes settings: the data PVC
   mounted at ROOT on every step, the gate and export on the GPU pool (node selector, GPU
-  toleration, one `nvidia.com/gpu`), and training steps launching PyTorchJobs
-  (`launcher="pytorchjob"`) whose replicas get GPU nodes from `pipelines.pytorchjob.JobSpec`.
+  toleration, one `nvidia.com/gpu`), and training steps launching TrainJobs on Kubeflow Trainer
+  v2 (`launcher="trainjob"`, the default) or PyTorchJobs on the Training Operator v1
+  (`launcher="pytorchjob"`), whose pods get GPU nodes from `pipelines.jobs.JobSpec`.
 """
 
 
@@ -33,7 +34,7 @@ from components.pretrain import pretrain
 from components.publish import publish
 from components.reward import train_reward_model
 from components.validate import validate_data
-from pipelines.pytorchjob import DEFAULT_IMAGE
+from pipelines.jobs import CLUSTER_LAUNCHER, DEFAULT_IMAGE
 
 PIPELINE_NAME = "onerec-continuous-training"
 DATA_PVC = "onerec-data"
@@ -73,7 +74,7 @@ def make_pipeline(cluster: bool = False) -> Callable[..., Any]:
         root: str = root_default,
         stages_csv: str = "validate,codebook,pretrain,reward,align,gate,export,publish",
         holdout_days: int = 1,
-        launcher: str = "pytorchjob" if cluster else "local",
+        launcher: str = CLUSTER_LAUNCHER if cluster else "local",
         warm_start: bool = True,
         epochs: float = 1.0,
         max_steps: int = 0,

@@ -1,12 +1,19 @@
-"""Run a training step (pretrain, align) in-process or as a PyTorchJob: one call, two runners.
+"""Run a training step (pretrain, align) in-process or as a cluster job: one call, three runners.
 
 Locally (`launcher="local"`) the step is the `onerec.stages` function in the component's own
-process. On a cluster (`launcher="pytorchjob"`) the component stages its inputs on the shared
-data volume (ROOT is the `onerec-data` PVC, mounted at the same path in the step and in the
-training replicas), creates a PyTorchJob whose replicas run the same function through
-`onerec pipeline step ...` (`pipelines.pytorchjob.build_pytorchjob`: Config in a ConfigMap,
-GPU nodes, DDP via torchrun), waits for it to succeed and copies its output folder back into
-the component's artifact. The job is the only thing that differs; what trains is identical.
+process. On a cluster the component stages its inputs on the shared data volume (ROOT is the
+`onerec-data` PVC, mounted at the same path in the step and in the training pods), creates a job
+whose pods run the same function through `onerec pipeline step ...`, waits for the job's
+terminal condition and copies its output folder back into the component's artifact. The job is
+one of two kinds, the same pods either way (`pipelines.jobs`: Config in a ConfigMap, GPU nodes,
+restricted security, DDP):
+
+- `launcher="trainjob"` (the cluster default): a TrainJob on Kubeflow Trainer v2's
+  `torch-distributed` runtime (`pipelines.trainjob`), through the Trainer SDK.
+- `launcher="pytorchjob"`: a PyTorchJob on the Training Operator v1 (`pipelines.pytorchjob`),
+  for clusters that have not moved to Trainer.
+
+The job is the only thing that differs; what trains is identical.
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ from typing import Any
 
 from onerec import stages
 from onerec.config import Config
-from pipelines.pytorchjob import JobSpec, TrainingClientLauncher, build_pytorchjob
+from pipelines.jobs import CLUSTER_LAUNCHER, LAUNCHERS, JobLauncher, JobSpec, to_manifest
+from pipelines.pytorchjob import TrainingClientLauncher, build_pytorchjob
+from pipelines.trainjob import TrainerClientLauncher, build_trainjob
 
-LAUNCHERS = ("local", "pytorchjob")
+__all__ = ["CLUSTER_LAUNCHER", "LAUNCHERS", "StepOptions", "preview_job", "run_local",
+           "run_step", "step_command"]
 
 
 @dataclass
@@ -36,9 +46,14 @@ class StepOptions:
     time_budget_s: float = 0.0  # 0: no budget
 
 
+def check_launcher(launcher: str) -> None:
+    if launcher not in LAUNCHERS:
+        raise stages.StageError(f"launcher: must be one of {list(LAUNCHERS)}, got {launcher!r}")
+
+
 def step_command(step: str, inputs: dict[str, str], out: str, opts: StepOptions) -> list[str]:
-    """The `onerec pipeline step` command a training replica runs (`--config` is appended by
-    `build_pytorchjob`, pointing at the ConfigMap)."""
+    """The `onerec pipeline step` command a training pod runs (`--config` is appended by the
+    job builders, pointing at the ConfigMap)."""
     cmd = ["onerec", "pipeline", "step", step, "--out", out, "--root", opts.root]
     for name, path in inputs.items():
         cmd += [f"--{name}", path]
@@ -51,7 +66,7 @@ def step_command(step: str, inputs: dict[str, str], out: str, opts: StepOptions)
 
 def run_local(step: str, cfg: Config, inputs: dict[str, str], out: str,
               opts: StepOptions) -> dict[str, Any]:
-    """The step in this process (the laptop path, and what each replica of the job runs)."""
+    """The step in this process (the laptop path, and what each pod of the job runs)."""
     budget = opts.time_budget_s or None
     if step == "pretrain":
         return stages.pretrain(cfg, inputs["snapshot"], inputs["codebook"], out, root=opts.root,
@@ -86,20 +101,28 @@ def stage_job(step: str, cfg: Config, inputs: dict[str, str], opts: StepOptions,
     return job, out, staged
 
 
+def make_launcher(launcher: str, client: Any = None) -> JobLauncher:
+    """The cluster launcher by name; `client` is its SDK client (TrainerClient or
+    TrainingClient), made from the pod's service account when None."""
+    check_launcher(launcher)
+    if launcher == "trainjob":
+        return TrainerClientLauncher(trainer_client=client)
+    if launcher == "pytorchjob":
+        return TrainingClientLauncher(training_client=client)
+    raise stages.StageError("launcher: 'local' runs in this process, not as a cluster job")
+
+
 def run_step(step: str, cfg: Config, inputs: dict[str, str], out: str, opts: StepOptions, *,
              launcher: str = "local", run_id: str = "run", spec: JobSpec | None = None,
              client: Any = None, wait_timeout_s: int = 86_400) -> dict[str, Any]:
     """Run `step` with the chosen launcher; returns the step's summary either way."""
-    if launcher not in LAUNCHERS:
-        raise stages.StageError(f"launcher: must be one of {list(LAUNCHERS)}, got {launcher!r}")
+    check_launcher(launcher)
     if launcher == "local":
         return run_local(step, cfg, inputs, out, opts)
+    runner = make_launcher(launcher, client)
     job, job_out, _ = stage_job(step, cfg, inputs, opts, run_id, spec or JobSpec())
-    launch = TrainingClientLauncher(training_client=client)
-    launch.launch(cfg, job)
-    training_client = launch._training_client
-    training_client.wait_for_job_conditions(job.name, namespace=job.namespace,
-                                            job_kind="PyTorchJob", wait_timeout=wait_timeout_s)
+    runner.launch(cfg, job)
+    runner.wait(job.name, job.namespace, wait_timeout_s)  # raises on Failed or timeout
     if Path(out).exists():
         shutil.rmtree(out)
     shutil.copytree(job_out, out)
@@ -107,10 +130,10 @@ def run_step(step: str, cfg: Config, inputs: dict[str, str], out: str, opts: Ste
 
 
 def preview_job(step: str, cfg: Config, opts: StepOptions, run_id: str,
-                spec: JobSpec | None = None) -> dict[str, Any]:
-    """The PyTorchJob manifest a cluster run of `step` would create (no copying, no cluster)."""
-    from pipelines.pytorchjob import to_manifest
-
+                spec: JobSpec | None = None, *,
+                launcher: str = CLUSTER_LAUNCHER) -> dict[str, Any]:
+    """The job manifest a cluster run of `step` would create (no copying, no cluster)."""
+    check_launcher(launcher)
     inputs = {"snapshot": "SNAPSHOT", "codebook": "CODEBOOK"}
     if step == "align":
         inputs.update({"pretrained": "PRETRAINED", "reward": "REWARD"})
@@ -118,4 +141,8 @@ def preview_job(step: str, cfg: Config, opts: StepOptions, run_id: str,
     staged = {k: str(work / "in" / k) for k in inputs}
     job = replace(spec or JobSpec(), name=job_name(step, run_id),
                   command=step_command(step, staged, str(work / "out"), opts))
-    return to_manifest(build_pytorchjob(cfg, job))
+    if launcher == "pytorchjob":
+        return to_manifest(build_pytorchjob(cfg, job))
+    if launcher == "trainjob":
+        return to_manifest(build_trainjob(cfg, job))
+    raise stages.StageError("launcher: 'local' creates no job to preview")

@@ -25,15 +25,20 @@ K8S = ROOT / "k8s"
 CRDS = Path(__file__).resolve().parents[2] / "shared" / "crds"
 K8S_VERSION = "1.30.0"
 ENVS = ("dev", "prod")
-TREES = ("overlays/dev", "overlays/prod", "base/training", "overlays/dev/training", "argocd")
+TREES = ("overlays/dev", "overlays/prod", "base/training", "overlays/dev/training",
+         "base/trainjob", "overlays/dev/trainjob", "argocd")
 CRD_FILES = {
     ("serving.kserve.io", "InferenceService"): "serving.kserve.io_inferenceservices.yaml",
     # a namespaced ServingRuntime has the ClusterServingRuntime's spec (KServe's ServingRuntimeSpec)
     ("serving.kserve.io", "ServingRuntime"): "serving.kserve.io_clusterservingruntimes.yaml",
     ("serving.kserve.io", "ClusterServingRuntime"): "serving.kserve.io_clusterservingruntimes.yaml",
     ("argoproj.io", "Application"): "argoproj.io_applications.yaml",
+    ("trainer.kubeflow.org", "TrainJob"): "trainer.kubeflow.org_trainjobs.yaml",
+    ("trainer.kubeflow.org", "ClusterTrainingRuntime"):
+        "trainer.kubeflow.org_clustertrainingruntimes.yaml",
 }
-NOT_CORE = {"InferenceService", "ServingRuntime", "Application", "AppProject", "PyTorchJob"}
+NOT_CORE = {"InferenceService", "ServingRuntime", "Application", "AppProject", "PyTorchJob",
+            "TrainJob"}
 
 
 @cache
@@ -53,6 +58,24 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
     found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
+
+
+@cache
+def load_module(relpath: str) -> Any:
+    """A script of k8s/ (not a package) as a module: render.py, render_all.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(relpath).stem, K8S / relpath)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def shared_crd(name: str) -> dict[str, Any]:
+    """A file of ../shared/crds (skipped when absent)."""
+    if not CRDS.is_dir():
+        pytest.skip("../shared/crds not available")
+    return yaml.safe_load((CRDS / name).read_text())
 
 
 @cache
@@ -139,7 +162,8 @@ def test_the_strict_check_catches_a_misspelt_field():
             {**isvc, "spec": {"predictor": {"canaryTrafficPercent": "ten"}}})
 
 
-@pytest.mark.parametrize("tree", ["overlays/dev", "overlays/prod", "base/training"])
+@pytest.mark.parametrize("tree", ["overlays/dev", "overlays/prod", "base/training",
+                                  "base/trainjob"])
 def test_core_objects_validate_with_kubernetes_validate(tree):
     core = [d for d in render(tree) if d["kind"] not in NOT_CORE]
     assert core
@@ -148,11 +172,7 @@ def test_core_objects_validate_with_kubernetes_validate(tree):
 
 
 def test_training_job_is_the_pipelines_job_and_its_pods_validate():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("render", K8S / "base/training/render.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module("base/training/render.py")
     checked_in = yaml.safe_load((K8S / "base/training/pytorchjob.yaml").read_text())
     assert checked_in == mod.render(), "run k8s/base/training/render.py"
     job = one(render("base/training"), "PyTorchJob")
@@ -171,6 +191,31 @@ def test_training_job_is_the_pipelines_job_and_its_pods_validate():
     assert "nvidia.com/gpu" not in dev_c["resources"]["limits"]
 
 
+def test_trainjobs_are_the_pipelines_jobs_and_validate_against_the_crd():
+    mod = load_module("base/trainjob/render.py")
+    checked_in = list(yaml.safe_load_all((K8S / "base/trainjob/trainjobs.yaml").read_text()))
+    assert checked_in == mod.render(), "run k8s/base/trainjob/render.py"
+    from onerec.config import Config
+    from pipelines.jobs import DEFAULT_IMAGE
+
+    for tree in ("base/trainjob", "overlays/dev/trainjob"):
+        docs = render(tree)
+        jobs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TrainJob"}
+        assert sorted(jobs) == ["onerec-align-manual", "onerec-pretrain-manual"]
+        for name, job in jobs.items():
+            check_custom_resource(job)
+            assert job["spec"]["trainer"]["image"] == DEFAULT_IMAGE  # kustomizeconfig.yaml
+            pod, _ = load_module("render_all.py").trainjob_pod_spec(job)
+            cm = one(docs, "ConfigMap", f"{name}-config")
+            assert {"name": "config", "configMap": {"name": cm["metadata"]["name"]}} in pod["volumes"]
+            preset = "small" if "dev" in tree else "base"
+            assert Config.from_dict(yaml.safe_load(cm["data"]["config.yaml"])).preset == preset
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": "check"}, "spec": pod}, K8S_VERSION, strict=True)
+            gpu = "nvidia.com/gpu" in job["spec"]["trainer"]["resourcesPerNode"]["limits"]
+            assert gpu is ("dev" not in tree) and ("nodeSelector" in pod) is gpu
+
+
 # -- security -------------------------------------------------------------------------------------
 def pod_specs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     """(where, pod-level spec, containers) of every pod a rendered object makes."""
@@ -181,6 +226,9 @@ def pod_specs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any], list[dict[
     if kind == "PyTorchJob":
         return [(f"{kind}/{name}/{r}", s["template"]["spec"], s["template"]["spec"]["containers"])
                 for r, s in doc["spec"]["pytorchReplicaSpecs"].items()]
+    if kind == "TrainJob":  # the node pod Trainer makes (k8s/render_all.py, also for checkov)
+        pod, _ = load_module("render_all.py").trainjob_pod_spec(doc)
+        return [(f"{kind}/{name}/node", pod, pod["containers"])]
     if kind == "InferenceService":
         pred, trans = doc["spec"]["predictor"], doc["spec"]["transformer"]
         return [(f"{kind}/{name}/predictor", pred, [pred["model"]]),
@@ -191,10 +239,11 @@ def pod_specs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any], list[dict[
 
 
 @pytest.mark.parametrize("tree", ["overlays/dev", "overlays/prod", "base/training",
-                                  "overlays/dev/training"])
+                                  "overlays/dev/training", "base/trainjob",
+                                  "overlays/dev/trainjob"])
 def test_every_container_has_resources_and_a_restricted_security_context(tree):
     pods = [p for d in render(tree) for p in pod_specs(d)]
-    assert len(pods) >= (1 if "training" in tree else 5)
+    assert len(pods) >= (1 if "train" in tree else 5)
     for where, pod, containers in pods:
         pod_sc = pod.get("securityContext", {})
         for c in containers:
@@ -220,6 +269,7 @@ def test_rbac_is_namespaced_and_least_privilege():
              for g in rule["apiGroups"] for r in rule["resources"]}
     assert all("*" not in v and "*" not in k for k, v in rules.items())
     assert "create" in rules[("kubeflow.org", "pytorchjobs")]
+    assert "create" in rules[("trainer.kubeflow.org", "trainjobs")]
     isvc = rules[("serving.kserve.io", "inferenceservices")]
     assert "patch" in isvc and not isvc & {"create", "delete", "update"}
     binding = one(docs, "RoleBinding", "onerec-pipeline-runner")
@@ -275,16 +325,21 @@ def test_network_policies_allow_exactly_the_serving_paths():
     feast = {"app.kubernetes.io/name": "feast-feature-server"}
     redis = {"app.kubernetes.io/name": "redis"}
     trainer = {"training.kubeflow.org/job-name": "onerec-pretrain"}
+    node = {"jobset.sigs.k8s.io/jobset-name": "onerec-pretrain-c1",  # a TrainJob's pod
+            "trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
     assert allowed(pols, transformer, predictor, 8080)
     assert allowed(pols, transformer, predictor, 9000)
     assert allowed(pols, transformer, feast, 6566)
     assert allowed(pols, feast, redis, 6379)
     assert allowed(pols, trainer, trainer, 23456)
+    assert allowed(pols, node, node, 29400)  # torchrun's rendezvous on node 0
     assert not allowed(pols, transformer, redis, 6379)
     assert not allowed(pols, predictor, feast, 6566)
     assert not allowed(pols, predictor, transformer, 8080)
     assert not allowed(pols, redis, feast, 6566)
     assert not allowed(pols, trainer, predictor, 8080)
+    assert not allowed(pols, node, predictor, 8080)
+    assert not allowed(pols, node, redis, 6379)
     assert not allowed(pols, {"app": "stranger"}, transformer, 8080)
 
 
@@ -319,12 +374,13 @@ def test_model_version_and_canary_each_sit_in_one_patch_file(env):
 
 
 def test_images_come_from_one_registry_and_tag_shared_with_make_and_the_pipeline():
-    from pipelines.pytorchjob import DEFAULT_IMAGE
+    from pipelines.jobs import DEFAULT_IMAGE
 
     make = (ROOT / "Makefile").read_text()
     registry = re.search(r"^IMAGE_REGISTRY \?= (\S+)", make, re.M).group(1)
     tag = re.search(r"^IMAGE_TAG +\?= (\S+)", make, re.M).group(1)
-    images = {c["image"] for tree in ("overlays/dev", "overlays/prod", "base/training")
+    images = {c["image"] for tree in ("overlays/dev", "overlays/prod", "base/training",
+                                      "base/trainjob")
               for d in render(tree) for _, _, cs in pod_specs(d) for c in cs if "image" in c}
     ours = {i for i in images if "/onerec-" in i}
     assert ours == {f"{registry}/onerec-{n}:{tag}" for n in ("train", "serving", "feast")}
@@ -352,7 +408,7 @@ def test_feast_store_config_points_at_the_redis_service_and_the_mounted_registry
 
 
 def test_training_volume_claim_exists_for_the_job():
-    from pipelines.pytorchjob import JobSpec
+    from pipelines.jobs import JobSpec
 
     claims = {d["metadata"]["name"] for d in render("overlays/prod")
               if d["kind"] == "PersistentVolumeClaim"}

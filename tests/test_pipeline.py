@@ -25,7 +25,7 @@ from onerec.stream import requests_from_events
 from onerec.tokenizer import Codebook
 from pipelines import run as prun
 from pipelines.continuous import compile_pipeline
-from pipelines.pytorchjob import JobSpec
+from pipelines.jobs import JobSpec
 from pipelines.training import StepOptions, preview_job, run_step
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kuairand-pure"
@@ -76,9 +76,9 @@ def test_cluster_pipeline_compiles_with_dag_and_gpu_settings(tmp_path):
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert set(inner) == {"export-model", "publish"}
     assert "export-model" in inner["publish"]["dependentTasks"]
-    # the cluster defaults: PyTorchJobs, the PVC root
+    # the cluster defaults: TrainJobs (Kubeflow Trainer v2), the PVC root
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["launcher"]["defaultValue"] == "pytorchjob"
+    assert params["launcher"]["defaultValue"] == "trainjob"
     assert params["root"]["defaultValue"] == "/mnt/onerec"
     # kfp-kubernetes: the data PVC everywhere, the gate and export on the GPU pool
     executors = spec["deploymentSpec"]["executors"]
@@ -160,7 +160,8 @@ def test_transfer_weights_follow_video_ids_and_grow_code_tables():
 def test_pretrain_step_pytorchjob_validates():
     cfg = Config.from_preset("base")
     doc = preview_job("pretrain", cfg, StepOptions(root="/mnt/onerec", max_steps=500),
-                      "cycle-2022-05-01", JobSpec(workers=1, gpus_per_node=8))
+                      "cycle-2022-05-01", JobSpec(workers=1, gpus_per_node=8),
+                      launcher="pytorchjob")
     assert doc["kind"] == "PyTorchJob" and doc["metadata"]["name"] == "onerec-pretrain-cycle-2022-05-01"
     master = doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
     c = master["spec"]["containers"][0]
@@ -185,8 +186,8 @@ def test_step_command_parses_with_the_cli():
     res = CliRunner().invoke(app, ["pipeline", "step", "--help"])
     assert res.exit_code == 0
     opts = StepOptions(root="/r", warm_start=False, epochs=2.0, max_steps=3, time_budget_s=9.0)
-    cmd = preview_job("pretrain", _cfg(), opts, "x")["spec"]["pytorchReplicaSpecs"]["Master"][
-        "template"]["spec"]["containers"][0]["command"]
+    cmd = preview_job("pretrain", _cfg(), opts, "x", launcher="pytorchjob")["spec"][
+        "pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
     for flag in ("--cold-start", "--epochs", "--max-steps", "--time-budget", "--root", "--out"):
         assert flag in cmd
         assert flag.lstrip("-") in res.output.replace("\n", " ") or flag == "--cold-start"

@@ -7,7 +7,6 @@ accepted finding or skip missing from docs/security.md, a literal secret in a ma
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_k8s import K8S, TREES, render
+from tests.test_k8s import K8S, TREES, load_module, render
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "security.md").read_text()
@@ -28,10 +27,7 @@ NOSEC = re.compile(r"#\s*nosec\b([^#\n]*)")
 
 
 def _render_all():
-    spec = importlib.util.spec_from_file_location("render_all", K8S / "render_all.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module("render_all.py")
 
 
 def _doc_rows(*words: str) -> list[str]:
@@ -59,6 +55,17 @@ def test_the_custom_resources_pods_reach_checkov():
     job = _render_all().pods(render("base/training"))
     assert [p["metadata"]["name"] for p in job] == ["pytorchjob-onerec-pretrain-master"]
     assert job[0]["metadata"]["annotations"]  # the job's checkov skips travel with its pods
+    nodes = _render_all().pods(render("base/trainjob"))
+    assert sorted(p["metadata"]["name"] for p in nodes) == [
+        "trainjob-onerec-align-manual-node", "trainjob-onerec-pretrain-manual-node"]
+    for p in nodes:
+        c = p["spec"]["containers"][0]
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert p["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        skips = {v.split("=")[0] for k, v in p["metadata"]["annotations"].items()
+                 if k.startswith("checkov.io/skip")}  # what the TrainJob API cannot set, too
+        assert skips == {"CKV_K8S_8", "CKV_K8S_9", "CKV_K8S_38", "CKV_K8S_15"}
 
 
 def test_every_nosec_names_its_tests_and_is_listed_in_the_docs():
