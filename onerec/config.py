@@ -156,6 +156,15 @@ class ModelConfig:
     # semantic-ID loss no longer pulls the user state toward the codebook's coarse prefixes
     # (false: both losses train the encoder)
     decoder_stop_gradient: bool = False
+    # the transition memory (`onerec.transitions`): how often each item followed each other
+    # item in the training requests, kept as a table of its most frequent successors, re-ranks
+    # the generated beam as a Dirichlet-smoothed Markov chain whose prior is the model's own
+    # beam distribution: p(b | last a) = (count(a -> b) + prior x p_beam(b)) / (count(a) +
+    # prior). Small values trust the counts, large ones the model (0: off). Only beam items are
+    # ranked, so nothing enters the list from outside generation; the table is a buffer of the
+    # model, exported in the same graph.
+    transition_prior: float = 0.0
+    transition_neighbors: int = 32  # successors kept per item: the table is (n_items + 1) x this
 
     # derived (not read from YAML)
     head_dim: int = field(default=0, init=False)
@@ -183,6 +192,8 @@ class ModelConfig:
         _check(self.balance_loss_weight >= 0, f"{p}.balance_loss_weight", "must be >= 0")
         _check(self.item_loss_weight >= 0, f"{p}.item_loss_weight", "must be >= 0")
         _check(self.item_score_weight >= 0, f"{p}.item_score_weight", "must be >= 0")
+        _check(self.transition_prior >= 0, f"{p}.transition_prior", "must be >= 0 (0: off)")
+        _check(self.transition_neighbors > 0, f"{p}.transition_neighbors", "must be > 0")
         _check(not self.decoder_stop_gradient or self.item_loss_weight > 0,
                f"{p}.decoder_stop_gradient",
                "needs model.item_loss_weight > 0 (else nothing trains the encoder)")

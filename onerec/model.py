@@ -28,6 +28,7 @@ keys/values and share cross-attention keys/values across beams.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,9 @@ from torch import nn
 
 from onerec.config import ModelConfig
 from onerec.moe import MoEFeedForward
+
+if TYPE_CHECKING:
+    from onerec.transitions import TransitionTable
 
 
 @dataclass
@@ -225,6 +229,15 @@ class OneRec(nn.Module):
         # the head's Markov term: row i is added to the query of a state whose last item is i
         self.next_item = (nn.Embedding(item_codes.shape[0], d, padding_idx=0)
                           if cfg.item_loss_weight > 0 and cfg.markov_head else None)
+        # the transition memory (`onerec.transitions`), filled by `set_transitions` before
+        # training; buffers, so the checkpoint and the exported graph carry it
+        if cfg.transition_prior > 0:
+            n, k = item_codes.shape[0], cfg.transition_neighbors
+            self.register_buffer("next_items", torch.zeros(n, k, dtype=torch.long))
+            self.register_buffer("next_counts", torch.zeros(n, k))
+            self.register_buffer("out_counts", torch.zeros(n))
+        else:
+            self.next_items = self.next_counts = self.out_counts = None
         self.apply(self._init)
         if self.next_item is not None:  # no last item: no Markov term
             with torch.no_grad():
@@ -362,23 +375,69 @@ class OneRec(nn.Module):
 
     def rank_beam(self, memory: torch.Tensor, short: torch.Tensor, items: torch.Tensor,
                   scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Re-order a generated beam with the item head: (B, W) items (0: no item) and beam
-        log-probabilities -> (ranking scores, order), best first; None without an item head.
+        """Re-order a generated beam with the item head and the transition memory: (B, W)
+        items (0: no item) and beam log-probabilities -> (ranking scores, order), best first;
+        None with neither.
 
-        score = beam log p + `item_score_weight` x item-head log p. Only the beam's own items
-        are ranked, so nothing enters the list from outside generation; a beam that is no item
-        keeps its score, a dead beam (-inf) stays dead. The user state is the one the head was
-        trained on: the last history slot a causal encoder sees (`user_state`)."""
+        score = beam log p + `item_score_weight` x item-head log p, then the transition
+        memory's chain (`transition_scores`) over that. Only the beam's own items are ranked,
+        so nothing enters the list from outside generation; a dead beam (-inf) stays dead. The
+        head's user state is the one it was trained on: the last history slot a causal encoder
+        sees (`user_state`)."""
         weight = self.cfg.item_score_weight
-        if self.item_query is None or weight == 0:
+        head = self.item_query is not None and weight > 0
+        chain = self.next_items is not None and self.cfg.transition_prior > 0
+        if not head and not chain:
             return None
-        b, s = short.shape
-        seen = (short > 0).sum(1) if self.cfg.causal_encoder else None
-        req = torch.arange(b, device=short.device)
-        state = self.user_state(memory, req, s, seen)
-        logp = self.item_logits(state, self.last_item(short, req, seen)).float().log_softmax(-1)
-        bonus = logp.gather(1, items.clamp_min(0)).masked_fill(items <= 0, 0.0)
-        return (scores + weight * bonus).topk(items.shape[1], dim=1)
+        if head:
+            b, s = short.shape
+            seen = (short > 0).sum(1) if self.cfg.causal_encoder else None
+            req = torch.arange(b, device=short.device)
+            state = self.user_state(memory, req, s, seen)
+            logp = self.item_logits(state, self.last_item(short, req, seen)).float()
+            bonus = logp.log_softmax(-1).gather(1, items.clamp_min(0))
+            scores = scores + weight * bonus.masked_fill(items <= 0, 0.0)
+        if chain:
+            scores = self.transition_scores(short[:, -1], items, scores)
+        return scores.topk(items.shape[1], dim=1)
+
+    def transition_scores(self, last: torch.Tensor, items: torch.Tensor,
+                          scores: torch.Tensor) -> torch.Tensor:
+        """(B,) each request's most recent item, (B, W) beam items and scores -> the log of
+        the Dirichlet-smoothed chain (count(last -> item) + prior x p_beam(item)) / (count(last)
+        + prior), p_beam the softmax of `scores` over the beam. Without a known last item (or
+        with no counts for it) this is log p_beam: the beam's order is kept."""
+        assert self.next_items is not None and self.next_counts is not None  # nosec B101
+        assert self.out_counts is not None  # nosec B101 # type narrowing
+        prior = self.cfg.transition_prior
+        hit = self.next_items[last].unsqueeze(1) == items.unsqueeze(-1)  # (B, W, k)
+        count = (hit.float() * self.next_counts[last].unsqueeze(1)).sum(-1)
+        count = count.masked_fill(items <= 0, 0.0)
+        p_beam = scores.float().softmax(-1)
+        p = (count + prior * p_beam) / (self.out_counts[last].unsqueeze(1) + prior)
+        return torch.where(torch.isfinite(scores), p.clamp_min(1e-30).log(), scores)
+
+    def set_transitions(self, table: TransitionTable) -> None:
+        """Load a transition table (`onerec.transitions.count_transitions`) into the buffers."""
+        if self.next_items is None or self.next_counts is None or self.out_counts is None:
+            raise ValueError("model.transition_prior is 0: the model has no transition memory")
+        if tuple(table.next_items.shape) != tuple(self.next_items.shape):
+            raise ValueError(f"transition table: shape {tuple(table.next_items.shape)}, the "
+                             f"model's is {tuple(self.next_items.shape)} (items x "
+                             f"model.transition_neighbors)")
+        dev = self.next_items.device
+        self.next_items.copy_(torch.as_tensor(table.next_items, device=dev))
+        self.next_counts.copy_(torch.as_tensor(table.next_counts, device=dev))
+        self.out_counts.copy_(torch.as_tensor(table.out_counts, device=dev))
+
+    def transition_table(self) -> TransitionTable | None:
+        """The loaded transition table (None without a transition memory)."""
+        if self.next_items is None or self.next_counts is None or self.out_counts is None:
+            return None
+        from onerec.transitions import TransitionTable  # onerec.stream imports this module
+
+        return TransitionTable(self.next_items.cpu().numpy(), self.next_counts.cpu().numpy(),
+                               self.out_counts.cpu().numpy())
 
     def item_logits(self, state: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
         """(T, d) user states -> (T, n_items + 1) next-item scores over the whole catalogue

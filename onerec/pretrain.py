@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,19 @@ def build_codebook(cfg: Config, cat: Catalogue, out: Path | None = None,
     if out is not None:
         cb.save(out)
     return cb
+
+
+@contextmanager
+def scorers_set(model: OneRec, **weights: float) -> Iterator[None]:
+    """Set ranking weights of `model.cfg` (item_score_weight, transition_prior) for a block."""
+    before = {k: getattr(model.cfg, k) for k in weights}
+    for k, v in weights.items():
+        setattr(model.cfg, k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            setattr(model.cfg, k, v)
 
 
 def evaluate_sequences(model: OneRec, space: ItemSpace, cfg: Config,
@@ -107,16 +121,19 @@ def run_sequences(cfg: Config, data: SequenceData, out_dir: str | Path, *,
     free, _ = evaluate_sequences(model, space, cfg, split.test[:2000], beam_width=beam,
                                  constrained=False)
     metrics["legality_unconstrained"] = free["legality"]
-    beam_order = None
-    if model.item_query is not None and model.cfg.item_score_weight > 0:
-        # the same model ranked in beam order: the item head's re-ranking share of the gain
-        weight, model.cfg.item_score_weight = model.cfg.item_score_weight, 0.0
-        try:
+    # the same model with its scorers off, so each one's share of the gain is shown apart:
+    # without the transition memory (the item head alone re-ranks), and in beam order
+    head = model.item_query is not None and model.cfg.item_score_weight > 0
+    chain = model.next_items is not None and model.cfg.transition_prior > 0
+    no_chain = beam_order = None
+    if chain:
+        with scorers_set(model, transition_prior=0.0):
+            no_chain, _ = evaluate_sequences(model, space, cfg, split.test, beam_width=beam)
+    if head or chain:
+        with scorers_set(model, transition_prior=0.0, item_score_weight=0.0):
             beam_order, _ = evaluate_sequences(model, space, cfg, split.test, beam_width=beam)
-        finally:
-            model.cfg.item_score_weight = weight
     return {
-        "metrics_beam_order": beam_order,
+        "metrics_beam_order": beam_order, "metrics_no_transitions": no_chain,
         "metrics": metrics, "steps": res.steps, "best_step": best["step"] or res.steps,
         "train_s": train_s, "codebook_s": codebook_s, "eval_s": time.perf_counter() - t2,
         "params": model.num_params(), "active_params": model.num_params(active=True),

@@ -29,6 +29,7 @@ from onerec.config import Config
 from onerec.io import atomic_dir, load_torch_state
 from onerec.model import OneRec
 from onerec.stream import Requests, RequestStream, collate
+from onerec.transitions import count_transitions
 
 CKPT_NAME = "checkpoint"
 
@@ -186,6 +187,11 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
     model = build_model(cfg, item_codes, vocab_sizes, n_user_buckets)
     if init_from is not None:
         model.load_state_dict(init_from.state_dict())
+    if model.next_items is not None:  # the transition memory counts these requests' pairs
+        model.set_transitions(count_transitions(reqs, item_codes.shape[0] - 1,
+                                                cfg.model.transition_neighbors,
+                                                prior=model.transition_table()
+                                                if init_from is not None else None))
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
                             weight_decay=cfg.train.weight_decay)

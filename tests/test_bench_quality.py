@@ -40,11 +40,13 @@ def test_other_data_in_the_beauty_format_gets_no_published_rows(tmp_path, monkey
     result = quality.main(["--dataset", "beauty", "--data-dir", str(data_dir), "--preset", "tiny",
                            "--no-sasrec", "--eval-every", "0", "--beam", "4", "--threads", "1",
                            "--set", "train.max_steps=2", "--set", "train.warmup_steps=1",
+                           "--set", "serve.beam_width=4",  # the tiny preset's limit is 64
                            "--out", str(tmp_path / "out")])
     names = [name for name, *_ in result["rows"]]
-    # the Beauty defaults train the item head: its re-ranking share is a row of its own
-    assert names == ["OneRec (ours)", "OneRec, beam order (no re-rank)", "popularity",
-                     "item transitions"]
+    # the Beauty defaults train the item head and keep a transition memory: each scorer's
+    # re-ranking share is a row of its own
+    assert names == ["OneRec (ours)", "OneRec, item head re-rank only (no transition memory)",
+                     "OneRec, beam order (no re-rank)", "popularity", "item transitions"]
     assert all("coverage@10" in m for _, m, _ in result["rows"])
     # every model with lists is split by whether (last item -> target) was seen in training
     assert [n for n, _ in result["by_transition"]] == ["OneRec (ours)", "popularity",
