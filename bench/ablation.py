@@ -54,12 +54,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1500, help="training steps (fixed)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--beam", type=int, default=50)
+    ap.add_argument("--beam", type=int, default=None,
+                    help="beam width (default: the Beauty defaults' serve.beam_width)")
     ap.add_argument("--more-beams", default="",
                     help="comma-separated wider beams to score the same model at")
     ap.add_argument("--more-weights", default="",
                     help="comma-separated re-rank weights for --more-beams (default: the "
                          "Config's model.item_score_weight)")
+    ap.add_argument("--more-priors", default="",
+                    help="comma-separated transition priors for --more-beams (default: the "
+                         "Config's model.transition_prior; needs the transition memory on)")
     ap.add_argument("--n-valid", type=int, default=2000, help="validation users (seeded)")
     ap.add_argument("--data-dir", default=None, help="amazon-beauty-format folder")
     ap.add_argument("--preset", default="small")
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     from onerec.config import Config
     from onerec.data.sequences import load_beauty
     from onerec.items import ItemSpace
-    from onerec.pretrain import build_codebook, evaluate_sequences
+    from onerec.pretrain import build_codebook, evaluate_sequences, scorers_set
     from onerec.stream import requests_from_sequences
     from onerec.tokenizer import Codebook
     from onerec.tokenizer.embeddings import catalogue_from_sequences
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     cfg = Config.from_preset(args.preset, [*BEAUTY_DEFAULTS, f"train.max_steps={args.steps}",
                                        "train.checkpoint_every=100000", *args.overrides])
+    args.beam = args.beam or cfg.serve.beam_width
     data = load_beauty(args.data_dir or SHARED / "amazon-beauty")
     split = selection_split(data, shifted=args.shifted)
     key = json.dumps(dataclasses.asdict(cfg.tokenizer), sort_keys=True) + (
@@ -134,18 +139,24 @@ def main(argv: list[str] | None = None) -> dict:
         (_, split_m), = by_transition({"OneRec": recs}, [t for *_, t in valid], seen)
         rows[w].update({k: round(v, 4) for k, v in split_m.items()})
         print(f"valid, item_score_weight={w}: {json.dumps(rows[w])}", flush=True)
-    by_beam: dict[int, dict[float, dict]] = {}  # beam -> re-rank weight -> row
+    # beam -> "w<re-rank weight>" or "w<weight> prior<transition prior>" -> row
+    by_beam: dict[int, dict[str, dict]] = {}
     more_w = [float(x) for x in args.more_weights.split(",") if x.strip()] or [chosen]
+    prior0 = model.cfg.transition_prior
+    more_g = [float(x) for x in args.more_priors.split(",") if x.strip()] or [prior0]
+    if model.next_items is None:
+        more_g = [prior0]
     for beam in (int(b) for b in args.more_beams.split(",") if b.strip()):
         for w in more_w if model.item_query is not None else [chosen]:
-            model.cfg.item_score_weight = w
-            m, recs = evaluate_sequences(model, space, cfg, valid, beam_width=beam)
-            row = {k: round(float(v), 4) for k, v in m.items()}
-            (_, split_m), = by_transition({"OneRec": recs}, [t for *_, t in valid], seen)
-            row.update({k: round(v, 4) for k, v in split_m.items()})
-            by_beam.setdefault(beam, {})[w] = row
-            print(f"valid, beam {beam}, item_score_weight={w}: {json.dumps(row)}", flush=True)
-    model.cfg.item_score_weight = chosen
+            for g in more_g:
+                with scorers_set(model, item_score_weight=w, transition_prior=g):
+                    m, recs = evaluate_sequences(model, space, cfg, valid, beam_width=beam)
+                row = {k: round(float(v), 4) for k, v in m.items()}
+                (_, split_m), = by_transition({"OneRec": recs}, [t for *_, t in valid], seen)
+                row.update({k: round(v, 4) for k, v in split_m.items()})
+                key = f"w{w:g}" + (f" prior{g:g}" if model.next_items is not None else "")
+                by_beam.setdefault(beam, {})[key] = row
+                print(f"valid, beam {beam}, {key}: {json.dumps(row)}", flush=True)
     sasrec = _sasrec_row(split, data.n_items, cfg, valid, seen) if args.sasrec else None
     result = {"overrides": args.overrides, "sasrec": sasrec, "steps": res.steps,
               "train_s": round(train_s, 1), "n_valid": len(valid), "beam": args.beam, "by_item_score_weight": rows,

@@ -14,7 +14,7 @@ def test_ablation_row_on_beauty_format_data(tmp_path, monkeypatch):
     _beauty_format_folder(data_dir)
     monkeypatch.setenv("ONEREC_NO_TUNING", "1")  # no re-exec of the test process
     res = ablation.main(["--data-dir", str(data_dir), "--preset", "tiny", "--steps", "2",
-                         "--beam", "4", "--more-beams", "8", "--more-weights", "1,2", "--n-valid", "20", "--set", "train.warmup_steps=1",
+                         "--beam", "4", "--more-beams", "8", "--more-weights", "1,2", "--n-valid", "20", "--set", "train.warmup_steps=1", "--set", "serve.beam_width=4",
                          "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cb")])
     assert res["steps"] == 2 and res["n_valid"] == 20
     # the Beauty defaults train the item head: every re-ranking weight is scored
@@ -24,7 +24,7 @@ def test_ablation_row_on_beauty_format_data(tmp_path, monkeypatch):
         assert row["legality"] == 1.0
     assert 0.0 <= res["transition_seen_share"] <= 1.0
     # the wider beam is scored at each asked weight, with the same columns
-    assert list(res["by_beam"]) == [8] and sorted(res["by_beam"][8]) == [1.0, 2.0]
+    assert list(res["by_beam"]) == [8] and sorted(res["by_beam"][8]) == ["w1 prior1", "w2 prior1"]
     for row in res["by_beam"][8].values():
         assert row["legality"] == 1.0 and "seen recall@10" in row
 
@@ -35,7 +35,7 @@ def test_shifted_validation_history_ends_with_an_item_new_to_the_user(tmp_path, 
     _beauty_format_folder(data_dir)
     monkeypatch.setenv("ONEREC_NO_TUNING", "1")
     res = ablation.main(["--data-dir", str(data_dir), "--preset", "tiny", "--steps", "1",
-                         "--beam", "4", "--n-valid", "10", "--shifted", "--sasrec", "--set",
+                         "--beam", "4", "--n-valid", "10", "--shifted", "--sasrec", "--set", "serve.beam_width=4", "--set",
                          "train.warmup_steps=1", "--out", str(tmp_path / "out"),
                          "--cache", str(tmp_path / "cb")])
     assert res["shifted"] is True and res["steps"] == 1

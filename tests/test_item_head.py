@@ -11,6 +11,7 @@ from onerec.config import Config, ConfigError
 from onerec.generate import generate
 from onerec.items import ItemSpace
 from onerec.model import Batch
+from onerec.pretrain import scorers_set
 from onerec.recommend import recommend
 from onerec.train import build_model
 from onerec.trie import ItemTrie
@@ -77,21 +78,25 @@ def test_no_item_head_by_default():
                            torch.ones(1, 4, dtype=torch.long), torch.zeros(1, 4)) is None
 
 
+def ranked_and_plain(model, space: ItemSpace, batch: Batch, **off: float):
+    """The beam of 8 generated with the model's scorers, and with `off` (e.g.
+    item_score_weight=0) set; asserts the scorers re-order it and add nothing from outside."""
+    trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
+    ranked = generate(model, batch, beam_width=8, trie=trie)
+    with scorers_set(model, **off):
+        plain = generate(model, batch, beam_width=8, trie=trie)
+    assert not torch.equal(ranked.items, plain.items)  # the scorer changed some order
+    for u in range(batch.short.shape[0]):
+        assert sorted(ranked.items[u].tolist()) == sorted(plain.items[u].tolist())
+    assert (ranked.scores[:, :-1] >= ranked.scores[:, 1:]).all()  # best first
+    return ranked, plain
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_reranking_reorders_the_beam_and_adds_nothing_from_outside(causal):
     model, space, _ = head_model(causal)
-    trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
     batch = users(space, 4, seed=3)
-    ranked = generate(model, batch, beam_width=8, trie=trie)
-    model.cfg.item_score_weight = 0.0
-    try:
-        plain = generate(model, batch, beam_width=8, trie=trie)
-    finally:
-        model.cfg.item_score_weight = 1.0
-    assert not torch.equal(ranked.items, plain.items)  # the head changed some order
-    for u in range(4):
-        assert sorted(ranked.items[u].tolist()) == sorted(plain.items[u].tolist())
-    assert (ranked.scores[:, :-1] >= ranked.scores[:, 1:]).all()  # best first
+    ranked, plain = ranked_and_plain(model, space, batch, item_score_weight=0.0)
     # each beam's score is its log-probability plus the head's log-probability of its item
     with torch.no_grad():
         memory, _ = model.encode(batch)
