@@ -52,9 +52,10 @@ BEAUTY_COUNTS = (22_363, 12_101, 198_502)
 # stop-gradient (`model.decoder_stop_gradient`, chosen on shifted validation, rows M5b-M7) is
 # not in these defaults: on test it scored R@10 0.0656 / N@10 0.0359 against these defaults'
 # 0.0687 / 0.0367 (docs/results.md, 2026-12-02). The transition memory (`model.transition_prior`,
-# `onerec.transitions`) re-ranks a beam of 200: on shifted validation (2026-12-03) it lifted
-# known-transition recall from 0.43 to 0.65 (SASRec's) and N@10 by 23%; the prior is flat from
-# 0.3 to 3, and beam 400 is within noise of 200 at twice the cost
+# `onerec.transitions`, the Config's depth 2 / decay 0.1) re-ranks a beam of 200: on shifted
+# validation (2026-12-03, docs/results.md rows T1-T9) it lifted known-transition recall from
+# 0.43 to 0.66 (SASRec's 0.65) and N@10 by 30%; the prior is flat from 0.3 to 3, and beam 400
+# is within noise of 200 at twice the cost
 BEAUTY_DEFAULTS = ["data.max_seq_len=20", "model.causal_encoder=true", "train.batch_size=128",
                    "train.lr=2e-3", "train.warmup_steps=200", "train.max_steps=1500",
                    "train.log_every=200", "train.checkpoint_every=500",

@@ -165,6 +165,10 @@ class ModelConfig:
     # model, exported in the same graph.
     transition_prior: float = 0.0
     transition_neighbors: int = 32  # successors kept per item: the table is (n_items + 1) x this
+    # the chain reads the last `transition_depth` history items, the j-th most recent one's
+    # counts weighted by transition_decay ** j (2 and 0.1 chosen on Beauty's shifted validation)
+    transition_depth: int = 2
+    transition_decay: float = 0.1
 
     # derived (not read from YAML)
     head_dim: int = field(default=0, init=False)
@@ -194,6 +198,8 @@ class ModelConfig:
         _check(self.item_score_weight >= 0, f"{p}.item_score_weight", "must be >= 0")
         _check(self.transition_prior >= 0, f"{p}.transition_prior", "must be >= 0 (0: off)")
         _check(self.transition_neighbors > 0, f"{p}.transition_neighbors", "must be > 0")
+        _check(self.transition_depth > 0, f"{p}.transition_depth", "must be > 0")
+        _check(0.0 <= self.transition_decay <= 1.0, f"{p}.transition_decay", "must be in [0, 1]")
         _check(not self.decoder_stop_gradient or self.item_loss_weight > 0,
                f"{p}.decoder_stop_gradient",
                "needs model.item_loss_weight > 0 (else nothing trains the encoder)")

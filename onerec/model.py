@@ -398,23 +398,30 @@ class OneRec(nn.Module):
             bonus = logp.log_softmax(-1).gather(1, items.clamp_min(0))
             scores = scores + weight * bonus.masked_fill(items <= 0, 0.0)
         if chain:
-            scores = self.transition_scores(short[:, -1], items, scores)
+            scores = self.transition_scores(short, items, scores)
         return scores.topk(items.shape[1], dim=1)
 
-    def transition_scores(self, last: torch.Tensor, items: torch.Tensor,
+    def transition_scores(self, short: torch.Tensor, items: torch.Tensor,
                           scores: torch.Tensor) -> torch.Tensor:
-        """(B,) each request's most recent item, (B, W) beam items and scores -> the log of
-        the Dirichlet-smoothed chain (count(last -> item) + prior x p_beam(item)) / (count(last)
-        + prior), p_beam the softmax of `scores` over the beam. Without a known last item (or
-        with no counts for it) this is log p_beam: the beam's order is kept."""
+        """(B, S) left-padded histories (most recent last), (B, W) beam items and scores ->
+        the log of the Dirichlet-smoothed chain (count(h -> item) + prior x p_beam(item)) /
+        (count(h) + prior), p_beam the softmax of `scores` over the beam and the counts summed
+        over the last `transition_depth` history items h, the j-th most recent weighted by
+        `transition_decay` ** j. Without known history items (or with no counts for them) this
+        is log p_beam: the beam's order is kept."""
         assert self.next_items is not None and self.next_counts is not None  # nosec B101
         assert self.out_counts is not None  # nosec B101 # type narrowing
-        prior = self.cfg.transition_prior
-        hit = self.next_items[last].unsqueeze(1) == items.unsqueeze(-1)  # (B, W, k)
-        count = (hit.float() * self.next_counts[last].unsqueeze(1)).sum(-1)
+        cfg = self.cfg
+        count = torch.zeros_like(scores, dtype=torch.float32)
+        total = torch.zeros_like(count[:, :1])
+        for j in range(min(cfg.transition_depth, short.shape[1])):
+            h, w = short[:, -1 - j], cfg.transition_decay ** j
+            hit = self.next_items[h].unsqueeze(1) == items.unsqueeze(-1)  # (B, W, k)
+            count = count + w * (hit.float() * self.next_counts[h].unsqueeze(1)).sum(-1)
+            total = total + w * self.out_counts[h].unsqueeze(1)
         count = count.masked_fill(items <= 0, 0.0)
         p_beam = scores.float().softmax(-1)
-        p = (count + prior * p_beam) / (self.out_counts[last].unsqueeze(1) + prior)
+        p = (count + cfg.transition_prior * p_beam) / (total + cfg.transition_prior)
         return torch.where(torch.isfinite(scores), p.clamp_min(1e-30).log(), scores)
 
     def set_transitions(self, table: TransitionTable) -> None:

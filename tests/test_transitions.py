@@ -74,6 +74,10 @@ def test_config_names_the_bad_setting():
         Config.from_preset("tiny", ["model.transition_prior=-1"])
     with pytest.raises(ConfigError, match=r"model\.transition_neighbors"):
         Config.from_preset("tiny", ["model.transition_neighbors=0"])
+    with pytest.raises(ConfigError, match=r"model\.transition_depth"):
+        Config.from_preset("tiny", ["model.transition_depth=0"])
+    with pytest.raises(ConfigError, match=r"model\.transition_decay"):
+        Config.from_preset("tiny", ["model.transition_decay=1.5"])
 
 
 def chain_model(causal: bool = True, seed: int = 0, extra: tuple[str, ...] = ()):
@@ -95,7 +99,7 @@ def test_without_counts_the_chain_keeps_the_beam_order():
     model, _, _ = chain_model()
     scores = torch.tensor([[-1.0, -2.0, -3.0, float("-inf")]])
     items = torch.tensor([[3, 1, 2, 4]])
-    out = model.transition_scores(torch.tensor([0]), items, scores)  # no last item
+    out = model.transition_scores(torch.tensor([[0, 0]]), items, scores)  # no history
     torch.testing.assert_close(out[:, :3], scores[:, :3].log_softmax(-1)[:, :3])
     assert torch.isinf(out[0, 3]) and out[0, 3] < 0  # a dead beam stays dead
 
@@ -106,12 +110,20 @@ def test_a_known_successor_moves_up_by_its_count():
     succ, count = int(model.next_items[last, 0]), float(model.next_counts[last, 0])
     other = next(i for i in range(1, 60) if i not in model.next_items[last].tolist())
     scores = torch.tensor([[-0.1, -5.0]])  # the model prefers `other`
-    out = model.transition_scores(torch.tensor([last]), torch.tensor([[other, succ]]), scores)
+    beam = torch.tensor([[other, succ]])
+    out = model.transition_scores(torch.tensor([[0, last]]), beam, scores)
     p = scores.softmax(-1)[0]
     total = float(model.out_counts[last]) + 1.0
     assert float(out[0, 0].exp()) == pytest.approx(float(p[0]) / total, rel=1e-5)
     assert float(out[0, 1].exp()) == pytest.approx((count + float(p[1])) / total, rel=1e-5)
     assert out[0, 1] > out[0, 0]
+    # one item further back, its counts weigh transition_decay (0.1) as much; deeper, nothing
+    back = model.transition_scores(torch.tensor([[last, 0]]), beam, scores)
+    total = 0.1 * float(model.out_counts[last]) + 1.0
+    assert float(back[0, 1].exp()) == pytest.approx((0.1 * count + float(p[1])) / total,
+                                                    rel=1e-5)
+    deeper = model.transition_scores(torch.tensor([[last, 0, 0]]), beam, scores)
+    torch.testing.assert_close(deeper, scores.log_softmax(-1))
 
 
 @pytest.mark.parametrize("causal", [False, True])
