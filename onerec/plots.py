@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -35,7 +36,8 @@ def to_png(fig: Any) -> bytes:
 
 
 def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A real number (numpy's included), not a bool, not NaN or infinite."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def series(history: Sequence[dict[str, Any]], key: str, x: str = "step"
@@ -53,25 +55,31 @@ def missing_series(history: Sequence[dict[str, Any]], keys: Sequence[str],
     return [k for k in keys if not series(history, k, x)[0]]
 
 
-def line_panels(history: Sequence[dict[str, Any]], panels: Sequence[tuple[str, str]], *,
-                x: str = "step", xlabel: str = "step", title: str = "",
+def line_panels(runs: Mapping[str, Sequence[dict[str, Any]]], panels: Sequence[tuple[str, str]],
+                *, x: str = "step", xlabel: str = "step", title: str = "",
                 logy: Sequence[str] = ()) -> bytes | None:
-    """One small line chart per (key, label) against `x`, two panels a row; a key without
-    values gets an empty panel saying so. None when no key has a value."""
-    if not panels or not any(series(history, k, x)[0] for k, _ in panels):
+    """One small line chart per (key, label) against `x`, two panels a row, one line per run
+    (label -> history; a legend when there are several); a key no run has gets an empty panel
+    saying so. None when no key has a value."""
+    if not panels or not any(series(h, k, x)[0] for h in runs.values() for k, _ in panels):
         return None
     cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, (key, label) in zip(axes.flat, panels, strict=False):
-        xs, ys = series(history, key, x)
-        if xs:
-            ax.plot(xs, ys, marker="." if len(xs) < 40 else None, color="tab:blue")
-            if key in logy and min(ys) > 0:
-                ax.set_yscale("log")
-        else:
+        drawn = []
+        for name, history in runs.items():
+            xs, ys = series(history, key, x)
+            if xs:
+                ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=name or None)
+                drawn += ys
+        if not drawn:
             ax.text(0.5, 0.5, f"{label}: not recorded", ha="center", va="center",
                     transform=ax.transAxes, color="gray")
+        elif key in logy and min(drawn) > 0:
+            ax.set_yscale("log")
+        if drawn and len(runs) > 1:
+            ax.legend(fontsize=7)
         ax.set(title=label, xlabel=xlabel)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
@@ -86,11 +94,10 @@ def bars(ax: Any, labels: Sequence[str], values: Sequence[float | None], *, titl
          fmt: str = "{:.3f}") -> None:
     """Labelled bars on `ax`; a None or NaN value is drawn as a gap marked "n/a"."""
     xs = list(range(len(labels)))
-    vals = [v if v is not None and finite(v) else 0.0 for v in values]
+    vals = [v if finite(v) else 0.0 for v in values]
     ax.bar(xs, vals, color=color)
     for xi, v in zip(xs, values, strict=True):
-        ok = v is not None and finite(v)
-        ax.annotate(fmt.format(v) if ok else "n/a", (xi, vals[xi]), ha="center",
+        ax.annotate(fmt.format(v) if finite(v) else "n/a", (xi, vals[xi]), ha="center",
                     va="bottom", fontsize=7, textcoords="offset points", xytext=(0, 2))
     ax.set_xticks(xs, list(labels), fontsize=8)
     ax.set(title=title, ylabel=ylabel)

@@ -142,10 +142,10 @@ def validate_page(summary: dict[str, Any] | None, report: dict[str, Any],
     failures = report.get("failures", [])
     if failures:
         lines += [f"## Failing expectations ({len(failures)})", ""]
-        rows = [(f.get("suite"), f.get("column"), f.get("expectation"), f.get("observed"),
+        rows = [(f.get("suite"), f.get("column"), f.get("expectation"), f.get("message"),
                  _num(f.get("unexpected_count")), ", ".join(map(str, (f.get("sample") or [])[:5])))
                 for f in failures]
-        lines += [*md_table(("suite", "column", "expectation", "observed", "unexpected rows",
+        lines += [*md_table(("suite", "column", "expectation", "what failed", "unexpected rows",
                              "sample"), rows), ""]
     else:
         lines += ["No expectation failed.", ""]
@@ -223,7 +223,7 @@ def read_history(model_dir: str | Path) -> list[dict[str, Any]]:
 def _curves_page(stage: str, title: str, history: Sequence[dict[str, Any]],
                  panels: Sequence[tuple[str, str]], facts: str, xlabel: str,
                  logy: Sequence[str] = ()) -> Page:
-    png = plots.line_panels(history, panels, xlabel=xlabel, logy=logy)
+    png = plots.line_panels({"": history}, panels, xlabel=xlabel, logy=logy)
     missing = plots.missing_series(history, [k for k, _ in panels])
     labels = dict(panels)
     blocks = [_p(facts)]
