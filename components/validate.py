@@ -15,10 +15,8 @@ def validate_data(config_yaml: str, data_dir: str, until: str, schedule_time: st
     An empty `until` means the day of `schedule_time` (a recurring run's scheduled time), else
     today (UTC); an empty `run_id` becomes "cycle-<until>". Returns the run id the later steps
     record under. The page (suites, failing expectations) is written on a failed suite too."""
-    import json
     import re
     from datetime import datetime, timezone
-    from pathlib import Path
 
     import yaml
 
@@ -30,21 +28,11 @@ def validate_data(config_yaml: str, data_dir: str, until: str, schedule_time: st
         until = m.group(0) if m else datetime.now(timezone.utc).strftime("%Y-%m-%d")
     run_id = run_id or f"cycle-{until}"
     cfg = Config.from_dict(yaml.safe_load(config_yaml))
-    report = Path(snapshot.path) / "validation"
-
-    def write_page(summary: dict | None) -> None:
-        if (report / "report.json").exists():
-            run_pages.write(run_pages.validate_page(
-                summary, json.loads((report / "report.json").read_text()),
-                f"{snapshot.uri}/validation"), page.path, root, run_id)
-
     try:
         out = stages.run_stage("validate", root, run_id, stages.validate, cfg, data_dir,
                                snapshot.path, until=until, holdout_days=holdout_days, root=root)
-    except stages.StageError:
-        write_page(None)
-        raise
-    write_page(out)
+    finally:  # a failed suite's page too: which expectations stopped the cycle
+        run_pages.write_validation(snapshot.path, snapshot.uri, page.path, root, run_id)
     snapshot.metadata.update({"fingerprint": out["fingerprint"], "until": until,
                               "watermark_ms": out["watermark_ms"]})
     for key in ("n_batch_events", "n_train_events", "n_holdout_events"):

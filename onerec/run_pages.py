@@ -155,6 +155,21 @@ def validate_page(summary: dict[str, Any] | None, report: dict[str, Any],
     return Page("validate", "md", "\n".join(lines))
 
 
+def write_validation(snapshot_dir: str | Path, snapshot_uri: str, artifact_path: str | Path,
+                     root: str | Path, run_id: str) -> Path | None:
+    """The validate page from what the stage left in its snapshot folder (snapshot.json, the
+    stage's summary, exists after the suites ran, failed or not; validation/report.json also
+    after a broken log file); None when it stopped before validating anything."""
+    folder = Path(snapshot_dir)
+    report = folder / "validation" / "report.json"
+    if not report.exists():
+        return None
+    snap = folder / "snapshot.json"
+    summary = json.loads(snap.read_text()) if snap.exists() else None
+    return write(validate_page(summary, json.loads(report.read_text()),
+                               f"{snapshot_uri}/validation"), artifact_path, root, run_id)
+
+
 # -- codebook --------------------------------------------------------------------------------------
 def codebook_stats(codebook_dir: str | Path) -> dict[str, Any]:
     """Utilisation and entropy per level of the codebook as saved, and the histogram of items

@@ -187,6 +187,25 @@ def test_validate_page_lists_suites_and_failing_expectations():
     assert "PASSED" in ok.text and "No expectation failed" in ok.text
 
 
+def test_validate_page_is_written_from_the_snapshot_folder_pass_or_fail(tmp_path):
+    import json
+
+    snap = tmp_path / "snapshot"
+    assert run_pages.write_validation(snap, "uri", tmp_path / "page", tmp_path, "c1") is None
+    (snap / "validation").mkdir(parents=True)
+    report = {"success": False, "suites": {"events": {"success": False, "evaluated": 2,
+                                                      "failed": 1, "elapsed_s": 0.1}},
+              "failures": []}
+    (snap / "validation" / "report.json").write_text(json.dumps(report))
+    broken = run_pages.write_validation(snap, "uri", tmp_path / "page", tmp_path, "c1")
+    assert "could not be cut" in broken.read_text()  # a broken file: no snapshot.json
+    (snap / "snapshot.json").write_text(json.dumps({"until": "2022-04-28",
+                                                    "n_batch_events": 5}))
+    failed = run_pages.write_validation(snap, "uri", tmp_path / "page", tmp_path, "c1")
+    assert "Cycle until **2022-04-28**" in failed.read_text() and "FAILED" in failed.read_text()
+    assert (tmp_path / "page").read_text() == failed.read_text()
+
+
 # -- writing and reports ------------------------------------------------------------------------------
 def test_write_puts_the_page_in_the_artifact_and_the_ledger(tmp_path):
     page = run_pages.pretrain_page({"steps": 30}, _history())
