@@ -36,7 +36,8 @@ def histories(run: Path, stage: str) -> dict[str, list[dict[str, Any]]]:
     """'cycle i' -> the history of `stage`'s model artifact in the i-th kfp.local run (the
     folders sort by their start time)."""
     out = {}
-    for i, folder in enumerate(sorted((run / "pipeline" / "kfp").glob("*/")), 1):
+    runs = sorted(p for p in (run / "pipeline" / "kfp").glob("*") if p.is_dir())
+    for i, folder in enumerate(runs, 1):
         h = run_pages.read_history(folder / stage / "model")
         if h:
             out[f"cycle {i}"] = h
