@@ -79,15 +79,15 @@ def generation_png(summary: dict[str, Any], title: str = "bench.generation") -> 
     if not rows:
         return None
     fig, (a, b) = plots.figure(2, width=4.6, height=3.4)
-    for path in [p for p in GENERATION_PATHS if any(r[1] == p for r in rows)]:
-        pts = sorted((w, v) for w, p, v in rows if p == path)
+    for i, path in enumerate(GENERATION_PATHS):  # one colour per path on both panels
+        pts = sorted(((w, v) for w, p, v in rows if p == path), key=lambda t: t[0])
         for ax, key in ((a, "p50"), (b, "b64")):
             xy = [(w, v[key]) for w, v in pts if plots.finite(v.get(key))]
             if xy:
-                ax.plot(*zip(*xy, strict=True), marker="o", label=path)
+                ax.plot(*zip(*xy, strict=True), marker="o", label=path, color=f"C{i}")
     beams = sorted({r[0] for r in rows})
     for ax, ylabel, t in ((a, "p50 ms per user (batch 1)", "latency"),
-                          (b, "users/s (batch 64)", "throughput")):
+                          (b, "users/s (batch 64; textbook: batch 1 only)", "throughput")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(beams, [str(w) for w in beams])
