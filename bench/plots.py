@@ -46,7 +46,7 @@ def histories(run: Path, stage: str) -> dict[str, list[dict[str, Any]]]:
 
 def training_png(run: Path) -> bytes | None:
     return plots.line_panels(histories(run, "pretrain"), run_pages.PRETRAIN_SERIES,
-                             title=f"pretraining, {run}", logy=("lr",))
+                             title=f"pretraining, {run}")
 
 
 def align_png(run: Path) -> bytes | None:

@@ -262,8 +262,7 @@ def pretrain_page(summary: dict[str, Any], history: Sequence[dict[str, Any]]) ->
              f"{_num(summary.get('steps'))} of {_num(summary.get('planned_steps'))} planned "
              f"steps in {_num(summary.get('train_s'), 1)} s, final loss "
              f"{_num(summary.get('final_loss'))}, {_num(summary.get('params'))} parameters.")
-    return _curves_page("pretrain", "pretraining", history, PRETRAIN_SERIES, facts, "step",
-                        logy=("lr",))
+    return _curves_page("pretrain", "pretraining", history, PRETRAIN_SERIES, facts, "step")
 
 
 def align_page(summary: dict[str, Any], history: Sequence[dict[str, Any]]) -> Page:
