@@ -2,6 +2,7 @@
 
     python -m bench.generation [--checkpoint DIR --codebook DIR] [--beams 32 128 512]
                                [--runs 3] [--threads 2] [--exporter dynamo] [--json FILE]
+                               [--plot FILE.png]
 
 Model: a trained checkpoint with its codebook when given (e.g. runs/bench-quality/kuairand/
 train/checkpoint and .../codebook); otherwise the `small` preset with random weights over a
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"))
     ap.add_argument("--json", default=None, help="also write the summary (medians) here")
+    ap.add_argument("--plot", default=None,
+                    help="also draw latency and throughput against the beam width (PNG)")
     args = ap.parse_args(argv)
     if bool(args.checkpoint) != bool(args.codebook):
         ap.error("--checkpoint and --codebook go together")
@@ -228,6 +231,14 @@ def main(argv: list[str] | None = None) -> dict:
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2, default=float))
+    if args.plot:
+        from bench.plots import generation_png
+        from onerec.io import atomic_write_bytes
+
+        png = generation_png(summary, f"bench.generation: {len(space):,} items, {args.threads} "
+                                      f"threads, median of {args.runs} runs ({stamp})")
+        if png is not None:
+            atomic_write_bytes(args.plot, png)
     return summary
 
 

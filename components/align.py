@@ -2,7 +2,7 @@
 on a cluster)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import IMAGE
 
@@ -11,12 +11,13 @@ from components import IMAGE
 def align(config_yaml: str, root: str, run_id: str, stages_csv: str, launcher: str,
           time_budget_s: float, namespace: str, image: str, gpus: int, workers: int,
           snapshot: Input[Dataset], codebook: Input[Artifact], pretrained: Input[Model],
-          reward_model: Input[Model], model: Output[Model], metrics: Output[Metrics]):
+          reward_model: Input[Model], model: Output[Model], metrics: Output[Metrics],
+          page: Output[HTML]):
     """The aligned candidate; with 'align' left out of the stage list, the pretrained one
     passes through and the ledger and the model's summary.json say so."""
     import yaml
 
-    from onerec import stages
+    from onerec import run_pages, stages
     from onerec.config import Config
     from pipelines.jobs import JobSpec
     from pipelines.training import StepOptions, run_step
@@ -24,6 +25,9 @@ def align(config_yaml: str, root: str, run_id: str, stages_csv: str, launcher: s
     if "align" not in stages.parse_stages(stages_csv):
         stages.run_stage("align", root, run_id, stages.passthrough, pretrained.path, model.path,
                          "align not in the stage list")
+        run_pages.write(run_pages.skipped("align", "not in the stage list (the pretrained "
+                                                   "model passed through)"), page.path, root,
+                        run_id)
         return
     cfg = Config.from_dict(yaml.safe_load(config_yaml))
     spec = JobSpec(name="onerec-align", namespace=namespace, image=image, gpus_per_node=gpus,
@@ -35,3 +39,5 @@ def align(config_yaml: str, root: str, run_id: str, stages_csv: str, launcher: s
         StepOptions(root=root, time_budget_s=time_budget_s), launcher=launcher, run_id=run_id,
         spec=spec)
     metrics.log_metric("align_steps", out["align_steps"])
+    run_pages.write(run_pages.align_page(out, run_pages.read_history(model.path)), page.path,
+                    root, run_id)

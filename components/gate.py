@@ -1,7 +1,7 @@
 """Evaluation gate: candidate vs production on the same held-out window; no promotion if worse."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components import IMAGE
 
@@ -10,12 +10,12 @@ from components import IMAGE
 def evaluation_gate(config_yaml: str, root: str, run_id: str, tolerance: float, max_users: int,
                     popularity_floor: bool, snapshot: Input[Dataset], codebook: Input[Artifact],
                     candidate: Input[Model], report: Output[Artifact],
-                    metrics: Output[Metrics]) -> str:
+                    metrics: Output[Metrics], page: Output[Markdown]) -> str:
     """Returns "promote" or "blocked"; the pipeline exports and publishes only on "promote".
     `popularity_floor`: also block a candidate significantly below popularity."""
     import yaml
 
-    from onerec import stages
+    from onerec import run_pages, stages
     from onerec.config import Config
 
     cfg = Config.from_dict(yaml.safe_load(config_yaml))
@@ -30,4 +30,5 @@ def evaluation_gate(config_yaml: str, root: str, run_id: str, tolerance: float, 
         if row["popularity"] is not None:
             metrics.log_metric(f"popularity_{name}", row["popularity"])
     report.metadata.update({"decision": out["decision"], "reasons": out["reasons"]})
+    run_pages.write(run_pages.gate_page(out), page.path, root, run_id)
     return out["decision"]

@@ -2,7 +2,7 @@
 PyTorchJob, on a cluster; in-process locally)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import IMAGE
 
@@ -11,12 +11,13 @@ from components import IMAGE
 def pretrain(config_yaml: str, root: str, run_id: str, launcher: str, warm_start: bool,
              epochs: float, max_steps: int, time_budget_s: float, namespace: str, image: str,
              gpus: int, workers: int, snapshot: Input[Dataset], codebook: Input[Artifact],
-             model: Output[Model], metrics: Output[Metrics]):
+             model: Output[Model], metrics: Output[Metrics], page: Output[HTML]):
     """Next-token pretraining on the cycle's requests; the model folder holds checkpoint/ and
-    summary.json (watermark_ms: where the next cycle resumes)."""
+    summary.json (watermark_ms: where the next cycle resumes) and history.json (the page's
+    curves)."""
     import yaml
 
-    from onerec import stages
+    from onerec import run_pages, stages
     from onerec.config import Config
     from pipelines.jobs import JobSpec
     from pipelines.training import StepOptions, run_step
@@ -32,3 +33,5 @@ def pretrain(config_yaml: str, root: str, run_id: str, launcher: str, warm_start
     model.metadata.update({"watermark_ms": out["watermark_ms"], "warm_start": out["warm_start"]})
     for key in ("n_requests", "steps", "final_loss", "watermark_ms"):
         metrics.log_metric(key, out[key])
+    run_pages.write(run_pages.pretrain_page(out, run_pages.read_history(model.path)), page.path,
+                    root, run_id)

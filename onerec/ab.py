@@ -123,6 +123,21 @@ def per_user(feedback: pd.DataFrame, metric: str = "reward") -> pd.DataFrame:
     return feedback.groupby(["variant", "user_id"], as_index=False)[metric].mean()
 
 
+def arm_intervals(feedback: pd.DataFrame, metric: str = "reward", *, alpha: float = 0.05
+                  ) -> dict[str, dict[str, float]]:
+    """Per arm: users, the mean of the per-user `metric` (the unit `analyze` compares) and its
+    two-sided 1 - alpha t interval: what a chart of the arms shows."""
+    users = per_user(feedback, metric)
+    out: dict[str, dict[str, float]] = {}
+    for arm, x in users.groupby("variant")[metric]:
+        v = x.to_numpy(float)
+        m = float(v.mean())
+        half = (float(stats.t.ppf(1 - alpha / 2, len(v) - 1)) * float(v.std(ddof=1))
+                / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+        out[str(arm)] = {"users": len(v), "mean": m, "low": m - half, "high": m + half}
+    return out
+
+
 def analyze(feedback: pd.DataFrame, metric: str = "reward", *, alpha: float = 0.05,
             power: float = 0.8, mde: float = 0.02, harm_alpha: float = 0.001) -> ABResult:
     """Promote, roll back or wait, from feedback rows (user_id, variant, metric).

@@ -3,16 +3,19 @@
 Each stage writes ROOT/runs/<run_id>/<stage>.json (`onerec.stages.run_stage`), whatever ran it
 (kfp.local, a cluster, a test), so the report needs no pipeline server: which stages ran or
 were skipped, the data window and watermark each cycle trained on, the codebook refresh, the
-gate's comparison, and what was published.
+gate's comparison, and what was published. The run pages the components wrote
+(`onerec.run_pages`, ROOT/runs/<run_id>/pages/) are linked, their plots shown inline.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from onerec import registry
+from onerec import registry, run_pages
 from onerec.io import atomic_write_text
 from onerec.stages import ALL_STAGES, ms_to_iso
 
@@ -59,6 +62,7 @@ def cycle_summary(root: str | Path, run_id: str) -> dict[str, Any]:
         "published": pb.get("version"),
         "gitops": pb.get("state"),
         "wall_s": {s: r.get("wall_s") for s, r in rec.items()},
+        "pages": run_pages.ledger_pages(root, run_id),
     }
 
 
@@ -70,7 +74,33 @@ def _f(x: Any) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def to_markdown(cycles: list[dict[str, Any]]) -> str:
+# the plots a report shows inline, in pipeline order
+PLOTS = ("codebook-utilisation.png", "pretrain-curves.png", "reward-auc-calibration.png",
+         "align-curves.png")
+
+
+def pages_markdown(cycles: list[dict[str, Any]], base: str | Path | None = None,
+                   embed: Sequence[str] = PLOTS) -> list[str]:
+    """Per cycle: a link to every run page and the plots named in `embed`, inline; paths
+    relative to `base` (the report's folder) when given."""
+    def rel(path: str) -> str:
+        return os.path.relpath(path, base) if base is not None else path
+
+    lines: list[str] = []
+    for c in cycles:
+        pages = c.get("pages") or {}
+        if not pages:
+            continue
+        docs = [n for n in pages if not n.endswith(".png")]
+        lines += [f"### {c['run_id']}", "",
+                  "Pages: " + ", ".join(f"[{n}]({rel(pages[n])})" for n in docs) + ".", ""]
+        lines += [f"![{c['run_id']} {n.removesuffix('.png')}]({rel(pages[n])})" for n in embed
+                  if n in pages]
+        lines.append("")
+    return ["## Run pages (what each step shows in the Kubeflow UI)", "", *lines] if lines else []
+
+
+def to_markdown(cycles: list[dict[str, Any]], base: str | Path | None = None) -> str:
     lines = ["# Continuous training: cycles", "",
              "| cycle | until | stages run | batch events | codebook | new videos | start | "
              "watermark in | first request | requests | steps | watermark out | gate | "
@@ -113,6 +143,9 @@ def to_markdown(cycles: list[dict[str, Any]]) -> str:
     for c in cycles:
         for s, e in c["failed"].items():
             lines.append(f"\n{c['run_id']}: **{s} failed**: {e}")
+    pages = pages_markdown(cycles, base)
+    if pages:
+        lines += ["", *pages]
     return "\n".join(lines) + "\n"
 
 
@@ -123,5 +156,5 @@ def write_report(root: str | Path, run_ids: list[str], out_dir: str | Path,
     out_dir = Path(out_dir)
     js = atomic_write_text(out_dir / "report.json",
                            json.dumps({"cycles": cycles, **(extra or {})}, indent=2) + "\n")
-    md = atomic_write_text(out_dir / "report.md", to_markdown(cycles))
+    md = atomic_write_text(out_dir / "report.md", to_markdown(cycles, out_dir))
     return js, md

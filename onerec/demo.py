@@ -354,10 +354,12 @@ def _ab(cfg: Config, opts: DemoOptions, report: dict[str, Any],
     console.print(table)
     result = outcome.result
     console.print(f"decision: [bold]{result.summary()}[/]", highlight=False)
+    arms_ci, plot = _ab_plot(outcome.feedback, result.to_dict(), aopts.work_dir / "arms.png")
     out: dict[str, Any] = {"decision": result.decision, "result": result.to_dict(),
                            "summary": result.summary(), "before": state.describe(),
                            "canary_percent": state.canary_percent, "until": until,
                            "requests": opts.ab_requests, "arms": outcome.arms,
+                           "arms_ci": arms_ci, "plot": str(plot),
                            "behaviour": outcome.behaviour, "walls": outcome.walls,
                            "feedback": str(aopts.work_dir / "feedback.parquet"), "commit": None}
     if result.decision != "wait":
@@ -377,6 +379,17 @@ def _ab(cfg: Config, opts: DemoOptions, report: dict[str, Any],
         console.print("wait: no commit (collect more traffic, then run the analysis again)")
     out["log"] = gitops.log(repo, opts.env, 10)
     return out
+
+
+def _ab_plot(feedback: Any, result: dict[str, Any], path: Path
+             ) -> tuple[dict[str, dict[str, float]], Path]:
+    """The arms' per-user mean reward with 95% intervals, and the difference's, as a PNG."""
+    from onerec.ab import arm_intervals
+    from onerec.io import atomic_write_bytes
+    from onerec.run_pages import ab_png
+
+    arms = arm_intervals(feedback)
+    return arms, atomic_write_bytes(path, ab_png(arms, result))
 
 
 def _num(v: float | None) -> str:

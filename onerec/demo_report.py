@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def write(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """Write report.json and report.md into `out` (atomically); works on a partial report."""
     js = atomic_write_text(out / "report.json",
                            json.dumps(report, indent=2, default=_plain) + "\n")
-    md = atomic_write_text(out / "report.md", to_markdown_report(report))
+    md = atomic_write_text(out / "report.md", to_markdown_report(report, out))
     return js, md
 
 
@@ -41,7 +42,8 @@ def _status(report: dict[str, Any]) -> str:
     return "completed" if "ab" in report else "incomplete (stopped early)"
 
 
-def to_markdown_report(r: dict[str, Any]) -> str:
+def to_markdown_report(r: dict[str, Any], base: Path | None = None) -> str:
+    """The report for people; links and images relative to `base` (the report's folder)."""
     cfg = r.get("config", {})
     lines = ["# OneRec demo: run report", "",
              f"Status: {_status(r)}. Config: preset `{cfg.get('preset')}`, fingerprint "
@@ -54,7 +56,7 @@ def to_markdown_report(r: dict[str, Any]) -> str:
                   f"Pipeline report: `{p['report_md']}`; step logs: `{p['kfp_log']}`.", ""]
         # the cycle report's own tables, one heading level down
         lines += [ln.replace("# ", "## ", 1) if ln.startswith("#") else ln
-                  for ln in to_markdown(p["cycles"]).splitlines()[2:]]
+                  for ln in to_markdown(p["cycles"], base).splitlines()[2:]]
         lines += ["", "### Gate decisions", ""]
         for c in p["cycles"]:
             lines.append(f"- {c['run_id']}: **{c['gate'] or 'not reached'}**"
@@ -65,7 +67,7 @@ def to_markdown_report(r: dict[str, Any]) -> str:
             lines += ["", f"GitOps repository `{g['repo']}` after the pipeline: {g['state']}.",
                       ""]
     lines += _serving(r.get("serving"))
-    lines += _ab(r.get("ab"))
+    lines += _ab(r.get("ab"), base)
     lines += ["## Wall times", "", "| step | seconds |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in r["wall_s"].items()]
     return "\n".join(lines) + "\n"
@@ -121,7 +123,7 @@ def _serving(s: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
-def _ab(a: dict[str, Any] | None) -> list[str]:
+def _ab(a: dict[str, Any] | None, base: Path | None = None) -> list[str]:
     if not a:
         return []
     lines = ["## A/B: canary analysis (both versions served, simulated KuaiRand users)", ""]
@@ -140,6 +142,9 @@ def _ab(a: dict[str, Any] | None) -> list[str]:
                      f"{_fmt(s['mean_reward'])} | {_fmt(s['mean_p_click'])} | "
                      f"{s.get('cold_start', '-')} | {_fmt(s.get('serve_s'), 1)} |")
     lines += ["", f"Decision: **{a['decision']}**: {a['summary']}", ""]
+    if a.get("plot"):
+        plot = os.path.relpath(a["plot"], base) if base is not None else a["plot"]
+        lines += [f"![A/B arms: per-user mean reward, 95% intervals]({plot})", ""]
     b = a.get("behaviour")
     if b:
         lines += [f"Behaviour model, held out: the last {b['test_days']} days "

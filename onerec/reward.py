@@ -396,8 +396,16 @@ def evaluate_reward_model(model: RewardModel, data: RewardData, idx: np.ndarray,
                           bins: int = 10) -> dict[str, dict[str, float]]:
     """Per task: AUC, ECE, mean predicted vs observed, positives; and the fused P-Score's AUC
     against "engaged". The watch task's AUC and ECE use its percentile label > 0.5."""
-    pred = predict(model, data, idx)
-    labels = data.labels[idx]
+    return reward_metrics(predict(model, data, idx), data.labels[idx], bins)
+
+
+def _engaged(labels: np.ndarray) -> np.ndarray:
+    return labels[:, [TASKS.index(t) for t in ENGAGED_TASKS]].max(-1)
+
+
+def reward_metrics(pred: dict[str, np.ndarray], labels: np.ndarray,
+                   bins: int = 10) -> dict[str, dict[str, float]]:
+    """`evaluate_reward_model` on predictions already made (`predict`) and their labels."""
     out: dict[str, dict[str, float]] = {}
     for k, task in enumerate(TASKS):
         y, p = labels[:, k], pred["probs"][:, k]
@@ -406,11 +414,37 @@ def evaluate_reward_model(model: RewardModel, data: RewardData, idx: np.ndarray,
                      "mean_pred": float(p.mean()) if len(p) else float("nan"),
                      "mean_obs": float(y.mean()) if len(y) else float("nan"),
                      "positives": float(y_bin.sum())}
-    engaged = labels[:, [TASKS.index(t) for t in ENGAGED_TASKS]].max(-1)
+    engaged = _engaged(labels)
     out["pscore"] = {"auc": auc(pred["pscore"], engaged), "ece": ece(pred["pscore"], engaged, bins),
                      "mean_pred": float(pred["pscore"].mean()) if len(engaged) else float("nan"),
                      "mean_obs": float(engaged.mean()) if len(engaged) else float("nan"),
                      "positives": float(engaged.sum())}
+    return out
+
+
+def calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int
+                     ) -> dict[str, list[float | None]]:
+    """Per equal-width bin of the predictions (the bins `ece` weighs): mean predicted, mean
+    observed and count; an empty bin has count 0 and no means. A reliability diagram's data."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    which = np.minimum((probs * bins).astype(np.int64), bins - 1)
+    out: dict[str, list[float | None]] = {"pred": [], "obs": [], "count": []}
+    for b in range(bins):
+        sel = which == b
+        n = int(sel.sum())
+        out["pred"].append(float(probs[sel].mean()) if n else None)
+        out["obs"].append(float(labels[sel].mean()) if n else None)
+        out["count"].append(n)
+    return out
+
+
+def calibration_curves(pred: dict[str, np.ndarray], labels: np.ndarray,
+                       bins: int = 10) -> dict[str, dict[str, list[float | None]]]:
+    """`calibration_bins` of every task and of the P-Score (against "engaged")."""
+    out = {task: calibration_bins(pred["probs"][:, k], labels[:, k], bins)
+           for k, task in enumerate(TASKS)}
+    out["pscore"] = calibration_bins(pred["pscore"], _engaged(labels), bins)
     return out
 
 

@@ -416,6 +416,7 @@ def pretrain(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path, ou
                         "train_s": round(res.wall_s, 3), "watermark_ms": res.watermark_ms,
                         "params": model.num_params()})
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "history.json").write_text(json.dumps(res.history))  # the run page's curves
     if _rank() != 0:
         shutil.rmtree(dest, ignore_errors=True)
     return summary
@@ -458,11 +459,16 @@ def train_reward(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path
     model.item_ids = space.item_ids
     model.codebook_fingerprint = space.fingerprint
     res = rw.train_reward_model(cfg, data, train_idx, model, time_budget_s=time_budget_s)
-    metrics = rw.evaluate_reward_model(model, data, test_idx) if len(test_idx) else {}
+    metrics: dict[str, Any] = {}
+    calibration: dict[str, Any] = {}
+    if len(test_idx):  # one pass over the held-out impressions for both
+        pred, labels = rw.predict(model, data, test_idx), data.labels[test_idx]
+        metrics = rw.reward_metrics(pred, labels, cfg.reward.calibration_bins)
+        calibration = rw.calibration_curves(pred, labels, cfg.reward.calibration_bins)
     rw.save_reward_model(out, model, cfg, shaper, metrics)
     summary = {"steps": res.steps, "final_loss": res.final_loss, "train_s": round(res.wall_s, 3),
                "n_train_impressions": len(train_idx), "n_heldout_impressions": len(test_idx),
-               "metrics": metrics}
+               "metrics": metrics, "calibration": calibration}
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_num))
     return summary
 
@@ -491,6 +497,7 @@ def align(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path,
                    "align_s": round(res.wall_s, 3),
                    **{f"align_{k}": last[k] for k in ("reward", "legality", "kl") if k in last}}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_num))
+        (tmp / "history.json").write_text(json.dumps(res.history, default=_json_num))
     return summary
 
 

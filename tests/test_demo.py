@@ -129,6 +129,25 @@ def test_demo_decides_the_canary_and_commits_the_decision(demo_run):
     assert f"report: {out / 'report.md'}" in output.replace("\n", "")
 
 
+def test_demo_report_shows_the_gate_table_and_the_run_pages_plots(demo_run):
+    from tests.test_run_pages import assert_png
+
+    out, report, _ = demo_run
+    md = (out / "report.md").read_text()
+    assert "## Gate: held-out window, same users for every model" in md
+    assert "| candidate | recall@10 |" not in md and "| model | recall@10 | ndcg@10 |" in md
+    assert "### Run pages (what each step shows in the Kubeflow UI)" in md
+    for c in report["pipeline"]["cycles"]:
+        for plot in ("codebook-utilisation", "pretrain-curves"):
+            rel = md.split(f"![{c['run_id']} {plot}](")[1].split(")")[0]
+            assert_png((out / rel).read_bytes())
+        assert f"[gate.md](pipeline/state/runs/{c['run_id']}/pages/gate.md)" in md
+    a = report["ab"]
+    assert set(a["arms_ci"]) == {"stable", "canary"}
+    assert "![A/B arms: per-user mean reward, 95% intervals](ab/arms.png)" in md
+    assert_png((out / "ab" / "arms.png").read_bytes())
+
+
 def test_demo_requests_cover_known_history_only_and_unknown_users(shipped_dir):
     reqs = demo_requests(shipped_dir, "2022-04-29")
     assert [r["name"] for r in reqs] == ["known user", "history only", "unknown user"]

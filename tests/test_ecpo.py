@@ -364,7 +364,13 @@ def test_pipeline_reward_and_align_stages_run_on_the_shipped_sample(tmp_path):
                     max_steps=2)
     rm = stages.train_reward(cfg, tmp_path / "snap", tmp_path / "cb", tmp_path / "rm")
     assert rm["steps"] == 3 and "click" in rm["metrics"]
+    # the run pages' data: calibration bins over every held-out impression, the histories
+    assert set(rm["calibration"]) == set(rm["metrics"])
+    assert sum(rm["calibration"]["pscore"]["count"]) == rm["n_heldout_impressions"] > 0
+    assert len(json.loads((tmp_path / "pre" / "history.json").read_text())) >= 1
     out = stages.align(cfg, tmp_path / "snap", tmp_path / "cb", tmp_path / "pre", tmp_path / "rm",
                        tmp_path / "aligned")
     assert out["aligned"] and out["align_steps"] == 2
+    history = json.loads((tmp_path / "aligned" / "history.json").read_text())
+    assert [r["step"] for r in history] == [1, 2] and all("clip_frac" in r for r in history)
     load_checkpoint(tmp_path / "aligned" / "checkpoint")

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from onerec import gitops, registry, stages
+from onerec import gitops, registry, run_pages, stages
 from onerec.config import Config
 from onerec.cycle_report import cycle_summary, write_report
 from onerec.data import kuairand
@@ -27,12 +27,22 @@ from pipelines import run as prun
 from pipelines.continuous import compile_pipeline
 from pipelines.jobs import JobSpec
 from pipelines.training import StepOptions, preview_job, run_step
+from tests.test_run_pages import assert_png, embedded_pngs
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kuairand-pure"
 DAY1, DAY2 = "2022-04-26", "2022-04-27"
 CORE = "validate,codebook,pretrain,gate,publish"
 COMPONENTS = {"validate-data", "refresh-codebook", "pretrain", "train-reward-model", "align",
               "evaluation-gate", "export-model", "publish"}
+# component -> the type of its run page (the `page` output the Kubeflow UI renders) and the
+# file name of the page's copy in the run's ledger
+PAGES = {"validate-data": ("system.Markdown", "validate.md"),
+         "refresh-codebook": ("system.HTML", "codebook.html"),
+         "pretrain": ("system.HTML", "pretrain.html"),
+         "train-reward-model": ("system.HTML", "reward.html"),
+         "align": ("system.HTML", "align.html"),
+         "evaluation-gate": ("system.Markdown", "gate.md"),
+         "publish": ("system.Markdown", "publish.md")}
 
 
 def _cfg() -> Config:
@@ -92,6 +102,16 @@ def test_cluster_pipeline_compiles_with_dag_and_gpu_settings(tmp_path):
         assert platform[name]["pvcMount"][0]["mountPath"] == "/mnt/onerec"
         assert "nodeSelector" not in platform[name]
     assert executors["exec-pretrain"]["container"]["image"].endswith("onerec-train:0.1.0")
+
+
+def test_every_stage_declares_its_run_page_as_markdown_or_html(tmp_path):
+    spec, _ = _docs(compile_pipeline(tmp_path / "p.yaml", cluster=True))
+    for comp, (kind, _) in PAGES.items():
+        outputs = spec["components"][f"comp-{comp}"]["outputDefinitions"]["artifacts"]
+        assert outputs["page"]["artifactType"]["schemaTitle"] == kind, comp
+        assert outputs["page"]["artifactType"]["schemaVersion"]
+    assert "page" not in spec["components"]["comp-export-model"]["outputDefinitions"][
+        "artifacts"]
 
 
 def test_local_variant_has_no_cluster_settings(tmp_path):
@@ -376,6 +396,39 @@ def test_report_shows_both_cycles(two_cycles, tmp_path):
     assert "warm from " + cycles[1]["init_version"] in text and "cold (" in text
 
 
+def test_local_run_writes_the_run_pages_and_the_report_shows_them(two_cycles, tmp_path):
+    tmp, root, _ = two_cycles
+    ledgers = {r: run_pages.ledger_pages(root, r) for r in ("c1", "c2")}
+    for run_id, pages in ledgers.items():
+        assert set(pages) == {name for _, name in PAGES.values()} | {
+            "codebook-utilisation.png", "pretrain-curves.png"}, run_id  # reward, align skipped
+        for name in ("codebook-utilisation.png", "pretrain-curves.png"):
+            png = Path(pages[name]).read_bytes()
+            assert_png(png)
+            html = Path(pages[name.split("-")[0] + ".html"]).read_text()
+            assert embedded_pngs(html) == [png]
+        c = cycle_summary(root, run_id)
+        gate = Path(pages["gate.md"]).read_text()
+        assert f"# Evaluation gate: **{c['gate']}**" in gate
+        assert f"| ndcg@10 (gated) | {c['candidate']['ndcg@10']:.4f} |" in gate
+        assert f"# Published `{c['published']}`" in Path(pages["publish.md"]).read_text()
+        assert "# Data validation: PASSED" in Path(pages["validate.md"]).read_text()
+        assert "did not run" in Path(pages["align.html"]).read_text()
+    assert "production none" in Path(ledgers["c1"]["gate.md"]).read_text()
+    # kfp.local wrote the same files as the steps' output artifacts
+    for task, (_, name) in PAGES.items():
+        got = sorted(p.read_text() for p in (tmp / "kfp").glob(f"*/{task}/page"))
+        assert got == sorted(Path(ledgers[r][name]).read_text() for r in ledgers), task
+    # the cycle report links every page and shows the plots, relative to its folder
+    _, md = write_report(root, ["c1", "c2"], tmp_path / "report")
+    text = md.read_text()
+    assert "## Run pages" in text
+    for run_id in ledgers:
+        for plot in ("codebook-utilisation", "pretrain-curves"):
+            rel = text.split(f"![{run_id} {plot}](")[1].split(")")[0]
+            assert (md.parent / rel).resolve() == Path(ledgers[run_id][f"{plot}.png"]).resolve()
+
+
 def test_gate_blocks_a_worse_candidate_and_publish_is_not_reached(two_cycles):
     tmp, _, c1_state = two_cycles
     root = tmp / "state-blocked"
@@ -515,8 +568,11 @@ def test_a_broken_log_batch_stops_the_cycle_and_production_is_untouched(
     error = c["failed"]["validate"]
     assert error.startswith("data validation failed") and NEW_LOG in error and named in error
     # production, the canary slot, the stored versions and the GitOps tree: byte-identical; the
-    # only new file is the ledger's record of the failed stage
+    # only new files are the ledger's record of the failed stage and its run page
     assert _git_refs(repo) == refs_before
     after = _digest(root)
     assert {k: v for k, v in after.items() if k in before} == before
-    assert set(after) - set(before) == {f"runs/{run_id}", f"runs/{run_id}/validate.json"}
+    assert set(after) - set(before) == {f"runs/{run_id}", f"runs/{run_id}/validate.json",
+                                        f"runs/{run_id}/pages", f"runs/{run_id}/pages/validate.md"}
+    page = (root / "runs" / run_id / "pages" / "validate.md").read_text()
+    assert "# Data validation: FAILED" in page and NEW_LOG in page
