@@ -109,6 +109,16 @@ def lr_at(step: int, cfg: Config, time_frac: float = 0.0, total_steps: int | Non
     return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, max(progress, time_frac))))
 
 
+def budget_binds(elapsed_s: float, steps_done: int, steps_left: int, budget_s: float) -> bool:
+    """Will a run at its pace so far (`steps_done` steps in `elapsed_s`) pass its time budget
+    before its `steps_left` steps end? Only then does the budget drive the learning-rate
+    decay (`lr_at`'s time_frac): a run whose step count fits its budget follows the step
+    schedule alone, so a busy machine trains the same model as an idle one, only slower."""
+    if steps_done <= 0:
+        return False
+    return elapsed_s + elapsed_s / steps_done * steps_left > budget_s
+
+
 def build_model(cfg: Config, item_codes: torch.Tensor, vocab_sizes: list[int],
                 n_user_buckets: int = 1) -> OneRec:
     torch.manual_seed(cfg.train.seed)
@@ -225,15 +235,19 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
     t_start = time.perf_counter()
     t_log, samples, tokens, flops = time.perf_counter(), 0, 0, 0.0
     steps_this_call = 0
+    binds = False  # whether the time budget will cut this run short (`budget_binds`)
     loss_val = float("nan")
     model.train()
     while step < total_steps:
         idx = stream.next_indices()
         idx = idx[rank::world]
         batch = collate(reqs, idx, item_codes).to(device)
-        # the time budget drives the schedule on one process (ranks' clocks would disagree)
-        time_frac = ((time.perf_counter() - t_start) / time_budget_s
-                     if time_budget_s and world == 1 else 0.0)
+        # the time budget drives the schedule on one process (ranks' clocks would disagree),
+        # and only once it binds, so a run whose steps fit gets the same model on any machine
+        if time_budget_s and world == 1:
+            binds = binds or budget_binds(time.perf_counter() - t_start, steps_this_call,
+                                          total_steps - step, time_budget_s)
+        time_frac = (time.perf_counter() - t_start) / time_budget_s if binds else 0.0
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, time_frac, total_steps)
         opt.zero_grad(set_to_none=True)

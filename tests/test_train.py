@@ -194,6 +194,28 @@ def test_time_budget_drives_the_cosine_schedule():
     assert lr_at(900, cfg, time_frac=0.1) < 0.1e-3  # steps ahead of time: steps decide
 
 
+def test_the_budget_drives_the_schedule_only_once_it_binds():
+    from onerec.train import budget_binds
+
+    assert not budget_binds(10.0, 0, 100, 60.0)  # no pace yet
+    assert not budget_binds(10.0, 20, 80, 60.0)  # 50 s at this pace: the steps fit
+    assert budget_binds(10.0, 10, 90, 60.0)  # 100 s: the budget cuts the run
+
+
+def test_a_slow_machine_trains_the_same_model_when_the_steps_fit(tiny, tmp_path):
+    """A budget the run's steps fit in is a cap, not the schedule: the same run with a pause
+    at every step (a busy machine) ends with the weights of the run without a budget."""
+    cfg, _ds, _idx, codes, reqs = tiny
+    cfg = Config.from_preset("tiny", ["train.max_steps=12", "train.warmup_steps=1",
+                                      "train.log_every=1", "train.checkpoint_every=100"])
+    fast, _ = train(cfg, reqs, codes, VOCAB, tmp_path / "fast", resume=False)
+    slow, res = train(cfg, reqs, codes, VOCAB, tmp_path / "slow", resume=False,
+                      time_budget_s=30.0, log=lambda rec: time.sleep(0.25))
+    assert res.steps == 12
+    for k, v in fast.state_dict().items():
+        assert torch.equal(v, slow.state_dict()[k]), k
+
+
 def test_schedule_spans_the_steps_the_run_takes():
     """A short run (a continuous-training cycle) warms up within a tenth of its steps, peaks,
     and decays to zero at its last step, whatever train.max_steps says."""
