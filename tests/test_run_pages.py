@@ -155,12 +155,12 @@ def test_gate_page_tables_candidate_production_popularity_and_says_why():
 
 def test_publish_page_names_the_version_and_the_gitops_commits():
     page = run_pages.publish_page({"version": "2022-04-29-ce7b28f2", "storage_uri": "s3://m/v",
-                                   "commits": ["0123456789abcdef", "fedcba9876543210"],
+                                   "commits": ["aaaabbbbccccdddd", "1111222233334444"],
                                    "gitops_repo": "/r/gitops", "canary": True,
                                    "state": "dev: stable a, canary b at 10%",
                                    "metrics": {"ndcg@10": 0.1, "recall@10": 0.2}})
     assert "# Published `2022-04-29-ce7b28f2`" in page.text
-    assert "`0123456789`, `fedcba9876`" in page.text and "held as the canary" in page.text
+    assert "`aaaabbbbcc`, `1111222233`" in page.text and "held as the canary" in page.text
     assert "dev: stable a, canary b at 10%" in page.text
 
 
