@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,20 +51,23 @@ def selection_split(data: SequenceData, *, shifted: bool) -> LeaveOneOut:
     return split
 
 
+def csv_of(kind: type) -> Callable[[str], list]:
+    """An argparse type: "1,2, 4" -> [kind(1), kind(2), kind(4)]."""
+    return lambda text: [kind(x) for x in text.split(",") if x.strip()]
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1500, help="training steps (fixed)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--beam", type=int, default=None,
                     help="beam width (default: the Beauty defaults' serve.beam_width)")
-    ap.add_argument("--more-beams", default="",
+    ap.add_argument("--more-beams", type=csv_of(int), default=[],
                     help="comma-separated wider beams to score the same model at")
-    ap.add_argument("--more-weights", default="",
-                    help="comma-separated re-rank weights for --more-beams (default: the "
-                         "Config's model.item_score_weight)")
-    ap.add_argument("--more-priors", default="",
-                    help="comma-separated transition priors for --more-beams (default: the "
-                         "Config's model.transition_prior; needs the transition memory on)")
+    ap.add_argument("--more-weights", type=csv_of(float), default=[],
+                    help="re-rank weights for --more-beams (default: model.item_score_weight)")
+    ap.add_argument("--more-priors", type=csv_of(float), default=[],
+                    help="transition priors for --more-beams (default: model.transition_prior)")
     ap.add_argument("--n-valid", type=int, default=2000, help="validation users (seeded)")
     ap.add_argument("--data-dir", default=None, help="amazon-beauty-format folder")
     ap.add_argument("--preset", default="small")
@@ -141,12 +145,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"valid, item_score_weight={w}: {json.dumps(rows[w])}", flush=True)
     # beam -> "w<re-rank weight>" or "w<weight> prior<transition prior>" -> row
     by_beam: dict[int, dict[str, dict]] = {}
-    more_w = [float(x) for x in args.more_weights.split(",") if x.strip()] or [chosen]
+    more_w = args.more_weights or [chosen]
     prior0 = model.cfg.transition_prior
-    more_g = [float(x) for x in args.more_priors.split(",") if x.strip()] or [prior0]
+    more_g = args.more_priors or [prior0]
     if model.next_items is None:
         more_g = [prior0]
-    for beam in (int(b) for b in args.more_beams.split(",") if b.strip()):
+    for beam in args.more_beams:
         for w in more_w if model.item_query is not None else [chosen]:
             for g in more_g:
                 with scorers_set(model, item_score_weight=w, transition_prior=g):
