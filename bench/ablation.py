@@ -29,11 +29,11 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.quality import BEAUTY_DEFAULTS, SHARED, by_transition
+from bench.report import csv_of
 from bench.runtime import reexec_with_tuned_env
 
 if TYPE_CHECKING:
@@ -49,11 +49,6 @@ def selection_split(data: SequenceData, *, shifted: bool) -> LeaveOneOut:
     if shifted:
         split = dataclasses.replace(split, train={u: s[:-1] for u, s in split.train.items()})
     return split
-
-
-def csv_of(kind: type) -> Callable[[str], list]:
-    """An argparse type: "1,2, 4" -> [kind(1), kind(2), kind(4)]."""
-    return lambda text: [kind(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -9,18 +9,24 @@ out that day, and scores it as the gate does (`onerec.stages.evaluate`: every he
 a positive event, constrained beam at `serve.beam_width`) beside popularity, once per
 `--epochs` value (passes over the requests decide the steps, as in the demo). The snapshot and
 codebook are built once per settings under `--out` and reused.
+
+`--beams` and `--priors` re-score each trained model at other beam widths and transition-memory
+priors (`model.transition_prior`; train with it > 0 so the model counts its table): those only
+change generation, so one training serves every combination.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
-from bench.report import print_table
+from bench.report import csv_of, print_table
 from bench.runtime import reexec_with_tuned_env
 
 UNTIL = "2022-04-27"  # the snapshot's end: the held-out day is the one before, 2022-04-26
@@ -33,6 +39,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default="runs/demo_day")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--beams", type=csv_of(int), default=[],
+                    help="re-score at these beam widths too (comma-separated)")
+    ap.add_argument("--priors", type=csv_of(float), default=[],
+                    help="re-score at these model.transition_prior values too (comma-separated)")
     args = ap.parse_args(argv)
     reexec_with_tuned_env("bench.demo_day", argv)
 
@@ -63,16 +73,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
         summary = stages.pretrain(cfg, base / "snapshot", base / "codebook", run, root=root,
                                   warm_start=False, epochs=epochs)
         train_s = time.perf_counter() - t0
-        m = stages.evaluate(cfg, base / "snapshot", run / "checkpoint", base / "codebook")["metrics"]
-        results.append({"epochs": epochs, "steps": summary["steps"], "train_s": round(train_s, 1),
-                        "overrides": args.overrides, **m, "popularity": pop})
-        rows.append((f"OneRec, {epochs:g} epochs", f"{summary['steps']:,}", f"{train_s:.0f}",
-                     f"{m['recall@10']:.4f}", f"{m['ndcg@10']:.4f}", f"{m['coverage@10']:.4f}"))
+        model = stages.load_model(run / "checkpoint")
+        space = stages.load_space(base / "codebook")
+        snap = stages.Snapshot.load(base / "snapshot")
+        for beam, prior in settings(cfg, args.beams, args.priors):
+            at = copy.deepcopy(cfg)
+            at.serve.beam_width = beam
+            model.cfg.transition_prior = prior
+            m = stages.evaluate_model(at, snap, model, space)["metrics"]
+            results.append({"epochs": epochs, "steps": summary["steps"],
+                            "train_s": round(train_s, 1), "overrides": args.overrides,
+                            "beam": beam, "transition_prior": prior, **m, "popularity": pop})
+            rows.append((f"OneRec, {epochs:g} epochs, beam {beam}, prior {prior:g}",
+                         f"{summary['steps']:,}", f"{train_s:.0f}", f"{m['recall@10']:.4f}",
+                         f"{m['ndcg@10']:.4f}", f"{m['coverage@10']:.4f}"))
     load = tuple(round(x, 2) for x in os.getloadavg())
     print_table(Console(width=160), f"demo validation day 2022-04-26, {' '.join(args.overrides)}"
                 f" (load average {load})", ("model", "steps", "train s", "R@10", "N@10",
                                             "cov@10"), rows, left=("model",))
     return results
+
+
+def settings(cfg: Any, beams: list[int], priors: list[float]) -> list[tuple[int, float]]:
+    """(beam width, transition prior) pairs to score: the Config's own first, then the rest."""
+    own = (cfg.serve.beam_width, cfg.model.transition_prior)
+    more = [(b, p) for b in beams or [own[0]] for p in priors or [own[1]]]
+    return [own, *(x for x in more if x != own)]
 
 
 if __name__ == "__main__":

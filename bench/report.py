@@ -3,7 +3,7 @@ for docs/results.md."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -21,3 +21,8 @@ def print_table(console: Console, title: str, columns: Sequence[str],
     print("|" + "---|" * len(columns))
     for r in rows:
         print("| " + " | ".join(r) + " |")
+
+
+def csv_of(kind: type) -> Callable[[str], list]:
+    """An argparse type: "1,2, 4" -> [kind(1), kind(2), kind(4)]."""
+    return lambda text: [kind(x) for x in text.split(",") if x.strip()]

@@ -322,7 +322,9 @@ def transfer_weights(old: OneRec, old_item_ids: np.ndarray, new: OneRec,
 
     Item embeddings follow the video id (a new video keeps its fresh initialisation); code
     embeddings and output heads copy each level's old codes (a level's vocabulary only grows on
-    a refresh: the disambiguation level); everything else must match in shape.
+    a refresh: the disambiguation level); the transition memory's rows and successors follow
+    the video id too (a video no longer in the catalogue drops out); everything else must match
+    in shape.
     """
     src = old.state_dict()
     dst = new.state_dict()
@@ -332,9 +334,11 @@ def transfer_weights(old: OneRec, old_item_ids: np.ndarray, new: OneRec,
     carried = 0
     with torch.no_grad():
         for name, t in dst.items():
-            s = src[name]
             if name in ("item_codes", "code_offsets"):
                 continue  # the new codebook's, by construction
+            if name in ("next_items", "next_counts", "out_counts"):
+                continue  # `_transfer_transitions`, below: the three buffers move together
+            s = src[name]
             if name == "item_emb.weight":
                 to, fr = (torch.tensor(x, dtype=torch.long) for x in zip(*pairs, strict=True))
                 t[to] = s[fr]
@@ -351,8 +355,36 @@ def transfer_weights(old: OneRec, old_item_ids: np.ndarray, new: OneRec,
             else:
                 raise StageError(f"warm start: {name} has shape {tuple(s.shape)} in production, "
                                  f"{tuple(t.shape)} in the candidate (another model Config?)")
+    if "next_items" in dst:
+        _transfer_transitions(src, dst, pairs)
     new.load_state_dict(dst)
     return {"items_carried": carried, "items_new": len(new_item_ids) - carried}
+
+
+def _transfer_transitions(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor],
+                          pairs: list[tuple[int, int]]) -> None:
+    """The transition memory re-indexed to the new catalogue: row and successor indices follow
+    the video id (`pairs`: new row, old row). A production model without the memory leaves the
+    candidate's empty table (training fills it); a successor that left the catalogue is
+    dropped from its row, and its count from the row's total stays (the chain's denominator
+    counts every successor seen, kept or not)."""
+    if "next_items" not in src:
+        return
+    if src["next_items"].shape[1] != dst["next_items"].shape[1]:
+        raise StageError(f"warm start: model.transition_neighbors is "
+                         f"{src['next_items'].shape[1]} in production, "
+                         f"{dst['next_items'].shape[1]} in the candidate")
+    to_new = torch.zeros(src["next_items"].shape[0], dtype=torch.long)
+    to, fr = (torch.tensor(x, dtype=torch.long) for x in zip(*pairs, strict=True))
+    to_new[fr] = to
+    with torch.no_grad():
+        succ = to_new[src["next_items"][fr]]  # 0: an empty slot or a video that left
+        dst["next_items"].zero_()
+        dst["next_counts"].zero_()
+        dst["out_counts"].zero_()
+        dst["next_items"][to] = succ
+        dst["next_counts"][to] = torch.where(succ > 0, src["next_counts"][fr], 0.0)
+        dst["out_counts"][to] = src["out_counts"][fr]
 
 
 def _rank() -> int:
@@ -559,12 +591,17 @@ def evaluate(cfg: Config, snapshot_dir: str | Path, checkpoint: str | Path,
              codebook_dir: str | Path, *, max_users: int | None = None) -> dict[str, Any]:
     """Offline metrics of one model on the held-out window: Recall/NDCG@5,10 over each user's
     positive held-out videos (full ranking, constrained beam search), legality, coverage@10."""
+    space = load_space(codebook_dir)
+    return evaluate_model(cfg, Snapshot.load(snapshot_dir),
+                          load_model(checkpoint, space.fingerprint), space, max_users=max_users)
+
+
+def evaluate_model(cfg: Config, snap: Snapshot, model: OneRec, space: ItemSpace, *,
+                   max_users: int | None = None) -> dict[str, Any]:
+    """`evaluate` of a loaded model (a bench re-scoring one checkpoint at several settings)."""
     from onerec.evaluate import coverage, rank_metrics_multi
     from onerec.recommend import recommend
 
-    snap = Snapshot.load(snapshot_dir)
-    space = load_space(codebook_dir)
-    model = load_model(checkpoint, space.fingerprint)
     users, targets = heldout_users(snap, max_users)
     if not users:
         raise StageError("the held-out window has no user with a positive event to measure")

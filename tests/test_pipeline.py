@@ -176,6 +176,35 @@ def test_transfer_weights_follow_video_ids_and_grow_code_tables():
                        old.encoder[0].state_dict()["norm1.weight"])
 
 
+def test_transfer_weights_move_the_transition_memory_by_video_id():
+    from onerec.train import build_model
+    from onerec.transitions import TransitionTable
+
+    cfg = Config.from_preset("tiny", ["model.transition_prior=1", "model.transition_neighbors=2"])
+    # production: videos 10, 20, 30 at rows 1-3; 10 -> 20 (x3) and 10 -> 30 (x1), 30 -> 10 (x2)
+    old_codes = torch.tensor([[0, 0, 0], [1, 2, 0], [3, 1, 0], [2, 2, 0]])
+    old = build_model(cfg, old_codes, [4, 4, 1])
+    old.set_transitions(TransitionTable(
+        next_items=np.array([[0, 0], [2, 3], [0, 0], [1, 0]]),
+        next_counts=np.array([[0, 0], [3, 1], [0, 0], [2, 0]], dtype=np.float32),
+        out_counts=np.array([0, 4, 0, 2], dtype=np.float32)))
+    # the refresh: video 30 left, 40 is new, and the rows are in another order (20, 40, 10)
+    new_codes = torch.tensor([[0, 0, 0], [1, 2, 0], [1, 2, 1], [3, 1, 0]])
+    new = build_model(cfg, new_codes, [4, 4, 2])
+    stages.transfer_weights(old, np.array([10, 20, 30]), new, np.array([20, 40, 10]))
+    got = new.transition_table()
+    assert got is not None
+    assert got.next_items[3].tolist() == [1, 0]  # 10 -> 20 (now row 1); 10 -> 30 dropped
+    assert got.next_counts[3].tolist() == [3.0, 0.0]
+    assert got.out_counts.tolist() == [0.0, 0.0, 0.0, 4.0]  # 10 saw 4 successors in all
+    assert got.next_items[[1, 2]].sum() == 0  # 20 had none; 40 is new
+    # a production model without the memory leaves the candidate's table empty
+    plain = build_model(Config.from_preset("tiny"), old_codes, [4, 4, 1])
+    fresh = build_model(cfg, new_codes, [4, 4, 2])
+    stages.transfer_weights(plain, np.array([10, 20, 30]), fresh, np.array([20, 40, 10]))
+    assert fresh.transition_table().n_pairs == 0
+
+
 # -- the PyTorchJob of the pretrain step ------------------------------------------------------------
 def test_pretrain_step_pytorchjob_validates():
     cfg = Config.from_preset("base")
