@@ -9,7 +9,9 @@ experts, so parameters grow with E while compute grows with k. Choices here:
   balance and grows to E when one expert takes everything. The trainer weights it by
   `model.balance_loss_weight`.
 - Dispatch: a plain loop over experts with index_select / index_add (the reference path; no
-  capacity dropping, every token is served). A fused grouped-GEMM path can be added behind the
+  capacity dropping, every token is served). An expert no token chose runs on zero rows, so
+  plain DistributedDataParallel (no `find_unused_parameters`) sees a gradient for it on every
+  rank instead of failing when one rank's batch routes nothing to it. A fused grouped-GEMM path can be added behind the
   same interface and checked against this one.
 - `last_load` keeps the per-expert token share of the latest forward for logging.
 """
@@ -58,8 +60,8 @@ class MoEFeedForward(nn.Module):
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             token_idx, slot = (chosen == e).nonzero(as_tuple=True)
-            if token_idx.numel() == 0:
-                continue
+            # an expert with no token still runs (on 0 rows): its weights get a zero gradient,
+            # so DDP's all-reduce sees every parameter on every rank (tests/test_ddp.py)
             y = expert(flat.index_select(0, token_idx)) * weights[token_idx, slot].unsqueeze(-1)
             out.index_add_(0, token_idx, y)
         # Switch-Transformer balance loss over the routed slots.
