@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onerec.config import Config, RewardConfig
+from onerec.evaluate import auc
 from onerec.io import atomic_dir, load_torch_state
 from onerec.model import Attention, Batch
 from onerec.stream import Requests, requests_from_events
@@ -348,16 +349,6 @@ def train_reward_model(cfg: Config, data: RewardData, train_idx: np.ndarray,
     model.eval()
     return RewardTrainResult(steps=step, final_loss=loss_val, wall_s=time.perf_counter() - t0,
                              history=history)
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties count half); NaN with one class only."""
-    labels = np.asarray(labels) > 0.5
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = pd.Series(np.asarray(scores, dtype=np.float64)).rank(method="average").to_numpy()
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int) -> float:

@@ -45,8 +45,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from onerec.data.schema import DAY_MS
+from onerec.evaluate import auc
+
 TARGETS = ("click", "long_view")
-DAY_MS = 86_400_000
 
 
 # -- video features -------------------------------------------------------------------------------
@@ -208,18 +210,6 @@ class BehaviourModel:
 
 
 # -- evaluation -----------------------------------------------------------------------------------
-def auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged."""
-    from scipy.stats import rankdata
-
-    y = np.asarray(y).astype(bool)
-    pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = rankdata(p)
-    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:
     p = np.clip(np.asarray(p, float), 1e-7, 1 - 1e-7)
     y = np.asarray(y, float)
@@ -248,7 +238,7 @@ def holdout(events: pd.DataFrame, items: pd.DataFrame, days: int = 2,
         "long_view": {"global": np.full(len(test), long.mean()),
                       "user": np.append(users.long_view, long.mean())[idx], "model": pl},
     }
-    metrics = {t: {name: {"log_loss": round(log_loss(y, p), 4), "auc": round(auc(y, p), 4)}
+    metrics = {t: {name: {"log_loss": round(log_loss(y, p), 4), "auc": round(auc(p, y), 4)}
                    for name, p in preds[t].items()}
                for t, y in (("click", y_click), ("long_view", y_long))}
     return {"train_rows": len(train), "test_rows": len(test), "test_days": days,

@@ -48,12 +48,11 @@ import torch
 from onerec import registry
 from onerec.config import Config, TokenizerConfig
 from onerec.data import kuairand
-from onerec.data.schema import DataError, Dataset
+from onerec.data.schema import DAY_MS, DataError, Dataset
 from onerec.io import atomic_dir
 from onerec.items import ItemSpace
 from onerec.model import OneRec
 
-DAY_MS = 86_400_000
 CORE_STAGES = ("validate", "codebook", "pretrain", "gate")
 OPTIONAL_STAGES = ("reward", "align", "export", "publish")
 ALL_STAGES = ("validate", "codebook", "pretrain", "reward", "align", "gate", "export", "publish")

@@ -9,13 +9,12 @@ import torch
 
 from onerec.config import Config, ConfigError
 from onerec.data.synthetic import make_dataset
-from onerec.evaluate import split_cut_ms
+from onerec.evaluate import auc, split_cut_ms
 from onerec.model import Batch
 from onerec.reward import (
     TASKS,
     DurationShaper,
     RewardModelError,
-    auc,
     build_reward_model,
     ece,
     evaluate_reward_model,

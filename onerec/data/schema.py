@@ -21,6 +21,9 @@ class DataError(ValueError):
     """A data file is missing, unreadable, or does not have the schema it must have."""
 
 
+# One day in the unit of `time_ms` (epoch milliseconds): day windows, splits, freshness.
+DAY_MS = 86_400_000
+
 # Feedback signals, all 0/1 flags.
 FEEDBACK_FLAGS: tuple[str, ...] = ("is_click", "long_view", "is_like", "is_follow", "is_comment")
 

@@ -14,12 +14,11 @@ import numpy as np
 import pandas as pd
 
 from onerec.config import DataConfig
-from onerec.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Dataset
+from onerec.data.schema import DAY_MS, EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Dataset
 from onerec.io import atomic_path
 
 N_TAGS = 12
 START_MS = 1_650_800_000_000  # 2022-04-24, like KuaiRand
-DAY_MS = 86_400_000
 
 
 def make_dataset(cfg: DataConfig | None = None, *, n_users: int | None = None,
