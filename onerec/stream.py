@@ -68,6 +68,11 @@ class Requests:
                         None if self.target_rows is None else self.target_rows[pick])
 
 
+def _known(videos: Any, item_index: dict[int, int]) -> list[int]:
+    """A window of raw video ids -> the item indices of those the catalogue knows, in order."""
+    return [item_index[v] for v in videos if v in item_index]
+
+
 def _left_pad(seq: Any, width: int) -> np.ndarray:
     out = np.zeros(width, dtype=np.int64)
     tail = list(seq)[-width:]
@@ -83,8 +88,11 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
                          ) -> Requests:
     """Build requests from a time-ordered impression log (the event schema).
 
-    item_index maps video id -> item index (1-based); unknown videos are skipped in contexts and
-    targets. `history` (KuaiRand user_history: user_id, watch_seq, long_watch_seq, like_seq)
+    item_index maps video id -> item index (1-based); unknown videos are skipped as targets. In
+    contexts they keep their place in the bounded windows (the last `max_seq_len` clicks, ...,
+    of raw video ids) and are dropped when the window is read, as serving reads the same windows
+    from the online store (`onerec.features.sequences`): a user's context is the same, id for id,
+    in training and online (tests/test_features.py). `history` (KuaiRand user_history: user_id, watch_seq, long_watch_seq, like_seq)
     seeds the lifelong and positive sequences. If `final_state` is a dict, it receives each
     user's (short, pos, long) context after the last event: the context of a request made
     right after the log ends (evaluation on a later test period, serving).
@@ -95,9 +103,8 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
     long: dict[int, deque] = {}
     if history is not None:
         for row in history.itertuples(index=False):
-            watch = [item_index[v] for v in row.watch_seq if v in item_index]
-            positive = [item_index[v] for v in (*row.long_watch_seq, *row.like_seq)
-                        if v in item_index]
+            watch = [int(v) for v in row.watch_seq]
+            positive = [int(v) for v in (*row.long_watch_seq, *row.like_seq)]
             long[row.user_id] = deque(watch, maxlen=g_len)
             short[row.user_id] = deque(watch, maxlen=s_len)  # clicks unknown before the log
             pos[row.user_id] = deque(positive, maxlen=p_len)
@@ -118,15 +125,13 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
             rows.extend(kept)
             out_user.append(u % n_user_buckets)
             out_time.append(start)
-            out_s.append(_left_pad(short.get(u, ()), s_len))
-            out_p.append(_left_pad(pos.get(u, ()), p_len))
-            out_g.append(_left_pad(long.get(u, ()), g_len))
+            out_s.append(_left_pad(_known(short.get(u, ()), item_index), s_len))
+            out_p.append(_left_pad(_known(pos.get(u, ()), item_index), p_len))
+            out_g.append(_left_pad(_known(long.get(u, ()), item_index), g_len))
             targets.extend(tgts)
             offsets.append(len(targets))
         for i in idxs:  # the request's feedback joins the history only after the request
-            it = item_index.get(videos[i])
-            if it is None:
-                continue
+            it = int(videos[i])
             long.setdefault(u, deque(maxlen=g_len)).append(it)
             if click[i]:
                 short.setdefault(u, deque(maxlen=s_len)).append(it)
@@ -147,7 +152,9 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
         close(u)
     if final_state is not None:
         for u in set(short) | set(pos) | set(long):
-            final_state[u] = (list(short.get(u, ())), list(pos.get(u, ())), list(long.get(u, ())))
+            final_state[u] = (_known(short.get(u, ()), item_index),
+                              _known(pos.get(u, ()), item_index),
+                              _known(long.get(u, ()), item_index))
     order = np.argsort(np.asarray(out_time, dtype=np.int64), kind="stable")
     reqs = Requests(
         user=np.asarray(out_user, dtype=np.int64), time_ms=np.asarray(out_time, dtype=np.int64),

@@ -208,3 +208,31 @@ def test_cli_group_reads_a_user_and_names_a_missing_repo(world, tmp_path):
                                        str(tmp_path / "nope"), "--user", "1"])
     assert missing.exit_code == 2
     assert "no feature_store.yaml" in " ".join(missing.output.split())
+
+
+def test_training_and_serving_read_the_same_context_id_for_id(world, cfg, ds):
+    """Train/serve parity: the context a training request is built from (`onerec.stream`)
+    equals, item for item, what serving makes of the same user's online rows (Feast, after the
+    same events) with the same catalogue, also where the catalogue lacks some videos (new
+    uploads before a codebook refresh): both keep the bounded window of raw video ids and drop
+    the unknown ones when reading it."""
+    from onerec.stream import requests_from_events
+    from serving.transformer import compact, pad_lists
+
+    videos = sorted(ds.items["video_id"].tolist())
+    known = [v for i, v in enumerate(videos) if i % 5]  # a fifth of the videos unknown
+    index = {v: i + 1 for i, v in enumerate(known)}
+    state: dict[int, tuple[list[int], list[int], list[int]]] = {}
+    requests_from_events(ds.events, index, cfg.data, final_state=state)
+    online = online_user_context(world["store"], world["users"])
+    widths = (cfg.data.max_seq_len, cfg.data.max_pos_seq_len, cfg.data.max_long_seq_len)
+    dropped = 0
+    for u in world["users"]:
+        for k, width in enumerate(widths):
+            raw = pad_lists([online[u][k]])
+            ids = np.where(raw >= 0, np.vectorize(lambda v: index.get(int(v), 0))(raw), 0)
+            served = compact(ids, width)[0]
+            served = served[served > 0].tolist()
+            assert state.get(u, ([], [], []))[k] == served, (u, k)
+            dropped += len(online[u][k]) - len(served)
+    assert dropped > 0  # the unknown videos were in the windows, and both sides dropped them
