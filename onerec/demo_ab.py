@@ -31,13 +31,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from onerec.config import Config
 from onerec.demo_serving import Server, ServingError, subprocess_env
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 BATCH = 256  # users per request: serving.schema.Limits.max_batch
 HISTORY_KEYS = ("short_history", "pos_history", "long_history")
@@ -155,7 +158,8 @@ def read_slates(proc: subprocess.Popen[bytes], out: Path, timeout_s: float,
 
 
 # -- the experiment -----------------------------------------------------------------------------
-def run(cfg: Config, opts: ABOptions, log: Any = print, console: Any = None) -> ABOutcome:
+def run(cfg: Config, opts: ABOptions, log: Any = print, console: Console | None = None,
+        ) -> ABOutcome:
     """Fit the world, split, serve both versions, simulate feedback, analyse (no commit).
     Each arm's slate client reports its progress on `console` (`onerec.progress.Follow`)."""
     from onerec import ab, progress, registry, simusers

@@ -25,7 +25,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +135,7 @@ class Server:
 
 
 def feature_store(cfg: Any, data_dir: Path, until_ms: int, dest: Path,
-                  users: list[int], console: Any = None) -> dict[str, Any]:
+                  users: list[int], console: Console | None = None) -> dict[str, Any]:
     """The Feast repo the demo's server reads (`onerec.features.serving_repo`): the offline
     store backfilled with the events before `until_ms` (the served version's cut) on top of
     KuaiRand's pre-log history, applied, the online store (SQLite) loaded. -> timings, and the

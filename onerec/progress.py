@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
@@ -205,7 +205,7 @@ class Lines(View):
     """Plain lines on a stream: one per key per `interval_s`, at once when the key's stage
     changes (the gate's second evaluation), and the last (done) always."""
 
-    def __init__(self, stream: TextIO, interval_s: float) -> None:
+    def __init__(self, stream: IO[str], interval_s: float) -> None:
         self.stream, self.interval_s = stream, interval_s
         self.last: dict[str, tuple[float, str]] = {}
 
@@ -309,7 +309,8 @@ class Follow:
         self._thread = threading.Thread(target=self._run, daemon=True)
         # what the file holds already is not this run's; a file replaced or cut is read anew
         st = self.path.stat() if self.path.exists() else None
-        self._inode, self._offset = (st.st_ino, st.st_size) if st else (None, 0)
+        self._inode: int | None = st.st_ino if st else None
+        self._offset = st.st_size if st else 0
 
     def __enter__(self) -> Follow:
         self.view.start()
