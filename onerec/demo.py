@@ -161,27 +161,33 @@ def _validate(cfg: Config, opts: DemoOptions, console: Console) -> dict[str, Any
 
 # -- 2. continuous training ------------------------------------------------------------------------
 def _pipeline(cfg: Config, opts: DemoOptions, console: Console, clock: _Clock) -> dict[str, Any]:
-    from onerec import gitops, registry
+    from onerec import gitops, progress, registry
     from onerec.pipeline_local import CycleOptions, cycle_line, run_cycles
 
     folder = opts.out / "pipeline"
     kfp_log = folder / "kfp.log"
+    # kfp.local's steps run as subprocesses logging into kfp.log: follow it, so the terminal
+    # shows which stage of which cycle runs and its progress (`onerec.progress`)
+    follow = progress.Follow(kfp_log, progress.make_view(console))
     copts = CycleOptions(cycles=opts.cycles, start=opts.start, stages_csv=opts.stages_csv,
                          train_minutes=opts.minutes, max_steps=opts.max_steps, epochs=opts.epochs,
                          eval_users=opts.eval_users, popularity_floor=opts.popularity_floor,
                          canary_last=True)
     def on_start(i: int, until: str) -> None:
+        follow.label = f"cycle {i}/{opts.cycles} · "
         console.print(f"cycle {i}: until {until} (kfp.local; step logs: {kfp_log}) ...",
                       highlight=False)
 
     def on_cycle(i: int, c: dict[str, Any], wall: float) -> None:
+        follow.read()  # the cycle's last stage ends before its summary
         clock.walls[f"pipeline {c['run_id']}"] = wall
         ran = [s for s, st in c["stages"].items() if st == "ran"]
         console.print(f"  stages run: {', '.join(ran)}", highlight=False)
         console.print("  " + cycle_line(c, wall), highlight=False)
 
-    run = run_cycles(cfg, opts.data_dir, folder, copts, on_start=on_start, on_cycle=on_cycle,
-                     kfp_log=kfp_log)
+    with follow:
+        run = run_cycles(cfg, opts.data_dir, folder, copts, on_start=on_start,
+                         on_cycle=on_cycle, kfp_log=kfp_log)
     result: dict[str, Any] = {"cycles": run.summaries, "report_md": str(run.report_md),
                               "report_json": str(run.report_json), "kfp_log": str(kfp_log),
                               "state": str(run.state), "failed": run.failed,
@@ -239,7 +245,8 @@ def _serve(cfg: Config, opts: DemoOptions, version: str, report: dict[str, Any],
     requests = demo_requests(opts.data_dir, until)
     known = [u for r in requests if r["source"] == "feast" for u in r["users"]]
     t0 = time.perf_counter()
-    feast = feature_store(cfg, opts.data_dir, day_ms(until), folder / "feature_repo", known)
+    feast = feature_store(cfg, opts.data_dir, day_ms(until), folder / "feature_repo", known,
+                          console=console)
     feast["wall_s"] = round(time.perf_counter() - t0, 1)
     console.print(f"Feast {feast['repo']}: {feast['events']:,} events before {until} on the "
                   f"pre-log history, {feast['users']:,} users online (SQLite); prepare "
@@ -341,7 +348,8 @@ def _ab(cfg: Config, opts: DemoOptions, report: dict[str, Any],
                       n_requests=opts.ab_requests)
     console.print(f"{state.describe()}; {opts.ab_requests:,} simulated requests; histories "
                   f"before {until}; servers' logs in {aopts.work_dir}", highlight=False)
-    outcome = run(cfg, aopts, log=lambda line: console.print(line, highlight=False))
+    outcome = run(cfg, aopts, log=lambda line: console.print(line, highlight=False),
+                  console=console)
     outcome.feedback.to_parquet(aopts.work_dir / "feedback.parquet")
     table = Table(title="A/B arms", caption="reward: mean per request; P(click): the behaviour "
                   "model's, mean over the served slates")

@@ -31,13 +31,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from onerec.config import Config
 from onerec.demo_serving import Server, ServingError, subprocess_env
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 BATCH = 256  # users per request: serving.schema.Limits.max_batch
 HISTORY_KEYS = ("short_history", "pos_history", "long_history")
@@ -155,9 +158,11 @@ def read_slates(proc: subprocess.Popen[bytes], out: Path, timeout_s: float,
 
 
 # -- the experiment -----------------------------------------------------------------------------
-def run(cfg: Config, opts: ABOptions, log: Any = print) -> ABOutcome:
-    """Fit the world, split, serve both versions, simulate feedback, analyse (no commit)."""
-    from onerec import ab, registry, simusers
+def run(cfg: Config, opts: ABOptions, log: Any = print, console: Console | None = None,
+        ) -> ABOutcome:
+    """Fit the world, split, serve both versions, simulate feedback, analyse (no commit).
+    Each arm's slate client reports its progress on `console` (`onerec.progress.Follow`)."""
+    from onerec import ab, progress, registry, simusers
     from onerec.data import kuairand
 
     walls: dict[str, float] = {}
@@ -201,7 +206,9 @@ def run(cfg: Config, opts: ABOptions, log: Any = print) -> ABOutcome:
                 rows = np.searchsorted(everyone, users)
                 proc, out = start_slates(servers[a], {k: v[rows] for k, v in hist.items()},
                                          opts.work_dir, a)
-                got, info[a] = read_slates(proc, out, timeout_s=600)
+                with progress.Follow(opts.work_dir / f"{a}-client.log",
+                                     progress.make_view(console), label=f"A/B {a} · "):
+                    got, info[a] = read_slates(proc, out, timeout_s=600)
                 slates.update(got)
         walls["slates"] = round(time.perf_counter() - t1, 1)
     counts = ", ".join(f"{a}: {len(u):,}" for a, u in arm_users.items())
@@ -229,6 +236,7 @@ def _slates(url: str, model: str, requests: Path, out: Path, parallel: int) -> N
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from onerec.progress import Reporter
     from serving.client import RecommendClient
 
     z = np.load(requests)
@@ -247,9 +255,13 @@ def _slates(url: str, model: str, requests: Path, out: Path, parallel: int) -> N
         return [r.video_ids for r in res.rows], [r.cold_start for r in res.rows], version
 
     t0 = time.perf_counter()
+    answers: list[tuple[list[list[int]], list[bool], int]] = []
     try:
-        with ThreadPoolExecutor(max(1, parallel)) as pool:
-            answers = list(pool.map(ask, range(0, len(users), BATCH)))
+        with Reporter("slates", total=len(users), unit="user", batch_size=1) as report, \
+                ThreadPoolExecutor(max(1, parallel)) as pool:
+            for answer in pool.map(ask, range(0, len(users), BATCH)):
+                answers.append(answer)
+                report({"step": min(len(users), len(answers) * BATCH)})
     finally:
         for c in clients:
             c.close()

@@ -25,7 +25,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,20 +135,29 @@ class Server:
 
 
 def feature_store(cfg: Any, data_dir: Path, until_ms: int, dest: Path,
-                  users: list[int]) -> dict[str, Any]:
+                  users: list[int], console: Console | None = None) -> dict[str, Any]:
     """The Feast repo the demo's server reads (`onerec.features.serving_repo`): the offline
     store backfilled with the events before `until_ms` (the served version's cut) on top of
     KuaiRand's pre-log history, applied, the online store (SQLite) loaded. -> timings, and the
-    online sequence lengths of `users` (what the transformer will read for them)."""
+    online sequence lengths of `users` (what the transformer will read for them).
+
+    Progress shows its phases on `console` (`onerec.progress`); what Feast prints itself (its
+    colours and tqdm bars) goes to `<dest>.log`, so a CI log gets no escape codes from it."""
     import dataclasses
 
     from onerec.data import kuairand
     from onerec.features import online_user_context, serving_repo
+    from onerec.features.store import SERVING_PHASES
+    from onerec.pipeline_local import redirected
+    from onerec.progress import Reporter
 
     ds = kuairand.load(data_dir)
     ds = dataclasses.replace(ds, events=ds.events[ds.events["time_ms"] < until_ms]
                              .reset_index(drop=True))
-    store, took = serving_repo(dest, cfg, ds, history=kuairand.read_history(data_dir))
+    with Reporter("feast", total=len(SERVING_PHASES), console=console) as report, \
+            redirected(dest.with_name(dest.name + ".log")):
+        store, took = serving_repo(dest, cfg, ds, history=kuairand.read_history(data_dir),
+                                   log=report)
     online = online_user_context(store, users)
     return {"repo": str(dest), **took, "events": len(ds.events),
             "online_lengths": {str(u): {"short": len(c[0]), "pos": len(c[1]), "long": len(c[2])}

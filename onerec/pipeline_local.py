@@ -88,7 +88,7 @@ def run_cycles(cfg: Config, data_dir: Path, out: Path, opts: CycleOptions, *,
                               promote=not (opts.canary_last and i == len(days)))
         t0 = time.perf_counter()
         try:
-            with _redirected(kfp_log):
+            with redirected(kfp_log):
                 run_local(params, out / "kfp")
         except RuntimeError as e:
             run.failed = str(e)
@@ -106,8 +106,9 @@ def run_cycles(cfg: Config, data_dir: Path, out: Path, opts: CycleOptions, *,
 
 
 @contextlib.contextmanager
-def _redirected(path: Path | None) -> Iterator[None]:
-    """stdout and stderr into `path` (appended) while kfp.local runs; a no-op for None.
+def redirected(path: Path | None) -> Iterator[None]:
+    """stdout and stderr into `path` (appended) while kfp.local (or Feast) runs; a no-op for
+    None.
 
     kfp.local leaves a root-logger handler on the stdout it saw, the file: it is removed when
     the file closes, else every later warning (GE routes them through logging) prints a

@@ -9,7 +9,9 @@ constraint on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,11 +34,13 @@ def _slice(batch: Batch, start: int, stop: int) -> Batch:
 @torch.no_grad()
 def recommend(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_width: int, top_n: int,
               constrained: bool = True, index: PrefixIndex | None = None,
-              chunk: int = 256, fast: bool = True) -> Recommendations:
+              chunk: int = 256, fast: bool = True,
+              log: Callable[[dict[str, Any]], None] | None = None) -> Recommendations:
+    """`log({"step": users done})` after each chunk (a progress reporter, `onerec.progress`)."""
     model.eval()
     if fast:
         return _recommend_fast(model, space, contexts, beam_width=beam_width, top_n=top_n,
-                               constrained=constrained, chunk=chunk)
+                               constrained=constrained, chunk=chunk, log=log)
     index = index or PrefixIndex(space.codes, space.vocab_sizes)
     device = next(model.parameters()).device
     items: list[list[int]] = []
@@ -50,6 +54,8 @@ def recommend(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_width: i
         idx, lg = codes_to_items(codes.cpu(), scores.cpu(), index, top_n)
         items.extend(space.to_ids(idx))
         legal.extend(lg)
+        if log is not None:
+            log({"step": len(items)})
     return Recommendations(items=items, legality=sum(legal) / max(1, len(legal)))
 
 
@@ -70,7 +76,8 @@ def _rank_reference(model: OneRec, sub: Batch, codes: torch.Tensor, scores: torc
 
 
 def _recommend_fast(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_width: int,
-                    top_n: int, constrained: bool, chunk: int) -> Recommendations:
+                    top_n: int, constrained: bool, chunk: int,
+                    log: Callable[[dict[str, Any]], None] | None) -> Recommendations:
     from onerec.generate import generate
     from onerec.trie import ItemTrie
 
@@ -87,5 +94,7 @@ def _recommend_fast(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_wi
         for row, ok in zip(idx.tolist(), (alive & (idx > 0)).tolist(), strict=True):
             picked = list(dict.fromkeys(i for i, good in zip(row, ok, strict=True) if good))
             items.append(picked[:top_n])
+        if log is not None:
+            log({"step": len(items)})
     return Recommendations(items=space.to_ids(items),
                            legality=sum(legal) / max(1, len(legal)))

@@ -52,6 +52,7 @@ from onerec.data.schema import DAY_MS, DataError, Dataset
 from onerec.io import atomic_dir
 from onerec.items import ItemSpace
 from onerec.model import OneRec
+from onerec.progress import Reporter
 
 CORE_STAGES = ("validate", "codebook", "pretrain", "gate")
 OPTIONAL_STAGES = ("reward", "align", "export", "publish")
@@ -438,10 +439,11 @@ def pretrain(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path, ou
         "first_request_ms": int(reqs.time_ms.min()), "last_request_ms": int(reqs.time_ms.max()),
         "planned_steps": steps, "codebook_fingerprint": space.fingerprint}
     dest = Path(out) if _rank() == 0 else Path(out).with_name(f".{Path(out).name}.r{_rank()}")
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest) as tmp, Reporter("pretrain", total=steps, budget_s=time_budget_s,
+                                           batch_size=cfg.train.batch_size, log=log) as report:
         model, res = train(cfg, reqs, space.codes, space.vocab_sizes, tmp,
                            codebook_fingerprint=space.fingerprint, resume=False, max_steps=steps,
-                           init_from=init, time_budget_s=time_budget_s, log=log)
+                           init_from=init, time_budget_s=time_budget_s, log=report)
         shutil.rmtree(tmp / "tb", ignore_errors=True)
         summary.update({"steps": res.steps, "final_loss": res.final_loss,
                         "train_s": round(res.wall_s, 3), "watermark_ms": res.watermark_ms,
@@ -471,7 +473,8 @@ def _window_requests(snap: Snapshot, space: ItemSpace, cfg: Config, after_ms: in
 
 
 def train_reward(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path,
-                 out: str | Path, *, time_budget_s: float | None = None) -> dict[str, Any]:
+                 out: str | Path, *, time_budget_s: float | None = None,
+                 log: Log | None = None) -> dict[str, Any]:
     """P-Score reward model (onerec.reward) on every impression before the held-out window,
     evaluated (AUC per task) on the held-out impressions."""
     _require("reward")
@@ -489,7 +492,10 @@ def train_reward(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path
     model = rw.build_reward_model(cfg, space.codes, space.vocab_sizes)
     model.item_ids = space.item_ids
     model.codebook_fingerprint = space.fingerprint
-    res = rw.train_reward_model(cfg, data, train_idx, model, time_budget_s=time_budget_s)
+    with Reporter("reward", total=cfg.reward.steps, budget_s=time_budget_s,
+                  batch_size=cfg.reward.batch_size, log=log) as report:
+        res = rw.train_reward_model(cfg, data, train_idx, model, time_budget_s=time_budget_s,
+                                    log=report)
     metrics: dict[str, Any] = {}
     calibration: dict[str, Any] = {}
     if len(test_idx):  # one pass over the held-out impressions for both
@@ -519,10 +525,11 @@ def align(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path,
     model = load_model(Path(pretrained_dir) / "checkpoint", space.fingerprint)
     reward_model, _, _ = rw.load_reward_model(reward_dir, space.fingerprint)
     reqs = _window_requests(snap, space, cfg, pre["watermark_in_ms"])
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, Reporter("align", total=cfg.align.steps, budget_s=time_budget_s,
+                                          batch_size=cfg.align.batch_size, log=log) as report:
         model, res = ecpo.align(cfg, model, reward_model, reqs, space, tmp,
                                 items_table=kuairand.load(snap.data_dir).items,
-                                time_budget_s=time_budget_s, log=log)
+                                time_budget_s=time_budget_s, log=report)
         last = res.history[-1] if res.history else {}
         summary = {**pre, "aligned": True, "align_steps": res.steps,
                    "align_s": round(res.wall_s, 3),
@@ -587,16 +594,19 @@ def heldout_contexts(cfg: Config, snap: Snapshot, space: ItemSpace, users: list[
 
 
 def evaluate(cfg: Config, snapshot_dir: str | Path, checkpoint: str | Path,
-             codebook_dir: str | Path, *, max_users: int | None = None) -> dict[str, Any]:
+             codebook_dir: str | Path, *, max_users: int | None = None,
+             name: str = "evaluate") -> dict[str, Any]:
     """Offline metrics of one model on the held-out window: Recall/NDCG@5,10 over each user's
-    positive held-out videos (full ranking, constrained beam search), legality, coverage@10."""
+    positive held-out videos (full ranking, constrained beam search), legality, coverage@10.
+    `name`: the progress row's (users generated for, of all)."""
     space = load_space(codebook_dir)
     return evaluate_model(cfg, Snapshot.load(snapshot_dir),
-                          load_model(checkpoint, space.fingerprint), space, max_users=max_users)
+                          load_model(checkpoint, space.fingerprint), space, max_users=max_users,
+                          name=name)
 
 
 def evaluate_model(cfg: Config, snap: Snapshot, model: OneRec, space: ItemSpace, *,
-                   max_users: int | None = None) -> dict[str, Any]:
+                   max_users: int | None = None, name: str = "evaluate") -> dict[str, Any]:
     """`evaluate` of a loaded model (a bench re-scoring one checkpoint at several settings)."""
     from onerec.evaluate import coverage, rank_metrics_multi
     from onerec.recommend import recommend
@@ -606,7 +616,9 @@ def evaluate_model(cfg: Config, snap: Snapshot, model: OneRec, space: ItemSpace,
         raise StageError("the held-out window has no user with a positive event to measure")
     ctx = heldout_contexts(cfg, snap, space, users)
     t0 = time.perf_counter()
-    recs = recommend(model, space, ctx, beam_width=cfg.serve.beam_width, top_n=10)
+    with Reporter(name, total=len(users), unit="user", batch_size=1) as report:
+        recs = recommend(model, space, ctx, beam_width=cfg.serve.beam_width, top_n=10,
+                         log=report)
     metrics = rank_metrics_multi(recs.items, [targets[u] for u in users], ks=(5, 10))
     metrics["legality"] = recs.legality
     metrics["coverage@10"] = coverage(recs.items, len(space), 10)
@@ -750,10 +762,10 @@ def evaluate_gate(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
     "blocked"."""
     snap = Snapshot.load(snapshot_dir)
     cand = evaluate(cfg, snapshot_dir, Path(model_dir) / "checkpoint", codebook_dir,
-                    max_users=max_users)
+                    max_users=max_users, name="evaluate-candidate")
     prod = registry.read_production(root)
-    prod_eval = (evaluate(cfg, snapshot_dir, prod.checkpoint, prod.codebook, max_users=max_users)
-                 if prod is not None else None)
+    prod_eval = (evaluate(cfg, snapshot_dir, prod.checkpoint, prod.codebook, max_users=max_users,
+                          name="evaluate-production") if prod is not None else None)
     pop = evaluate_popularity(snapshot_dir, max_users=max_users)
     evals = {"candidate": cand, "production": prod_eval, "popularity": pop}
     if any(e is not None and e["users"] != cand["users"] for e in evals.values()):

@@ -52,6 +52,20 @@ def test_demo_validates_then_runs_two_cycles_with_export_and_a_canary(demo_run):
     assert (out / "pipeline" / "report.md").exists() and (out / "pipeline" / "kfp.log").exists()
 
 
+def test_demo_log_off_a_terminal_shows_every_stage_in_plain_lines_without_escape_codes(
+        demo_run):
+    _, _, output = demo_run  # CliRunner's stdout is not a terminal, as in CI
+    assert "\x1b[" not in output
+    for cycle in (1, 2):
+        for stage in ("validate-data", "refresh-codebook", "pretrain", "evaluation-gate",
+                      "export-model", "publish"):
+            assert f"progress cycle {cycle}/2 · {stage} " in output, (cycle, stage)
+        assert f"progress cycle {cycle}/2 · pretrain step=5/5 loss=" in output
+        assert f"progress cycle {cycle}/2 · evaluation-gate · evaluate-candidate user=" in output
+    assert "progress cycle 2/2 · evaluation-gate · evaluate-production user=" in output
+    assert "progress feast step=4/4" in output and "progress A/B canary · slates user=" in output
+
+
 def test_demo_serves_the_published_version_over_http_and_grpc(demo_run):
     _, report, output = demo_run
     s = report["serving"]

@@ -102,7 +102,11 @@ def test_serving_repo_loads_the_same_online_rows_as_materialize(world, tmp_path,
     """The sequences written from the backfill's final state (what the demo's server reads)
     are the rows `materialize` loads from the offline store, every stored column included."""
     head = Dataset("synthetic", ds.events.iloc[:N_BACKFILL], ds.items, ds.users)
-    store, took = serving_repo(tmp_path / "serving", cfg, head)
+    phases: list[dict] = []
+    store, took = serving_repo(tmp_path / "serving", cfg, head, log=phases.append)
+    assert phases == [{"step": 0, "phase": "prepare"}, {"step": 1, "phase": "apply"},
+                      {"step": 2, "phase": "materialize"}, {"step": 3, "phase": "sequences"},
+                      {"step": 4}]  # what the demo's progress row shows
     assert took["users"] == len(set(head.events["user_id"])) and took["materialize_s"] >= 0
     assert online_user_context(store, world["users"]) == world["materialized"]
     feats = [f"{v}:{c}" for v in VIEWS for c in COLUMNS[v]] + ["user_profile:fans_user_num"]

@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -243,22 +244,37 @@ def write_sequences(store: Any, book: SequenceBook) -> int:
     return len(book.users)
 
 
+SERVING_PHASES = ("prepare", "apply", "materialize", "sequences")
+
+
 def serving_repo(dest: str | Path, cfg: Config, data: Dataset, *,
                  history: pd.DataFrame | None = None, codebook: Any = None,
+                 log: Callable[[dict[str, Any]], None] | None = None,
                  ) -> tuple[Any, dict[str, Any]]:
     """A feature repo a server reads, as of the end of `data`: the offline store backfilled
     (`prepare_repo`), applied, and the online store loaded: the sequence views from the
     backfill's final state (`write_sequences`), the user and video views by `materialize`.
+    `log({"step": phases done, "phase": the one starting})` before each of SERVING_PHASES,
+    `log({"step": 4})` after the last.
     -> (store, {"prepare_s", "apply_s", "materialize_s", "users"})."""
+    def phase(i: int) -> None:
+        if log is not None:
+            log({"step": i, **({"phase": SERVING_PHASES[i]} if i < len(SERVING_PHASES) else {})})
+
     t0 = time.perf_counter()
+    phase(0)
     book = _prepare(dest, cfg, data, history, codebook)
     t1 = time.perf_counter()
+    phase(1)
     store = apply_repo(dest)
     t2 = time.perf_counter()
     end = (datetime.fromtimestamp((int(data.events["time_ms"].max()) + 1) / 1000, timezone.utc)
            if len(data.events) else None)
+    phase(2)
     materialize_all(store, end, ["user_profile", "video_features"])
+    phase(3)
     users = write_sequences(store, book)
+    phase(4)
     t3 = time.perf_counter()
     return store, {"prepare_s": round(t1 - t0, 1), "apply_s": round(t2 - t1, 1),
                    "materialize_s": round(t3 - t2, 1), "users": users}
