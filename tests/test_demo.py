@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from onerec import gitops, registry
+from onerec import ab, gitops, registry
 from onerec.cli import app
 from onerec.config import Config
 from onerec.demo import demo_requests
+from onerec.demo_ab import ABOptions
 from onerec.demo_report import summary_lines, to_markdown_report
 from onerec.demo_serving import Server, ServingError
 
@@ -105,6 +107,12 @@ def test_demo_decides_the_canary_and_commits_the_decision(demo_run):
     out, report, output = demo_run
     a = report["ab"]
     assert a["decision"] in ("promote", "rollback", "wait")
+    # the decision is the A/B rule's on the feedback the demo logged, not any of the three
+    fb = pd.read_parquet(out / "ab" / "feedback.parquet")
+    again = ab.analyze(fb, mde=ABOptions.mde)  # the demo's ABOptions keep the default
+    assert (again.decision, again.reason) == (a["decision"], a["result"]["reason"])
+    assert again.n_stable == a["result"]["n_stable"] and again.n_canary == a["result"]["n_canary"]
+    assert again.p_value == pytest.approx(a["result"]["p_value"])
     # both published versions were served; every simulated request saw its arm's slate
     cycles = report["pipeline"]["cycles"]
     arms = a["arms"]

@@ -10,6 +10,7 @@ import pytest
 from onerec.config import Config
 from onerec.data.sequences import SequenceData
 from onerec.data.synthetic import make_dataset, write_folder
+from onerec.evaluate import rank_metrics_multi, test_targets
 from onerec.pretrain import run_kuairand, run_sequences
 
 WORDS = ["red", "blue", "green", "matte", "gloss", "shampoo", "lipstick", "cream", "oil", "soap"]
@@ -50,5 +51,11 @@ def test_kuairand_recipe_runs_on_a_temporal_split(tmp_path):
     cut = res["test_events"]["time_ms"].min()
     assert res["train_events"]["time_ms"].max() < cut
     assert res["n_test_users"] > 0 and res["metrics"]["legality"] == 1.0
-    assert 0.0 <= res["metrics"]["recall@10"] <= 1.0
-    assert len(res["recs_items"]) == res["n_test_users"]
+    assert len(res["recs_items"]) == res["n_test_users"] == len(res["users"])
+    # the metrics are those of the lists it returned, on each user's held-out positives
+    assert res["targets"] == [test_targets(res["test_events"])[u] for u in res["users"]]
+    again = rank_metrics_multi(res["recs_items"], res["targets"], ks=(5, 10))
+    for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
+        assert res["metrics"][k] == pytest.approx(again[k]), k
+    # every list: distinct videos, as many as the beam of 8 holds
+    assert all(0 < len(r) <= 8 and len(set(r)) == len(r) for r in res["recs_items"])
