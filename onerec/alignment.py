@@ -30,14 +30,9 @@ from onerec.ecpo import align, load_policy
 from onerec.evaluate import split_cut_ms, temporal_split
 from onerec.items import ItemSpace
 from onerec.reward import (
-    DurationShaper,
     RewardModel,
-    build_reward_model,
-    evaluate_reward_model,
+    fit_p_score,
     load_reward_model,
-    reward_data,
-    save_reward_model,
-    train_reward_model,
 )
 from onerec.stream import requests_from_events
 from onerec.tokenizer.codebook import Codebook
@@ -49,22 +44,14 @@ Log = Callable[[dict[str, Any]], None]
 def fit_reward_model(cfg: Config, data_dir: str | Path, space: ItemSpace, out: Path, *,
                      n_user_buckets: int = 1, time_budget_s: float | None = None,
                      log: Log | None = None) -> tuple[RewardModel, dict[str, Any]]:
-    """Train the P-Score model on the days before the cut; evaluate on the held-out days."""
+    """Train the P-Score model on the days before the cut; evaluate on the held-out days (the
+    pipeline's recipe, `onerec.reward.fit_p_score`, on the data split's cut)."""
     ds = kuairand.load(data_dir)
-    history = kuairand.read_history(data_dir)
-    train_ev, _ = temporal_split(ds.events, cfg.data.test_days)
-    shaper = DurationShaper.fit(train_ev["duration_ms"].to_numpy(),
-                                train_ev["play_time_ms"].to_numpy(), cfg.reward.duration_buckets)
-    data = reward_data(ds.events, space.index, cfg, shaper, history=history,
-                       n_user_buckets=n_user_buckets)
-    tr, te = data.split(split_cut_ms(ds.events, cfg.data.test_days))
-    rm = build_reward_model(cfg, space.codes, space.vocab_sizes, n_user_buckets)
-    rm.item_ids, rm.codebook_fingerprint = space.item_ids, space.fingerprint
-    res = train_reward_model(cfg, data, tr, rm, time_budget_s=time_budget_s, log=log)
-    metrics = evaluate_reward_model(rm, data, te, cfg.reward.calibration_bins)
-    save_reward_model(out, rm, cfg, shaper, metrics)
-    return rm, {"heldout": metrics, "steps": res.steps, "train_s": res.wall_s,
-                "n_train": len(tr), "n_heldout": len(te)}
+    rm, s = fit_p_score(cfg, ds.events, space, split_cut_ms(ds.events, cfg.data.test_days), out,
+                        history=kuairand.read_history(data_dir), n_user_buckets=n_user_buckets,
+                        time_budget_s=time_budget_s, log=log)
+    return rm, {"heldout": s["metrics"], "steps": s["steps"], "train_s": s["train_s"],
+                "n_train": s["n_train_impressions"], "n_heldout": s["n_heldout_impressions"]}
 
 
 def run_alignment(cfg: Config, data_dir: str | Path, checkpoint: str | Path,

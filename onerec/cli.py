@@ -282,7 +282,7 @@ def demo(
         Path("runs/demo"),
     minutes: Annotated[float, typer.Option(help="Safety cap on each training stage's wall "
                                            "time per cycle (alignment gets half of it); the "
-                                           "steps come from --epochs and the Config.")] = 5.0,
+                                           "steps come from --epochs and the Config.")] = 15.0,  # DemoOptions.minutes
     epochs: Annotated[float, typer.Option(help="Pretraining passes over each cycle's new "
                                           "requests.")] = 6.0,  # DemoOptions.epochs
     cycles: Annotated[int, typer.Option(help="Continuous-training cycles (successive days).")]

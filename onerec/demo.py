@@ -48,8 +48,10 @@ class DemoOptions:
     data_dir: Path = Path("data/kuairand-pure")
     out: Path = Path("runs/demo")
     # safety cap on each training stage's wall time per cycle (alignment gets half of it);
-    # steps come from `epochs` and the Config, so a busy machine gives the same models
-    minutes: float = 5.0
+    # steps come from `epochs` and the Config, so a busy machine gives the same models: the
+    # cap is 3-4x an idle 2-core run (cycle 1's pretraining: 3-4 minutes), since a cap that
+    # binds makes the learning rate follow the clock (5 minutes did on a busy machine)
+    minutes: float = 15.0
     # pretraining passes over each cycle's new requests: 6 beat 3, 4, 8 and 10 on the 04-26
     # held-out day (docs/results.md)
     epochs: float = 6.0

@@ -49,6 +49,7 @@ from torch import nn
 from onerec.config import Config, RewardConfig
 from onerec.evaluate import auc
 from onerec.io import atomic_dir, load_torch_state
+from onerec.items import ItemSpace
 from onerec.model import Attention, Batch
 from onerec.stream import Requests, requests_from_events
 
@@ -437,6 +438,38 @@ def calibration_curves(pred: dict[str, np.ndarray], labels: np.ndarray,
            for k, task in enumerate(TASKS)}
     out["pscore"] = calibration_bins(pred["pscore"], _engaged(labels), bins)
     return out
+
+
+def fit_p_score(cfg: Config, events: pd.DataFrame, space: ItemSpace, cut_ms: int,
+                out: str | Path, *,
+                history: pd.DataFrame | None = None, n_user_buckets: int = 1,
+                time_budget_s: float | None = None,
+                log: Callable[[dict[str, Any]], None] | None = None,
+                ) -> tuple[RewardModel, dict[str, Any]]:
+    """The one recipe (the pipeline's reward stage and `onerec align` both call it): fit the
+    duration shaper and train the P-Score model on the impressions before `cut_ms`, evaluate it
+    (per-task AUC and ECE, calibration curves at `reward.calibration_bins`) on those after, and
+    save it to `out`. Returns the model and its summary."""
+    before = events[events["time_ms"] < cut_ms]
+    shaper = DurationShaper.fit(before["duration_ms"].to_numpy(),
+                                before["play_time_ms"].to_numpy(), cfg.reward.duration_buckets)
+    data = reward_data(events, space.index, cfg, shaper, history=history,
+                       n_user_buckets=n_user_buckets)
+    train_idx, test_idx = data.split(cut_ms)
+    model = build_reward_model(cfg, space.codes, space.vocab_sizes, n_user_buckets)
+    model.item_ids, model.codebook_fingerprint = space.item_ids, space.fingerprint
+    res = train_reward_model(cfg, data, train_idx, model, time_budget_s=time_budget_s, log=log)
+    metrics: dict[str, Any] = {}
+    calibration: dict[str, Any] = {}
+    if len(test_idx):  # one pass over the held-out impressions for both
+        pred, labels = predict(model, data, test_idx), data.labels[test_idx]
+        metrics = reward_metrics(pred, labels, cfg.reward.calibration_bins)
+        calibration = calibration_curves(pred, labels, cfg.reward.calibration_bins)
+    save_reward_model(out, model, cfg, shaper, metrics)
+    return model, {"steps": res.steps, "final_loss": res.final_loss,
+                   "train_s": round(res.wall_s, 3), "n_train_impressions": len(train_idx),
+                   "n_heldout_impressions": len(test_idx), "metrics": metrics,
+                   "calibration": calibration}
 
 
 # -- save / load ---------------------------------------------------------------------------------

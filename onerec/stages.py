@@ -446,6 +446,7 @@ def pretrain(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path, ou
                            init_from=init, time_budget_s=time_budget_s, log=report)
         shutil.rmtree(tmp / "tb", ignore_errors=True)
         summary.update({"steps": res.steps, "final_loss": res.final_loss,
+                        "budget_bound": res.budget_bound,
                         "train_s": round(res.wall_s, 3), "watermark_ms": res.watermark_ms,
                         "params": model.num_params()})
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -481,31 +482,12 @@ def train_reward(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path
     from onerec import reward as rw
 
     snap = Snapshot.load(snapshot_dir)
-    space = load_space(codebook_dir)
-    events = snap.events()
-    before = events[events["time_ms"] < snap.holdout_start_ms]
-    shaper = rw.DurationShaper.fit(before["duration_ms"].to_numpy(),
-                                   before["play_time_ms"].to_numpy(), cfg.reward.duration_buckets)
-    data = rw.reward_data(events, space.index, cfg, shaper,
-                          history=kuairand.read_history(snap.data_dir))
-    train_idx, test_idx = data.split(snap.holdout_start_ms)
-    model = rw.build_reward_model(cfg, space.codes, space.vocab_sizes)
-    model.item_ids = space.item_ids
-    model.codebook_fingerprint = space.fingerprint
     with Reporter("reward", total=cfg.reward.steps, budget_s=time_budget_s,
                   batch_size=cfg.reward.batch_size, log=log) as report:
-        res = rw.train_reward_model(cfg, data, train_idx, model, time_budget_s=time_budget_s,
-                                    log=report)
-    metrics: dict[str, Any] = {}
-    calibration: dict[str, Any] = {}
-    if len(test_idx):  # one pass over the held-out impressions for both
-        pred, labels = rw.predict(model, data, test_idx), data.labels[test_idx]
-        metrics = rw.reward_metrics(pred, labels, cfg.reward.calibration_bins)
-        calibration = rw.calibration_curves(pred, labels, cfg.reward.calibration_bins)
-    rw.save_reward_model(out, model, cfg, shaper, metrics)
-    summary = {"steps": res.steps, "final_loss": res.final_loss, "train_s": round(res.wall_s, 3),
-               "n_train_impressions": len(train_idx), "n_heldout_impressions": len(test_idx),
-               "metrics": metrics, "calibration": calibration}
+        _, summary = rw.fit_p_score(cfg, snap.events(), load_space(codebook_dir),
+                                    snap.holdout_start_ms, out,
+                                    history=kuairand.read_history(snap.data_dir),
+                                    time_budget_s=time_budget_s, log=report)
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_num))
     return summary
 

@@ -46,6 +46,7 @@ class TrainResult:
     checkpoint: Path | None = None
     wall_s: float = 0.0
     watermark_ms: int = 0
+    budget_bound: bool = False  # the time budget drove the decay (`budget_binds`): a slow run
 
 
 _PEAK: dict[str, float] = {}
@@ -109,12 +110,19 @@ def lr_at(step: int, cfg: Config, time_frac: float = 0.0, total_steps: int | Non
     return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, max(progress, time_frac))))
 
 
+BIND_MIN_STEPS = 10  # the pace is judged after this many steps (the first one is slow)
+
+
 def budget_binds(elapsed_s: float, steps_done: int, steps_left: int, budget_s: float) -> bool:
     """Will a run at its pace so far (`steps_done` steps in `elapsed_s`) pass its time budget
     before its `steps_left` steps end? Only then does the budget drive the learning-rate
     decay (`lr_at`'s time_frac): a run whose step count fits its budget follows the step
-    schedule alone, so a busy machine trains the same model as an idle one, only slower."""
-    if steps_done <= 0:
+    schedule alone, so a busy machine trains the same model as an idle one, only slower.
+    Before `BIND_MIN_STEPS` steps the pace is not judged (the first step's allocations would
+    make every run look slow); a run already past its budget binds at once."""
+    if elapsed_s > budget_s:
+        return True
+    if steps_done < BIND_MIN_STEPS:
         return False
     return elapsed_s + elapsed_s / steps_done * steps_left > budget_s
 
@@ -308,7 +316,8 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
         writer.close()
     result = TrainResult(steps=step, final_loss=loss_val, history=history,
                          checkpoint=ckpt if ckpt.exists() else None,
-                         wall_s=time.perf_counter() - t_start, watermark_ms=stream.watermark_ms)
+                         wall_s=time.perf_counter() - t_start, watermark_ms=stream.watermark_ms,
+                         budget_bound=binds)
     return model, result
 
 

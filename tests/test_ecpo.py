@@ -374,3 +374,68 @@ def test_pipeline_reward_and_align_stages_run_on_the_shipped_sample(tmp_path):
     history = json.loads((tmp_path / "aligned" / "history.json").read_text())
     assert [r["step"] for r in history] == [1, 2] and all("clip_frac" in r for r in history)
     load_checkpoint(tmp_path / "aligned" / "checkpoint")
+
+
+# -- one recipe: every alignment setting reaches it ----------------------------------------------
+class _Crash(RuntimeError):
+    pass
+
+
+# a changed value per AlignConfig field; the base run (ALIGN_BASE) is sharp enough that ratio
+# clipping and the early clip bite within its 3 rounds
+ALIGN_BASE = ["align.steps=3", "align.checkpoint_every=2", "align.log_every=1", "align.lr=0.05",
+              "align.ppo_epochs=3", "align.demoted_authors=[1, 2]", "align.fresh_days=10"]
+ALIGN_CHANGES = {
+    "group_size": 3, "clip_eps": 0.05, "early_clip": False, "early_clip_delta": 2.0,
+    "ntp_loss_weight": 0.0, "lr": 0.01, "steps": 2, "batch_size": 4, "ppo_epochs": 1,
+    "sync_every": 2, "temperature": 0.5, "kl_weight": 1.0, "grad_clip": 1e-3,
+    "format_weight": 0.0, "format_k": 1, "industrial_weight": 0.0, "demoted_authors": [3],
+    "author_penalty": 1.0, "fresh_days": 20.0, "fresh_bonus": 1.0, "checkpoint_every": 3,
+    "log_every": 2, "seed": 7}
+
+
+def _align_behaviour(overrides: list[str], setup, out: Path) -> tuple:
+    """What alignment did: its weights after round 3, its logged signals (no timings), and the
+    round of the checkpoint an interruption right after round 3's log line leaves."""
+    _, ds, space, reqs, rm = setup
+    cfg = Config.from_preset("tiny", overrides)
+    policy = build_model(cfg, space.codes, space.vocab_sizes)
+    logged: list[dict] = []
+
+    def log(rec: dict) -> None:
+        logged.append({k: v for k, v in rec.items() if "_s" not in k and k != "message"})
+        if rec.get("step") == 3:
+            raise _Crash  # after round 3's update, before its checkpoint
+    finished = True
+    try:
+        align(cfg, policy, rm, reqs, space, out, items_table=ds.items, log=log)
+    except _Crash:
+        finished = False
+    meta = out / "checkpoint" / "meta.json"
+    left = json.loads(meta.read_text())["step"] if meta.exists() else None
+    return {k: v.clone() for k, v in policy.state_dict().items()}, logged, left, finished
+
+
+def test_every_alignment_setting_changes_what_alignment_does(tmp_path, aligned_setup):
+    """Each field of `cfg.align` reaches `onerec.ecpo.align` (the one recipe of the pipeline's
+    align stage and `onerec align`): changing it changes the weights, the logged signals or the
+    checkpoint left behind."""
+    import dataclasses
+
+    from onerec.config import AlignConfig
+
+    assert set(ALIGN_CHANGES) == {f.name for f in dataclasses.fields(AlignConfig)}
+    base = _align_behaviour(ALIGN_BASE, aligned_setup, tmp_path / "base")
+    assert base[2] == 2 and len(base[1]) == 3 and not base[3]
+    assert _same_align(_align_behaviour(ALIGN_BASE, aligned_setup, tmp_path / "again"), base)
+    unchanged = [name for name, value in ALIGN_CHANGES.items()
+                 if _same_align(_align_behaviour([*ALIGN_BASE, f"align.{name}={value}"],
+                                                 aligned_setup, tmp_path / name), base)]
+    assert unchanged == []
+
+
+def _same_align(a: tuple, b: tuple) -> bool:
+    same_w = a[0].keys() == b[0].keys() and all(
+        a[0][k].shape == b[0][k].shape and torch.equal(a[0][k], b[0][k]) for k in a[0])
+    return same_w and json.dumps(a[1:], sort_keys=True, default=str) == json.dumps(
+        b[1:], sort_keys=True, default=str)

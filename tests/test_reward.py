@@ -10,6 +10,7 @@ import torch
 from onerec.config import Config, ConfigError
 from onerec.data.synthetic import make_dataset
 from onerec.evaluate import auc, split_cut_ms
+from onerec.items import ItemSpace
 from onerec.model import Batch
 from onerec.reward import (
     TASKS,
@@ -220,3 +221,59 @@ def test_heldout_split_is_by_request_time(tiny):
     tr, te = data.split(cut)
     assert len(tr) and len(te) and len(tr) + len(te) == len(data.labels)
     assert data.target_time[tr].max() < cut <= data.target_time[te].min()
+
+
+# -- one recipe: every reward setting reaches it -------------------------------------------------
+def _behaviour(cfg: Config, ds, space, out) -> tuple:
+    """What the recipe did under `cfg`: the weights it saved, its held-out metrics and
+    calibration, and the log records of its run."""
+    from onerec.reward import fit_p_score
+
+    logged: list[dict] = []
+    model, summary = fit_p_score(cfg, ds.events, space, split_cut_ms(ds.events, 1), out,
+                                 log=logged.append)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = [{k: v for k, v in r.items() if k == "step" or "loss" in k} for r in logged]
+    return weights, summary["metrics"], summary["calibration"], summary["steps"], losses
+
+
+# a changed value per RewardConfig field (the tiny preset's values stay valid)
+CHANGES = {"d_model": 24, "n_heads": 4, "n_layers": 2, "hidden": 48, "max_seq_len": 3,
+           "max_pos_seq_len": 3, "dropout": 0.3, "batch_size": 64, "lr": 1e-2,
+           "weight_decay": 0.5, "steps": 9, "warmup_steps": 5, "grad_clip": 1e-3,
+           "fusion_weight": 3.0, "duration_buckets": 2, "calibration_bins": 3, "log_every": 2,
+           "seed": 7}
+
+
+def test_every_reward_setting_changes_what_the_recipe_does(tiny, tmp_path):
+    """`fit_p_score` is the one recipe of the reward stage and `onerec align`: each field of
+    `cfg.reward` must reach it (no module sets a hyperparameter of its own)."""
+    import dataclasses
+
+    from onerec.config import RewardConfig
+
+    _, ds, item_ids, codes, _, _ = tiny
+    assert set(CHANGES) == {f.name for f in dataclasses.fields(RewardConfig)}
+    space = ItemSpace(item_ids=np.asarray(item_ids), codes=codes, vocab_sizes=VOCAB,
+                      fingerprint="cb-test")
+    base_cfg = Config.from_preset("tiny", ["reward.steps=8", "reward.log_every=4"])
+    base = _behaviour(base_cfg, ds, space, tmp_path / "base")
+    assert _same(_behaviour(base_cfg, ds, space, tmp_path / "again"), base)  # deterministic
+    for name, value in CHANGES.items():
+        cfg = Config.from_preset("tiny", ["reward.steps=8", "reward.log_every=4",
+                                          f"reward.{name}={value}"])
+        got = _behaviour(cfg, ds, space, tmp_path / name)
+        assert not _same(got, base), f"reward.{name}={value} changed nothing"
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    wa, wb = a[0], b[0]
+    same_w = wa.keys() == wb.keys() and all(
+        wa[k].shape == wb[k].shape and torch.equal(wa[k], wb[k]) for k in wa)
+    return same_w and _plain(a[1:]) == _plain(b[1:])
+
+
+def _plain(x):
+    import json
+
+    return json.dumps(x, sort_keys=True, default=str)

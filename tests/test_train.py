@@ -200,6 +200,30 @@ def test_the_budget_drives_the_schedule_only_once_it_binds():
     assert not budget_binds(10.0, 0, 100, 60.0)  # no pace yet
     assert not budget_binds(10.0, 20, 80, 60.0)  # 50 s at this pace: the steps fit
     assert budget_binds(10.0, 10, 90, 60.0)  # 100 s: the budget cuts the run
+    # a slow first step (allocations) is not a pace: 463 more steps at 2 s would not fit
+    assert not budget_binds(2.0, 1, 463, 300.0)
+    assert budget_binds(301.0, 1, 463, 300.0)  # already past the budget: it binds
+
+
+def test_a_slow_first_step_does_not_hand_the_schedule_to_the_clock(tiny, tmp_path):
+    """The first steps pay allocations; a run whose later pace fits its budget keeps the step
+    schedule (`budget_bound` false) and the weights of the run without a budget."""
+    cfg, _ds, _idx, codes, reqs = tiny
+    cfg = Config.from_preset("tiny", ["train.max_steps=14", "train.warmup_steps=1",
+                                      "train.log_every=1", "train.checkpoint_every=100"])
+    fast, res_fast = train(cfg, reqs, codes, VOCAB, tmp_path / "fast", resume=False)
+    first = [True]
+
+    def slow_start(rec: dict) -> None:  # step 1 takes 1.5 s: 14 such steps would not fit
+        if first[0]:
+            first[0] = False
+            time.sleep(1.5)
+
+    slow, res = train(cfg, reqs, codes, VOCAB, tmp_path / "slow", resume=False,
+                      time_budget_s=10.0, log=slow_start)
+    assert res.steps == 14 and not res.budget_bound and not res_fast.budget_bound
+    for k, v in fast.state_dict().items():
+        assert torch.equal(v, slow.state_dict()[k]), k
 
 
 def test_a_slow_machine_trains_the_same_model_when_the_steps_fit(tiny, tmp_path):
