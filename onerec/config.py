@@ -537,7 +537,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"dropout": 0.0},
         "train": {"batch_size": 128, "lr": 2e-3},
         # step counts, not the stages' wall-time caps, decide the reward model and alignment
-        "reward": {"steps": 100},
+        "reward": {"steps": 100, "log_every": 10},  # a progress line every 10 steps
         "align": {"steps": 20},
     },
     # GPU nodes

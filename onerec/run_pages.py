@@ -118,10 +118,11 @@ def skipped(stage: str, reason: str) -> Page:
 
 # -- validate --------------------------------------------------------------------------------------
 def validate_page(summary: dict[str, Any] | None, report: dict[str, Any],
-                  report_uri: str) -> Page:
+                  report_uri: str, data_docs: bool = False) -> Page:
     """Suites pass/fail, failing expectations, and where the full report is. `summary` is the
     stage's (None when it stopped before writing a snapshot), `report` the validation report
-    (`onerec.validation.ValidationReport.to_dict`), `report_uri` its folder."""
+    (`onerec.validation.ValidationReport.to_dict`), `report_uri` its folder, `data_docs`
+    whether the GX Data Docs site was built beside it (`data_docs/index.html`)."""
     ok = bool(report.get("success"))
     lines = [f"# Data validation: {'PASSED' if ok else 'FAILED'}", ""]
     if summary:
@@ -150,8 +151,11 @@ def validate_page(summary: dict[str, Any] | None, report: dict[str, Any],
     else:
         lines += ["No expectation failed.", ""]
     lines += [f"Full report: `{report_uri}/summary.md` (Markdown) and `{report_uri}/report.json` "
-              "(every expectation's result). The suites run on an in-memory Great Expectations "
-              "context, so no Data Docs site is built; these two files are its record.", ""]
+              "(every expectation's result).", ""]
+    if data_docs:
+        lines += [f"Great Expectations Data Docs: [{report_uri}/data_docs/index.html]"
+                  f"({report_uri}/data_docs/index.html) (each suite's expectations and its "
+                  "validation result, with the unexpected values).", ""]
     return Page("validate", "md", "\n".join(lines))
 
 
@@ -166,8 +170,9 @@ def write_validation(snapshot_dir: str | Path, snapshot_uri: str, artifact_path:
         return None
     snap = folder / "snapshot.json"
     summary = json.loads(snap.read_text()) if snap.exists() else None
+    docs = (folder / "validation" / "data_docs" / "index.html").exists()
     return write(validate_page(summary, json.loads(report.read_text()),
-                               f"{snapshot_uri}/validation"), artifact_path, root, run_id)
+                               f"{snapshot_uri}/validation", docs), artifact_path, root, run_id)
 
 
 # -- codebook --------------------------------------------------------------------------------------

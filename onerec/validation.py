@@ -488,15 +488,31 @@ def _failure(suite: str, r, sample_n: int) -> Failure:
                    else int(unexpected), sample=sample, message=message)
 
 
+DOCS_SITE = "onerec"  # the Data Docs site `validate_tables(docs_dir=...)` builds
+
+
 def _run_suite(ctx, gx, source, name: str, df: pd.DataFrame, expectations: list,
-               sample_n: int) -> tuple[dict[str, Any], list[Failure], Any]:
+               sample_n: int, actions: list) -> tuple[dict[str, Any], list[Failure], Any]:
+    """One suite: through a GX Checkpoint whose `actions` build the Data Docs pages, or (no
+    actions, or the drift suite) validated on its batch directly. GX 1.24's results store
+    cannot serialise the KL-divergence expectation's result (numpy booleans in its details),
+    so the drift suite is in report.json only, not in the Data Docs."""
     t0 = time.perf_counter()
     asset = source.add_dataframe_asset(name=name)
-    batch = asset.add_batch_definition_whole_dataframe(f"{name}_all").get_batch(
-        batch_parameters={"dataframe": df})
+    batch_def = asset.add_batch_definition_whole_dataframe(f"{name}_all")
     suite = ctx.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-    result = batch.validate(suite, result_format={"result_format": "SUMMARY",
-                                                  "partial_unexpected_count": max(sample_n, 1)})
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": max(sample_n, 1)}
+    if actions and name != "drift":
+        definition = ctx.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+        checkpoint = ctx.checkpoints.add(gx.Checkpoint(
+            name=f"{name}_checkpoint", validation_definitions=[definition], actions=actions,
+            result_format=result_format))
+        run = checkpoint.run(batch_parameters={"dataframe": df})
+        result = next(iter(run.run_results.values()))
+    else:
+        result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(
+            suite, result_format=result_format)
     failures = [_failure(name, r, sample_n) for r in result.results if not r.success]
     # a missing column first: the errors of the expectations on it follow from it
     failures.sort(key=lambda f: f.expectation != "expect_column_to_exist")
@@ -523,8 +539,11 @@ def _drift_observed(result) -> dict[str, Any]:
 
 
 def validate_tables(raw: RawTables, cfg: Config, reference: dict | None = None, *,
-                    now_ms: int | None = None) -> ValidationReport:
-    """Run the events, items and users suites (and drift when `reference` is given)."""
+                    now_ms: int | None = None, docs_dir: str | Path | None = None,
+                    ) -> ValidationReport:
+    """Run the events, items and users suites (and drift when `reference` is given).
+    `docs_dir`: also build GX Data Docs there (index.html: every suite's expectations and
+    validation result, the HTML a Kubeflow run page links to)."""
     t0 = time.perf_counter()
     vcfg = cfg.validation
     now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
@@ -534,6 +553,14 @@ def validate_tables(raw: RawTables, cfg: Config, reference: dict | None = None, 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = ctx.data_sources.add_pandas("onerec")
+    actions: list = []
+    if docs_dir is not None:
+        ctx.add_data_docs_site(DOCS_SITE, {
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(Path(docs_dir).resolve())}})
+        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])]
 
     sample_n = vcfg.sample_unexpected
 
@@ -553,7 +580,7 @@ def validate_tables(raw: RawTables, cfg: Config, reference: dict | None = None, 
     failures: list[Failure] = []
     drift_observed: dict[str, Any] = {}
     for name, (df, exps) in runs.items():
-        summary, fails, result = _run_suite(ctx, gx, source, name, df, exps, sample_n)
+        summary, fails, result = _run_suite(ctx, gx, source, name, df, exps, sample_n, actions)
         suites[name] = summary
         failures += fails
         if name == "drift":

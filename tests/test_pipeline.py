@@ -569,6 +569,18 @@ def test_the_split_log_batch_is_valid_before_it_is_corrupted(two_cycles, split_d
     shutil.copytree(c1_state, root, symlinks=True)
     out = stages.validate(_cfg(), split_data, tmp_path / "snap", until=DAY2, root=root)
     assert out["validation_success"] and out["n_batch_events"] > 0
+    # the GX Data Docs site beside the report: an index and one page per suite's result (the
+    # drift suite is in report.json only: GX cannot store its KL-divergence result)
+    docs = tmp_path / "snap" / "validation" / "data_docs"
+    index = (docs / "index.html").read_text()
+    for suite in ("events", "items", "users"):
+        assert suite in index
+        pages = list((docs / "validations" / suite).rglob("*.html"))
+        assert len(pages) == 1 and "Expectation" in pages[0].read_text(), suite
+    assert not list(tmp_path.glob(".data_docs-*"))  # the build folder moved into the snapshot
+    page = run_pages.write_validation(tmp_path / "snap", "snap-uri", tmp_path / "page.md",
+                                      tmp_path, "c2")
+    assert page is not None and "snap-uri/validation/data_docs/index.html" in page.read_text()
 
 
 @pytest.mark.parametrize("case", list(FAULTS))
