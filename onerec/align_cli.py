@@ -23,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from onerec.cli_options import ConfigOpt, PresetOpt, SetOpt, load_config
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -52,12 +54,9 @@ def align_command(
     minutes: Annotated[float | None, typer.Option(help="Alignment wall-time budget.")] = None,
     grpo: Annotated[bool, typer.Option("--grpo", help="Plain GRPO (align.early_clip=false).")]
         = False,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config YAML file.")]
-        = None,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset: tiny, small "
-                                                                      "(default) or base.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Dotted override, e.g. "
-                                                   "align.lr=5e-5.")] = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(
         "--resume/--no-resume", help="Continue an interrupted run from OUT/align/checkpoint "
                                      "(same final weights as an uninterrupted run); "
@@ -66,7 +65,7 @@ def align_command(
     """Train the P-Score reward model (per-task AUC and calibration on the held-out days), then
     align the generator with ECPO (early-clipped GRPO) warm-started from CHECKPOINT."""
     from onerec.alignment import run_alignment
-    from onerec.config import Config, ConfigError
+    from onerec.config import ConfigError
     from onerec.data.schema import DataError
     from onerec.io import atomic_write_text
     from onerec.reward import RewardModelError
@@ -75,7 +74,7 @@ def align_command(
 
     overrides = [*(set_ or []), *(["align.early_clip=false"] if grpo else [])]
     try:
-        cfg = Config.load(config, preset, overrides)
+        cfg = load_config(config, preset, overrides)
     except ConfigError as e:
         raise _fail(f"config: {e}") from None
     for name, path in (("--checkpoint", checkpoint), ("--codebook", codebook)):

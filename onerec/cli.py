@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from onerec import cli_options
+from onerec.cli_options import ConfigOpt, PresetOpt, SetOpt
 from onerec.config import Config, ConfigError
 from onerec.data.schema import DataError
 
@@ -55,11 +57,6 @@ err_console = Console(stderr=True)
 
 DEFAULT_DATA = Path("data/kuairand-pure")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Config YAML file.")]
-PresetOpt = Annotated[str | None, typer.Option("--preset", "-p",
-                                               help="Preset: tiny, small (default) or base.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s",
-                                                  help="Dotted override, e.g. model.d_model=64.")]
 
 
 def fail(msg: str, code: int = 2) -> typer.Exit:
@@ -69,7 +66,7 @@ def fail(msg: str, code: int = 2) -> typer.Exit:
 
 def load_config(config: Path | None, preset: str | None, overrides: list[str] | None) -> Config:
     try:
-        return Config.load(config, preset, overrides or [])
+        return cli_options.load_config(config, preset, overrides)
     except ConfigError as e:
         raise fail(f"config: {e}") from None
 

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from onerec.cli_options import ConfigOpt, PresetOpt, SetOpt, load_config
 from onerec.config import Config, ConfigError
 
 console = Console()
@@ -26,10 +27,6 @@ err_console = Console(stderr=True)
 pipeline_app = typer.Typer(help="The continuous-training pipeline on Kubeflow: compile, run "
                                 "locally (kfp.local), submit.", no_args_is_help=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Config YAML file.")]
-PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="tiny (default here), "
-                                               "small or base.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Dotted override.")]
 StagesOpt = Annotated[str | None, typer.Option(
     "--stages", help="Comma list of stages [default: every stage installed here].")]
 
@@ -42,8 +39,7 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
 def _config(config: Path | None, preset: str | None, overrides: list[str] | None,
             default_preset: str) -> Config:
     try:
-        return Config.load(config, preset or (None if config else default_preset),
-                           overrides or [])
+        return load_config(config, preset, overrides, default_preset=default_preset)
     except ConfigError as e:
         raise _fail(f"config: {e}") from None
 

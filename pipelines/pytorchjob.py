@@ -5,7 +5,8 @@ Kubeflow Trainer v2 clusters use `pipelines.trainjob` (the default).
 The pod is `pipelines.jobs`' (Config as a ConfigMap, the `onerec` CLI, restricted security, GPU
 pool); the Training Operator sets RANK/WORLD_SIZE/MASTER_ADDR so
 `onerec.distributed.init_from_env` starts DDP (nccl on GPU nodes). Replicas: one Master plus
-`workers` Workers, each with `gpus_per_node` GPUs and `nprocPerNode` equal to it.
+`workers` Workers, each with `gpus_per_node` GPUs and `nprocPerNode` equal to it; a pod with
+several GPUs runs the CLI under torchrun, one process per GPU (`command`).
 
 Everything that talks to a cluster sits behind `JobLauncher`: tests check the objects we would
 send, the real path calls `kubeflow.training.TrainingClient().create_job`.
@@ -37,12 +38,25 @@ __all__ = ["CHECKOV_SKIPS", "CONFIG_MOUNT", "DEFAULT_IMAGE", "UID", "JobLauncher
 KIND = constants.PYTORCHJOB_KIND
 
 
+def command(spec: JobSpec) -> list[str]:
+    """The replica's command. One process per pod runs the CLI itself (the operator's RANK /
+    WORLD_SIZE / MASTER_ADDR start DDP); with several GPUs a pod runs torchrun, which starts one
+    process per GPU and gives each its global rank, from the pod's rank ($(RANK), which
+    Kubernetes expands from the operator's env) and the master's address: the same rendezvous
+    the TrainJob path gets from Trainer's PET_* variables."""
+    if spec.procs_per_node == 1:
+        return jobs.command(spec)
+    return ["torchrun", f"--nnodes={1 + spec.workers}", f"--nproc-per-node={spec.procs_per_node}",
+            "--node-rank=$(RANK)", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
+            "--no-python", *jobs.command(spec)]
+
+
 def _container(cfg: Config, spec: JobSpec) -> k8s.V1Container:
     return k8s.V1Container(
         name=constants.PYTORCHJOB_CONTAINER,  # the operator looks for "pytorch"
         image=spec.image,
         image_pull_policy="Always",  # each pod start re-checks the registry's credentials
-        command=jobs.command(spec), env=jobs.env(cfg), resources=jobs.resources(spec),
+        command=command(spec), env=jobs.env(cfg), resources=jobs.resources(spec),
         volume_mounts=jobs.volume_mounts(), security_context=jobs.container_security())
 
 

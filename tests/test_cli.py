@@ -52,3 +52,25 @@ def test_python_dash_m_onerec_shows_help():
     assert res.returncode == 0
     for command in ("validate", "demo", "config", "data"):
         assert command in res.stdout
+
+
+def test_every_command_takes_the_same_config_options():
+    """--config / --preset / --set are declared once (`onerec.cli_options`): each command that
+    builds a Config spells and documents them the same way, short flags included."""
+    import re
+
+    commands = [["config", "show"], ["align"], ["pipeline", "run"], ["pipeline", "step"],
+                ["features", "apply"], ["features", "get"]]
+    for cmd in commands:
+        res = runner.invoke(app, [*cmd, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+        assert res.exit_code == 0, cmd
+        text = re.sub(r"\s+", " ", res.output.replace("│", " "))
+        for flag in ("--config -c", "--preset -p", "--set -s"):
+            assert flag in text, (cmd, flag)
+        assert "repeatable, applied in order" in text, cmd
+
+
+def test_a_bad_override_is_named_the_same_way_everywhere():
+    for cmd in (["config", "show"], ["features", "apply"]):
+        res = runner.invoke(app, [*cmd, "--preset", "tiny", "--set", "model.nope=1"])
+        assert res.exit_code != 0 and "model.nope" in res.output, cmd

@@ -214,7 +214,8 @@ def test_pretrain_step_pytorchjob_validates():
     assert doc["kind"] == "PyTorchJob" and doc["metadata"]["name"] == "onerec-pretrain-cycle-2022-05-01"
     master = doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
     c = master["spec"]["containers"][0]
-    assert c["command"][:4] == ["onerec", "pipeline", "step", "pretrain"]
+    step = c["command"][c["command"].index("--no-python") + 1:]  # under torchrun: 8 GPUs
+    assert c["command"][0] == "torchrun" and step[:4] == ["onerec", "pipeline", "step", "pretrain"]
     assert c["command"][-2:] == ["--config", "/etc/onerec/config.yaml"]
     assert "/mnt/onerec/jobs/onerec-pretrain-cycle-2022-05-01/in/snapshot" in c["command"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"

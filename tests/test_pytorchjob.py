@@ -34,6 +34,11 @@ def test_pytorchjob_is_built_from_the_sdk_models_and_the_config(cfg):
     assert container["name"] == "pytorch"
     assert container["command"][-2:] == ["--config", "/etc/onerec/config.yaml"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    # 8 GPUs a pod: torchrun starts one process per GPU, ranked from the pod's RANK
+    cmd = container["command"]
+    assert cmd[0] == "torchrun" and cmd[cmd.index("--no-python") + 1] == "onerec"
+    assert {"--nnodes=4", "--nproc-per-node=8", "--node-rank=$(RANK)",
+            "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)"} <= set(cmd)
     assert doc["metadata"]["labels"]["onerec.io/config-fingerprint"] == cfg.fingerprint()
 
 
@@ -42,6 +47,7 @@ def test_single_node_cpu_job_has_no_worker_and_no_gpu(cfg):
     assert set(doc["spec"]["pytorchReplicaSpecs"]) == {"Master"}
     container = doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert container["command"][0] == "onerec"  # one process: the CLI itself, no torchrun
 
 
 def test_config_map_carries_the_config_that_loads_back(cfg, tmp_path):

@@ -177,7 +177,8 @@ def test_selecting_pytorchjob_still_builds_a_valid_pytorchjob(cfg):
             "name": "check", **tpl["metadata"]}, "spec": tpl["spec"]}, K8S_VERSION, strict=True)
         (c,) = tpl["spec"]["containers"]
         # the same pod either way: command (torchrun aside), resources, security
-        assert c["command"] == trainjob["spec"]["trainer"]["command"][2:]
+        cli = c["command"][c["command"].index("--no-python") + 1:]  # 4 GPUs: under torchrun
+        assert c["command"][0] == "torchrun" and cli == trainjob["spec"]["trainer"]["command"][2:]
         assert c["resources"] == trainjob["spec"]["trainer"]["resourcesPerNode"]
         assert c["securityContext"] == _node_pod(trainjob)[0]["containers"][0]["securityContext"]
 

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from onerec.cli_options import ConfigOpt, PresetOpt, SetOpt, load_config
 from onerec.config import Config, ConfigError
 from onerec.data.schema import DataError, Dataset
 
@@ -22,9 +23,6 @@ console = Console()
 features_app = typer.Typer(help="Feast features: user sequences online and offline.",
                            no_args_is_help=True)
 
-ConfigOpt = typer.Option(None, "--config", help="YAML config file")
-PresetOpt = typer.Option(None, "--preset", help="tiny | small | base")
-SetOpt = typer.Option(None, "--set", help="dotted override, e.g. features.repo_dir=runs/f")
 RepoOpt = typer.Option(None, "--repo", help="rendered repo folder (default: features.repo_dir)")
 
 
@@ -35,7 +33,7 @@ def _fail(e: Exception) -> typer.Exit:
 
 def _setup(config: Path | None, preset: str | None, overrides: list[str] | None,
            repo: Path | None) -> tuple[Config, Path]:
-    cfg = Config.load(config, preset, overrides)
+    cfg = load_config(config, preset, overrides)
     return cfg, Path(repo or cfg.features.repo_dir)
 
 
@@ -52,8 +50,8 @@ def load_events_dataset(cfg: Config, data_dir: Path | None = None) -> Dataset:
 
 
 @features_app.command("apply")
-def apply_cmd(config: Path | None = ConfigOpt, preset: str | None = PresetOpt,
-              overrides: list[str] | None = SetOpt, repo: Path | None = RepoOpt,
+def apply_cmd(config: ConfigOpt = None, preset: PresetOpt = None,
+              overrides: SetOpt = None, repo: Path | None = RepoOpt,
               data_dir: Path | None = typer.Option(None, "--data-dir", help="dataset folder"),
               events: int | None = typer.Option(
                   None, "--events", help="backfill the first N events (default: "
@@ -86,8 +84,8 @@ def apply_cmd(config: Path | None = ConfigOpt, preset: str | None = PresetOpt,
 
 
 @features_app.command("materialize")
-def materialize_cmd(config: Path | None = ConfigOpt, preset: str | None = PresetOpt,
-                    overrides: list[str] | None = SetOpt, repo: Path | None = RepoOpt) -> None:
+def materialize_cmd(config: ConfigOpt = None, preset: PresetOpt = None,
+                    overrides: SetOpt = None, repo: Path | None = RepoOpt) -> None:
     """Load the newest offline row of every user and video into the online store."""
     from onerec.features.store import FeaturesError, materialize_all, open_store
     try:
@@ -100,8 +98,8 @@ def materialize_cmd(config: Path | None = ConfigOpt, preset: str | None = Preset
 
 
 @features_app.command("push")
-def push_cmd(config: Path | None = ConfigOpt, preset: str | None = PresetOpt,
-             overrides: list[str] | None = SetOpt, repo: Path | None = RepoOpt,
+def push_cmd(config: ConfigOpt = None, preset: PresetOpt = None,
+             overrides: SetOpt = None, repo: Path | None = RepoOpt,
              data_dir: Path | None = typer.Option(None, "--data-dir", help="dataset folder"),
              start: int = typer.Option(0, "--start", help="first event (log position)"),
              count: int = typer.Option(10_000, "--count", help="events to stream"),
@@ -122,8 +120,8 @@ def push_cmd(config: Path | None = ConfigOpt, preset: str | None = PresetOpt,
 
 @features_app.command("get")
 def get_cmd(user: list[int] = typer.Option(..., "--user", help="user id (repeatable)"),
-            config: Path | None = ConfigOpt, preset: str | None = PresetOpt,
-            overrides: list[str] | None = SetOpt, repo: Path | None = RepoOpt) -> None:
+            config: ConfigOpt = None, preset: PresetOpt = None,
+            overrides: SetOpt = None, repo: Path | None = RepoOpt) -> None:
     """Print users' online contexts (short / pos / long video ids), as serving reads them."""
     from onerec.features.store import FeaturesError, online_user_context, open_store
     try:
