@@ -329,7 +329,7 @@ class Follow:
             self.read()
             with self._lock:
                 if self.task is not None and self.current is not None:
-                    self.view.show(self.task, self._now())  # its clock moves on
+                    self.view.show(self.task, self._now(self.current))  # its clock moves on
 
     def read(self) -> None:
         """Show every complete line written since the last read."""
@@ -370,20 +370,19 @@ class Follow:
             self._set(replace(s, stage=f"{self.task_label}{inner}", done=False))
 
     def _set(self, status: Status) -> None:
-        assert self.task is not None
+        if self.task is None:  # callers set the task first; without one there is no row
+            return
         self.current, self.t_seen = status, time.perf_counter()
         self.view.show(self.task, status)
 
-    def _now(self) -> Status:
-        """The task's row, its elapsed time moved on since it was set."""
-        assert self.current is not None
-        return replace(self.current, elapsed_s=self.current.elapsed_s
-                       + time.perf_counter() - self.t_seen)
+    def _now(self, current: Status) -> Status:
+        """The task's row `current`, its elapsed time moved on since it was set."""
+        return replace(current, elapsed_s=current.elapsed_s + time.perf_counter() - self.t_seen)
 
     def _end_task(self, outcome: str = "") -> None:
         if self.task is None or self.current is None:
             return
-        now = self._now()
+        now = self._now(self.current)
         note = outcome if outcome not in ("", "success") else now.note  # "failure" says so
         self.view.show(self.task, replace(now, stage=f"{self.task_label}{self.task}", done=True,
                                           note=note))
