@@ -194,40 +194,27 @@ def validate(cfg: Config, data_dir: str | Path, out: str | Path, *, until: str,
                          f"production watermark {ms_to_iso(watermark)}: run a later `until`")
     ref = validation.load_reference(prod.reference) if prod and prod.reference.exists() else None
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    docs = Path(tempfile.mkdtemp(prefix=".data_docs-", dir=Path(out).parent))
-    try:
-        return _validated_snapshot(cfg, data_dir, out, until, until_ms, holdout_ms, watermark,
-                                   prod, raw, batch, events, ref, docs)
-    finally:
-        shutil.rmtree(docs, ignore_errors=True)  # moved into the snapshot unless it failed
-
-
-def _validated_snapshot(cfg: Config, data_dir: str | Path, out: str | Path, until: str,
-                        until_ms: int, holdout_ms: int, watermark: int, prod: Any, raw: Any,
-                        batch: pd.DataFrame, events: pd.DataFrame, ref: dict | None,
-                        docs: Path) -> dict[str, Any]:
-    """`validate` once the batch is cut: the suites (with Data Docs into `docs`), then the
-    snapshot folder, written atomically."""
-    from onerec import validation
-
-    report = validation.validate_tables(dataclasses.replace(raw, events=batch), cfg, ref,
-                                        now_ms=until_ms, docs_dir=docs)
-    snap = Snapshot(
-        data_dir=str(Path(data_dir).resolve()), until=until, until_ms=until_ms,
-        holdout_start_ms=holdout_ms, watermark_ms=watermark,
-        production_version=prod.version if prod else None, n_batch_events=len(batch),
-        n_train_events=int((events["time_ms"] < holdout_ms).sum()),
-        n_holdout_events=int((events["time_ms"] >= holdout_ms).sum()),
-        fingerprint=_batch_fingerprint(batch))
-    summary = {**dataclasses.asdict(snap), "validation_success": report.success,
-               "drift_checked": ref is not None, "failures": [f.message for f in report.failures]}
-    with atomic_dir(out) as tmp:
-        validation.write_report(report, tmp / "validation")
-        shutil.move(docs, tmp / "validation" / "data_docs")  # GX Data Docs: index.html
-        validation.save_reference(validation.compute_reference(
-            batch, raw.items, cfg.validation, source=f"{data_dir} batch until {until}"),
-            tmp / "reference.json")
-        (tmp / "snapshot.json").write_text(json.dumps(summary, indent=2))
+    with tempfile.TemporaryDirectory(prefix=".data_docs-", dir=Path(out).parent,
+                                     ignore_cleanup_errors=True) as docs:
+        report = validation.validate_tables(dataclasses.replace(raw, events=batch), cfg, ref,
+                                            now_ms=until_ms, docs_dir=docs)
+        snap = Snapshot(
+            data_dir=str(Path(data_dir).resolve()), until=until, until_ms=until_ms,
+            holdout_start_ms=holdout_ms, watermark_ms=watermark,
+            production_version=prod.version if prod else None, n_batch_events=len(batch),
+            n_train_events=int((events["time_ms"] < holdout_ms).sum()),
+            n_holdout_events=int((events["time_ms"] >= holdout_ms).sum()),
+            fingerprint=_batch_fingerprint(batch))
+        summary = {**dataclasses.asdict(snap), "validation_success": report.success,
+                   "drift_checked": ref is not None,
+                   "failures": [f.message for f in report.failures]}
+        with atomic_dir(out) as tmp:
+            validation.write_report(report, tmp / "validation")
+            shutil.move(docs, tmp / "validation" / "data_docs")  # GX Data Docs: index.html
+            validation.save_reference(validation.compute_reference(
+                batch, raw.items, cfg.validation, source=f"{data_dir} batch until {until}"),
+                tmp / "reference.json")
+            (tmp / "snapshot.json").write_text(json.dumps(summary, indent=2))
     if not report.success:
         raise StageError(f"data validation failed ({len(report.failures)} failure(s)): "
                          f"{report.failures[0].message}")
