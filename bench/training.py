@@ -134,9 +134,7 @@ def split_forward(model: OneRec, batch: Batch,
         bal = balance_in / max(1, len(model.decoder))
         loss = ntp + model.cfg.balance_loss_weight * bal
         if model.item_query is not None:  # the item head's full softmax counts as loss
-            state = model.user_state(memory_in, req, batch.short.shape[1], batch.target_len)
-            last = model.last_item(batch.short, req, batch.target_len)
-            item = F.cross_entropy(model.item_logits(state, last), batch.target_items)
+            item = model.item_loss(memory_in, batch, req)
             loss = loss + model.cfg.item_loss_weight * item
     return SplitPass(loss, ntp, bal, memory, memory_in, hidden, hidden_in, balance, balance_in)
 

@@ -169,6 +169,12 @@ class ModelConfig:
     # counts weighted by transition_decay ** j (2 and 0.1 chosen on Beauty's shifted validation)
     transition_depth: int = 2
     transition_decay: float = 0.1
+    # with the item head: the transition table as a learned feature of the head instead of (or
+    # beside) the fixed chain: the head's logit of item i gains w_j x log(1 + count(h_j -> i))
+    # for the last `transition_depth` history items h_j, w_j = softplus of a linear map of the
+    # user state, trained with each target's own pair left out of its count (leave-one-out),
+    # so how far other users' pairs predict a new one is learned, not tuned (false: off)
+    transition_feature: bool = False
 
     # derived (not read from YAML)
     head_dim: int = field(default=0, init=False)
@@ -200,6 +206,8 @@ class ModelConfig:
         _check(self.transition_neighbors > 0, f"{p}.transition_neighbors", "must be > 0")
         _check(self.transition_depth > 0, f"{p}.transition_depth", "must be > 0")
         _check(0.0 <= self.transition_decay <= 1.0, f"{p}.transition_decay", "must be in [0, 1]")
+        _check(not self.transition_feature or self.item_loss_weight > 0,
+               f"{p}.transition_feature", "needs model.item_loss_weight > 0 (the item head)")
         _check(not self.decoder_stop_gradient or self.item_loss_weight > 0,
                f"{p}.decoder_stop_gradient",
                "needs model.item_loss_weight > 0 (else nothing trains the encoder)")

@@ -27,6 +27,7 @@ keys/values and share cross-attention keys/values across beams.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -229,9 +230,13 @@ class OneRec(nn.Module):
         # the head's Markov term: row i is added to the query of a state whose last item is i
         self.next_item = (nn.Embedding(item_codes.shape[0], d, padding_idx=0)
                           if cfg.item_loss_weight > 0 and cfg.markov_head else None)
+        # the head's learned transition feature: per user state, how far to trust each of the
+        # last `transition_depth` history items' successor counts (`transition_bonus`)
+        self.transition_gate = (nn.Linear(d, cfg.transition_depth)
+                                if cfg.item_loss_weight > 0 and cfg.transition_feature else None)
         # the transition memory (`onerec.transitions`), filled by `set_transitions` before
         # training; buffers, so the checkpoint and the exported graph carry it
-        if cfg.transition_prior > 0:
+        if cfg.transition_prior > 0 or cfg.transition_feature:
             n, k = item_codes.shape[0], cfg.transition_neighbors
             self.register_buffer("next_items", torch.zeros(n, k, dtype=torch.long))
             self.register_buffer("next_counts", torch.zeros(n, k))
@@ -242,6 +247,10 @@ class OneRec(nn.Module):
         if self.next_item is not None:  # no last item: no Markov term
             with torch.no_grad():
                 self.next_item.weight[0].zero_()
+        if self.transition_gate is not None:  # start at weight 1 on every count: (1 + count)^1
+            with torch.no_grad():
+                self.transition_gate.weight.zero_()
+                self.transition_gate.bias.fill_(math.log(math.e - 1.0))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -347,19 +356,22 @@ class OneRec(nn.Module):
     def level_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
         return self.heads[level](hidden)
 
-    def last_item(self, short: torch.Tensor, req: torch.Tensor,
-                  target_len: torch.Tensor | None) -> torch.Tensor | None:
-        """(T,) the most recent history item target t may see (0: none): the item the head's
-        Markov term looks up; None without that term (nothing computed, nothing exported).
-        `short` is left-padded, most recent last; with a causal encoder target t sees the first
-        `target_len[t]` items of it."""
-        if self.next_item is None:
+    def recent_items(self, short: torch.Tensor, req: torch.Tensor,
+                     target_len: torch.Tensor | None) -> torch.Tensor | None:
+        """(T, transition_depth) the most recent history items target t may see, most recent
+        first (0: none): what the head's Markov term (column 0) and its transition feature look
+        up; None without either (nothing computed, nothing exported). `short` is left-padded,
+        most recent last; with a causal encoder target t sees the first `target_len[t]` items."""
+        if self.next_item is None and self.transition_gate is None:
             return None
+        depth = self.cfg.transition_depth
         if self.cfg.causal_encoder and target_len is not None:
             oldest_first = left_align(short)[req]
-            last = oldest_first.gather(1, (target_len - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
-            return last * (target_len > 0)
-        return short[req, -1]
+            col = target_len.unsqueeze(1) - 1 - torch.arange(depth, device=short.device)
+            items = oldest_first.gather(1, col.clamp(0, short.shape[1] - 1))
+            return items * (col >= 0)
+        pad = short.new_zeros(short.shape[0], max(0, depth - short.shape[1]))
+        return torch.cat([short.flip(1), pad], 1)[req, :depth]
 
     def user_state(self, memory: torch.Tensor, req: torch.Tensor, short_len: int,
                    target_len: torch.Tensor | None) -> torch.Tensor:
@@ -394,7 +406,7 @@ class OneRec(nn.Module):
             seen = (short > 0).sum(1) if self.cfg.causal_encoder else None
             req = torch.arange(b, device=short.device)
             state = self.user_state(memory, req, s, seen)
-            logp = self.item_logits(state, self.last_item(short, req, seen)).float()
+            logp = self.item_logits(state, self.recent_items(short, req, seen)).float()
             bonus = logp.log_softmax(-1).gather(1, items.clamp_min(0))
             scores = scores + weight * bonus.masked_fill(items <= 0, 0.0)
         if chain:
@@ -446,20 +458,55 @@ class OneRec(nn.Module):
         return TransitionTable(self.next_items.cpu().numpy(), self.next_counts.cpu().numpy(),
                                self.out_counts.cpu().numpy())
 
-    def item_logits(self, state: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+    def item_logits(self, state: torch.Tensor, recent: torch.Tensor | None = None,
+                    target: torch.Tensor | None = None) -> torch.Tensor:
         """(T, d) user states -> (T, n_items + 1) next-item scores over the whole catalogue
-        (column 0, padding, is -inf). last: (T,) each state's most recent item, which the
-        Markov term (`model.markov_head`) needs."""
-        assert self.item_query is not None, (  # nosec B101
-            "model.item_loss_weight is 0: no item head")
+        (column 0, padding, is -inf). recent: (T, depth) each state's most recent history items
+        (`recent_items`), which the Markov term and the transition feature need; target: (T,)
+        the training targets, whose own pair the transition feature leaves out."""
+        if self.item_query is None:
+            raise ValueError("model.item_loss_weight is 0: no item head")
+        if recent is None and (self.next_item is not None or self.transition_gate is not None):
+            raise ValueError("model.markov_head / model.transition_feature need each state's "
+                             "recent items")
         query = self.item_query(state)
-        if self.next_item is not None:
-            if last is None:
-                raise ValueError("model.markov_head needs each state's last item")
-            query = query + self.next_item(last)
+        if self.next_item is not None and recent is not None:
+            query = query + self.next_item(recent[:, 0])
         logits = query @ self.item_table().T
+        if self.transition_gate is not None and recent is not None:
+            logits = self.transition_bonus(state, recent, logits, target)
         logits[:, 0] = float("-inf")
         return logits
+
+    def transition_bonus(self, state: torch.Tensor, recent: torch.Tensor, logits: torch.Tensor,
+                         target: torch.Tensor | None) -> torch.Tensor:
+        """Add the learned transition feature to (T, n_items + 1) head logits: for each of the
+        recent history items h_j, softplus(gate_j(state)) x log(1 + count(h_j -> item)) on its
+        table's successors, so p(item) grows as (1 + count)^w with a weight w the user state
+        sets. In training (`target` given) each target's own (last item -> target) pair is left
+        out of its count: the table counted it, and a test pair is never in the table, so the
+        head learns on training data how far counts made by other users predict a new pair."""
+        if self.next_items is None or self.next_counts is None or self.transition_gate is None:
+            raise ValueError("model.transition_feature needs the transition table")
+        weight = F.softplus(self.transition_gate(state)).to(logits.dtype)  # (T, depth)
+        for j in range(recent.shape[1]):
+            succ = self.next_items[recent[:, j]]  # (T, k); row 0 (no item) is empty
+            count = self.next_counts[recent[:, j]]
+            if j == 0 and target is not None:
+                count = (count - (succ == target.unsqueeze(1)).to(count.dtype)).clamp_min(0.0)
+            bonus = weight[:, j:j + 1] * torch.log1p(count).to(logits.dtype)
+            logits = logits.scatter_add(1, succ, bonus)
+        return logits
+
+    def item_loss(self, memory: torch.Tensor, batch: Batch, req: torch.Tensor) -> torch.Tensor:
+        """The item head's full-softmax loss on `batch`'s targets (memory: the encoder output
+        per request, req: each target's request)."""
+        if batch.target_items is None:
+            raise ValueError("model.item_loss_weight > 0 needs batch.target_items")
+        state = self.user_state(memory, req, batch.short.shape[1], batch.target_len)
+        recent = self.recent_items(batch.short, req, batch.target_len)
+        logits = self.item_logits(state, recent, batch.target_items)
+        return F.cross_entropy(logits, batch.target_items)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Teacher-forced next-token loss on the targets' semantic IDs."""
@@ -481,11 +528,7 @@ class OneRec(nn.Module):
         out = {"ntp_loss": ntp, "balance_loss": balance,
                "level_losses": torch.stack(losses).detach()}
         if self.item_query is not None:
-            if batch.target_items is None:
-                raise ValueError("model.item_loss_weight > 0 needs batch.target_items")
-            state = self.user_state(memory, req, batch.short.shape[1], batch.target_len)
-            last = self.last_item(batch.short, req, batch.target_len)
-            item = F.cross_entropy(self.item_logits(state, last), batch.target_items)
+            item = self.item_loss(memory, batch, req)
             loss = loss + self.cfg.item_loss_weight * item
             out["item_loss"] = item
         out["loss"] = loss

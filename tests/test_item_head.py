@@ -142,7 +142,7 @@ def test_markov_term_reads_the_last_item_each_target_may_see(causal):
     lens = [min(n, len(histories[r])) for r, n in zip(batch.target_req.tolist(),
                                                       batch.target_len.tolist(), strict=True)]
     assert 0 in lens and len(set(lens)) >= 3  # no item, and several prefixes
-    last = model.last_item(batch.short, batch.target_req, torch.tensor(lens))
+    last = model.recent_items(batch.short, batch.target_req, torch.tensor(lens))[:, 0]
     for t, (r, n) in enumerate(zip(batch.target_req.tolist(), lens, strict=True)):
         if causal:
             assert int(last[t]) == (histories[r][n - 1] if n > 0 else 0)
@@ -151,7 +151,7 @@ def test_markov_term_reads_the_last_item_each_target_may_see(causal):
     model.train()
     model(batch)["loss"].backward()
     assert model.next_item.weight.grad.abs().sum() > 0  # the term trains with the item loss
-    with pytest.raises(ValueError, match="last item"):
+    with pytest.raises(ValueError, match="recent items"):
         model.item_logits(torch.zeros(1, model.cfg.d_model))
 
 

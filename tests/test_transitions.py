@@ -167,3 +167,82 @@ def test_training_fills_the_table_warm_starts_add_and_the_checkpoint_keeps_it(tm
     with pytest.raises(ValueError, match="no transition memory"):
         build_model(Config.from_preset("tiny"), space.codes, space.vocab_sizes).set_transitions(
             want)
+
+
+FEATURE = ("model.transition_feature=true", "model.item_loss_weight=1.0",
+           "model.item_score_weight=1.0")
+
+
+def feature_model(causal: bool = True, seed: int = 0):
+    cfg = Config.from_preset("tiny", [*OVERRIDES, *FEATURE, "model.transition_neighbors=4",
+                                      f"model.causal_encoder={str(causal).lower()}"])
+    space = ItemSpace.from_codebook(make_codebook(seed=seed))
+    model = build_model(cfg, space.codes, space.vocab_sizes, n_user_buckets=5).eval()
+    rng = np.random.default_rng(seed)
+    seqs = {u: rng.integers(1, len(space) + 1, 12).tolist() for u in range(300)}
+    reqs = requests_from_sequences(seqs, cfg.data, causal=causal)
+    model.set_transitions(count_transitions(reqs, len(space), cfg.model.transition_neighbors))
+    return model, space, cfg
+
+
+def test_the_feature_needs_the_item_head():
+    with pytest.raises(ConfigError, match=r"model\.transition_feature"):
+        Config.from_preset("tiny", ["model.transition_feature=true"])
+
+
+def test_the_feature_adds_gated_log_counts_and_leaves_the_own_pair_out_in_training():
+    model, _, _ = feature_model()
+    last = int(torch.nonzero(model.out_counts).flatten()[0])
+    succ, count = model.next_items[last].tolist(), model.next_counts[last].tolist()
+    prev = int(torch.nonzero(model.out_counts).flatten()[1])
+    state = torch.randn(2, model.cfg.d_model)
+    recent = torch.tensor([[last, prev], [0, 0]])
+    with torch.no_grad():
+        model.transition_gate.bias.copy_(torch.tensor([0.3, -1.0]))
+        model.transition_gate.weight.normal_(0, 0.1)
+        base = model.item_query(state) @ model.item_table().T
+        w = torch.nn.functional.softplus(model.transition_gate(state))
+        got = model.item_logits(state, recent)
+        want = base.clone()
+        for i, c in zip(succ, count, strict=True):
+            if i > 0:
+                want[0, i] += w[0, 0] * np.log1p(c)
+        for i, c in zip(model.next_items[prev].tolist(), model.next_counts[prev].tolist(),
+                        strict=True):
+            if i > 0:
+                want[0, i] += w[0, 1] * np.log1p(c)
+        want[:, 0] = float("-inf")
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got[1, 1:], base[1, 1:])  # no history: the head alone
+        # training: the target's own (last -> target) pair counts once less
+        target = torch.tensor([succ[0], 1])
+        train_logits = model.item_logits(state, recent, target)
+        drop = float(w[0, 0] * (np.log1p(count[0]) - np.log1p(count[0] - 1)))
+        assert float(got[0, succ[0]] - train_logits[0, succ[0]]) == pytest.approx(drop, rel=1e-4)
+        other = [i for i in range(1, got.shape[1]) if i != succ[0]]
+        torch.testing.assert_close(train_logits[0, other], got[0, other])
+
+
+def test_the_gate_trains_with_the_item_loss():
+    model, space, _ = feature_model()
+    model.train()
+    from tests.test_item_head import training_batch
+
+    model(training_batch(space))["loss"].backward()
+    assert model.transition_gate.bias.grad is not None
+    assert model.transition_gate.weight.grad.abs().sum() > 0
+
+
+def test_fast_reference_and_exported_graph_agree_with_the_feature(tmp_path):
+    model, space, cfg = feature_model(True, seed=2)
+    with torch.no_grad():
+        model.item_query.weight.normal_(0, 1.0)
+        model.transition_gate.bias.fill_(2.0)
+    batch = users(space, 5, seed=4)
+    fast = recommend(model, space, batch, beam_width=8, top_n=5)
+    ref = recommend(model, space, batch, beam_width=8, top_n=5, fast=False)
+    assert fast.items == ref.items and fast.legality == 1.0
+    with scorers_set(model, item_score_weight=0.0):
+        plain = recommend(model, space, batch, beam_width=8, top_n=5)
+    assert plain.items != fast.items  # the head with the feature re-orders the beam
+    assert_exported_graph_equals_pytorch(model, space, cfg, tmp_path)
