@@ -23,7 +23,6 @@ sequence is a request whose one target is the next item.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ import pandas as pd
 import torch
 
 from onerec.config import DataConfig
+from onerec.features.sequences import UserSequences
 from onerec.model import Batch
 
 
@@ -98,21 +98,26 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
     right after the log ends (evaluation on a later test period, serving).
     """
     s_len, p_len, g_len = cfg.max_seq_len, cfg.max_pos_seq_len, cfg.max_long_seq_len
-    short: dict[int, deque] = {}
-    pos: dict[int, deque] = {}
-    long: dict[int, deque] = {}
+    seqs: dict[int, UserSequences] = {}
+
+    def user(u: int) -> UserSequences:
+        s = seqs.get(u)
+        if s is None:
+            s = seqs[u] = UserSequences.empty(cfg)
+        return s
+
     if history is not None:
         for row in history.itertuples(index=False):
-            watch = [int(v) for v in row.watch_seq]
-            positive = [int(v) for v in (*row.long_watch_seq, *row.like_seq)]
-            long[row.user_id] = deque(watch, maxlen=g_len)
-            short[row.user_id] = deque(watch, maxlen=s_len)  # clicks unknown before the log
-            pos[row.user_id] = deque(positive, maxlen=p_len)
+            user(int(row.user_id)).seed([int(v) for v in row.watch_seq],
+                                        [int(v) for v in (*row.long_watch_seq, *row.like_seq)],
+                                        int(getattr(row, "last_time_ms", -1)))
     users = events["user_id"].to_numpy()
     videos = events["video_id"].to_numpy()
     times = events["time_ms"].to_numpy()
     click = events["is_click"].to_numpy().astype(bool)
     positive = (events["long_view"].to_numpy() | events["is_like"].to_numpy()).astype(bool)
+    ratio = (events["watch_ratio"].to_numpy(np.float32) if "watch_ratio" in events
+             else np.full(len(events), np.nan, np.float32))
     out_user, out_time, out_s, out_p, out_g, offsets, targets = [], [], [], [], [], [0], []
     rows: list[int] = []  # event-log row of each target, so callers can read its feedback
     open_req: dict[int, tuple[int, list[int]]] = {}  # user -> (start time, pending events)
@@ -121,22 +126,22 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
         start, idxs = open_req.pop(u)
         kept = [i for i in idxs if (positive[i] or not positive_only) and videos[i] in item_index]
         tgts = [item_index[videos[i]] for i in kept]
+        s = user(u)
         if tgts:
+            short, pos, long = s.video_ids()
             rows.extend(kept)
             out_user.append(u % n_user_buckets)
             out_time.append(start)
-            out_s.append(_left_pad(_known(short.get(u, ()), item_index), s_len))
-            out_p.append(_left_pad(_known(pos.get(u, ()), item_index), p_len))
-            out_g.append(_left_pad(_known(long.get(u, ()), item_index), g_len))
+            out_s.append(_left_pad(_known(short, item_index), s_len))
+            out_p.append(_left_pad(_known(pos, item_index), p_len))
+            out_g.append(_left_pad(_known(long, item_index), g_len))
             targets.extend(tgts)
             offsets.append(len(targets))
         for i in idxs:  # the request's feedback joins the history only after the request
-            it = int(videos[i])
-            long.setdefault(u, deque(maxlen=g_len)).append(it)
-            if click[i]:
-                short.setdefault(u, deque(maxlen=s_len)).append(it)
-            if positive[i]:
-                pos.setdefault(u, deque(maxlen=p_len)).append(it)
+            v, t = int(videos[i]), int(times[i])
+            if s.accepts(v, t):  # serving's idempotence rule: a replayed event counts once
+                s.observe(v, t, click=bool(click[i]), positive=bool(positive[i]),
+                          watch_ratio=float(ratio[i]))
 
     for i in range(len(events)):
         u = int(users[i])
@@ -151,10 +156,10 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
     for u in sorted(open_req, key=lambda u: open_req[u][0]):
         close(u)
     if final_state is not None:
-        for u in set(short) | set(pos) | set(long):
-            final_state[u] = (_known(short.get(u, ()), item_index),
-                              _known(pos.get(u, ()), item_index),
-                              _known(long.get(u, ()), item_index))
+        for u, s in seqs.items():
+            short, pos, long = s.video_ids()
+            final_state[u] = (_known(short, item_index), _known(pos, item_index),
+                              _known(long, item_index))
     order = np.argsort(np.asarray(out_time, dtype=np.int64), kind="stable")
     reqs = Requests(
         user=np.asarray(out_user, dtype=np.int64), time_ms=np.asarray(out_time, dtype=np.int64),

@@ -5,7 +5,8 @@ training rows and online rows cannot disagree. Per user it keeps (oldest first):
 - recent: the last data.max_seq_len clicked videos, their watch ratios and times (short pathway);
 - positive: the last data.max_pos_seq_len long-viewed or liked videos and times;
 - long: the last data.max_long_seq_len shown videos (lifelong pathway),
-the same three contexts `onerec.stream` builds for training, but of raw video ids.
+the contexts training reads too: `onerec.stream.requests_from_events` keeps a `UserSequences`
+per user and updates it with the same `observe`, so there is one user-context builder.
 
 Idempotence rule: each user has a watermark, the time of the newest event applied and the videos
 applied at that millisecond. An event older than the watermark, or at it with a video already
@@ -70,6 +71,45 @@ class UserSequences:
                           "last_event_video_ids": sorted(self.last_videos)},
         }
 
+    def accepts(self, video: int, time_ms: int) -> bool:
+        """The idempotence rule: False for an event before the watermark, or at it with a video
+        already applied (a replay, or a late event)."""
+        return not (time_ms < self.last_ms or (time_ms == self.last_ms and
+                                               video in self.last_videos))
+
+    def observe(self, video: int, time_ms: int, *, click: bool, positive: bool,
+                watch_ratio: float) -> set[str]:
+        """Apply one event the rule accepts: every shown video joins long, a click recent, a long
+        view or like positive; the watermark moves. -> the views it changed. Training
+        (`onerec.stream.requests_from_events`), the backfill and the stream writer all update a
+        user's context here, so the context a model trains on is the one serving reads."""
+        if time_ms > self.last_ms:
+            self.last_ms, self.last_videos = time_ms, set()
+        self.last_videos.add(video)
+        self.long.append(video)
+        views = {"user_long"}
+        if click:
+            self.recent.append((video, watch_ratio, time_ms))
+            views.add("user_recent")
+        if positive:
+            self.positive.append((video, time_ms))
+            views.add("user_positive")
+        return views
+
+    def seed(self, watch: list[int], positives: list[int], time_ms: int) -> None:
+        """Start from a pre-log history (KuaiRand's user_history): shown videos seed recent
+        (clicks are unknown before the log; watch ratio NaN) and long, long views and likes
+        seed positive; the watermark moves to the history's end."""
+        self.long.extend(watch)
+        self.recent.extend((v, math.nan, time_ms) for v in watch)
+        self.positive.extend((v, time_ms) for v in positives)
+        self.last_ms = max(self.last_ms, time_ms)
+
+    def video_ids(self) -> tuple[list[int], list[int], list[int]]:
+        """The (short, positive, long) contexts as raw video ids, oldest first: what the model
+        reads once unknown videos are dropped."""
+        return ([r[0] for r in self.recent], [r[0] for r in self.positive], list(self.long))
+
     @classmethod
     def from_rows(cls, cfg: DataConfig, rec: dict[str, Any]) -> UserSequences:
         """Rebuild from feature values (None where the store has no row)."""
@@ -128,11 +168,8 @@ class SequenceBook:
         for row in history.itertuples(index=False):
             u, t = int(row.user_id), int(row.last_time_ms)
             s = self.get(u)
-            watch = [int(v) for v in row.watch_seq]
-            s.long.extend(watch)
-            s.recent.extend((v, math.nan, t) for v in watch)
-            s.positive.extend((int(v), t) for v in (*row.long_watch_seq, *row.like_seq))
-            s.last_ms = max(s.last_ms, t)
+            s.seed([int(v) for v in row.watch_seq],
+                   [int(v) for v in (*row.long_watch_seq, *row.like_seq)], t)
             for view, r in s.rows(u).items():
                 out[view].append({**r, "stamp_ms": t + 1})
         return out
@@ -157,24 +194,14 @@ class SequenceBook:
         for i in range(len(users)):
             u, v, t = users[i], videos[i], times[i]
             s = self.get(u)
-            if t < s.last_ms or (t == s.last_ms and v in s.last_videos):
+            if not s.accepts(v, t):
                 stats.skipped += 1
                 continue
             if history_rows and s.last_ms < 0:  # a new user: empty rows stamped at the epoch
                 self._emit(u, s, set(VIEWS), rows)
             if history_rows and u in pending and t > s.last_ms:
                 self._emit(u, s, pending.pop(u), rows)
-            if t > s.last_ms:
-                s.last_ms, s.last_videos = t, set()
-            s.last_videos.add(v)
-            s.long.append(v)
-            views = {"user_long"}
-            if click[i]:
-                s.recent.append((v, ratio[i], t))
-                views.add("user_recent")
-            if positive[i]:
-                s.positive.append((v, t))
-                views.add("user_positive")
+            views = s.observe(v, t, click=click[i], positive=positive[i], watch_ratio=ratio[i])
             stats.applied += 1
             target = pending if history_rows else changed
             target.setdefault(u, set()).update(views)
