@@ -23,6 +23,7 @@ sequence is a request whose one target is the next item.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,13 +112,14 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
             user(int(row.user_id)).seed([int(v) for v in row.watch_seq],
                                         [int(v) for v in (*row.long_watch_seq, *row.like_seq)],
                                         int(getattr(row, "last_time_ms", -1)))
-    users = events["user_id"].to_numpy()
-    videos = events["video_id"].to_numpy()
-    times = events["time_ms"].to_numpy()
-    click = events["is_click"].to_numpy().astype(bool)
-    positive = (events["long_view"].to_numpy() | events["is_like"].to_numpy()).astype(bool)
-    ratio = (events["watch_ratio"].to_numpy(np.float32) if "watch_ratio" in events
-             else np.full(len(events), np.nan, np.float32))
+    # Python lists: the loop below reads one element at a time
+    users = events["user_id"].to_numpy(np.int64).tolist()
+    videos = events["video_id"].to_numpy(np.int64).tolist()
+    times = events["time_ms"].to_numpy(np.int64).tolist()
+    click = events["is_click"].to_numpy().astype(bool).tolist()
+    positive = (events["long_view"].to_numpy() | events["is_like"].to_numpy()).astype(bool).tolist()
+    ratio = (events["watch_ratio"].to_numpy(np.float32).tolist() if "watch_ratio" in events
+             else [math.nan] * len(events))
     out_user, out_time, out_s, out_p, out_g, offsets, targets = [], [], [], [], [], [0], []
     rows: list[int] = []  # event-log row of each target, so callers can read its feedback
     open_req: dict[int, tuple[int, list[int]]] = {}  # user -> (start time, pending events)
@@ -138,13 +140,12 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
             targets.extend(tgts)
             offsets.append(len(targets))
         for i in idxs:  # the request's feedback joins the history only after the request
-            v, t = int(videos[i]), int(times[i])
+            v, t = videos[i], times[i]
             if s.accepts(v, t):  # serving's idempotence rule: a replayed event counts once
-                s.observe(v, t, click=bool(click[i]), positive=bool(positive[i]),
-                          watch_ratio=float(ratio[i]))
+                s.observe(v, t, click=click[i], positive=positive[i], watch_ratio=ratio[i])
 
     for i in range(len(events)):
-        u = int(users[i])
+        u = users[i]
         req = open_req.get(u)
         if req is not None and times[i] - req[0] > cfg.request_gap_ms:
             close(u)

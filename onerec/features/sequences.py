@@ -78,31 +78,27 @@ class UserSequences:
                                                video in self.last_videos))
 
     def observe(self, video: int, time_ms: int, *, click: bool, positive: bool,
-                watch_ratio: float) -> set[str]:
+                watch_ratio: float) -> None:
         """Apply one event the rule accepts: every shown video joins long, a click recent, a long
-        view or like positive; the watermark moves. -> the views it changed. Training
+        view or like positive; the watermark moves. Training
         (`onerec.stream.requests_from_events`), the backfill and the stream writer all update a
         user's context here, so the context a model trains on is the one serving reads."""
         if time_ms > self.last_ms:
             self.last_ms, self.last_videos = time_ms, set()
         self.last_videos.add(video)
         self.long.append(video)
-        views = {"user_long"}
         if click:
             self.recent.append((video, watch_ratio, time_ms))
-            views.add("user_recent")
         if positive:
             self.positive.append((video, time_ms))
-            views.add("user_positive")
-        return views
 
     def seed(self, watch: list[int], positives: list[int], time_ms: int) -> None:
         """Start from a pre-log history (KuaiRand's user_history): shown videos seed recent
         (clicks are unknown before the log; watch ratio NaN) and long, long views and likes
         seed positive; the watermark moves to the history's end."""
         self.long.extend(watch)
-        self.recent.extend((v, math.nan, time_ms) for v in watch)
-        self.positive.extend((v, time_ms) for v in positives)
+        self.recent.extend((v, math.nan, time_ms) for v in watch[-(self.recent.maxlen or 0):])
+        self.positive.extend((v, time_ms) for v in positives[-(self.positive.maxlen or 0):])
         self.last_ms = max(self.last_ms, time_ms)
 
     def video_ids(self) -> tuple[list[int], list[int], list[int]]:
@@ -201,7 +197,12 @@ class SequenceBook:
                 self._emit(u, s, set(VIEWS), rows)
             if history_rows and u in pending and t > s.last_ms:
                 self._emit(u, s, pending.pop(u), rows)
-            views = s.observe(v, t, click=click[i], positive=positive[i], watch_ratio=ratio[i])
+            s.observe(v, t, click=click[i], positive=positive[i], watch_ratio=ratio[i])
+            views = {"user_long"}
+            if click[i]:
+                views.add("user_recent")
+            if positive[i]:
+                views.add("user_positive")
             stats.applied += 1
             target = pending if history_rows else changed
             target.setdefault(u, set()).update(views)
