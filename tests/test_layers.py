@@ -26,16 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("onerec", "serving", "pipelines", "components")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
-# contract id -> (file that gets the import, the import, the chain's first link in the report)
+# contract id -> (file that gets the import, the import, a link of the chain the report shows)
 BREAKS = {
-    "core": ("onerec/evaluate.py", "import serving.schema", "onerec.evaluate -> serving.schema"),
-    "app-on-top": ("onerec/train.py", "from onerec.app import cli", "onerec.train -> onerec.app.cli"),
+    "core": ("onerec/evaluate.py", "import serving.schema",
+             "onerec.evaluate -> serving.schema"),
+    "app-on-top": ("onerec/train.py", "from onerec.app import cli",
+                   "onerec.train -> onerec.app.cli"),
     "serving": ("serving/schema.py", "import components", "serving.schema -> components"),
     "pipelines": ("pipelines/run.py", "import serving.client", "pipelines.run -> serving.client"),
-    "components": ("components/gate.py", "import pipelines.run", "components.gate -> pipelines.run"),
+    "components": ("components/gate.py", "import pipelines.run",
+                   "components.gate -> pipelines.run"),
     "launcher": ("components/gate.py", "import kubernetes", "components.gate -> kubernetes"),
-    # the demo report module importing the CLI closes a loop: cli -> demo -> demo_report -> cli
-    "app-acyclic": ("onerec/app/demo_report.py", "from onerec.app import cli", ".demo_report -> .cli"),
+    # the demo report importing the CLI closes a loop: cli -> demo -> demo_report -> cli
+    "app-acyclic": ("onerec/app/demo_report.py", "from onerec.app import cli",
+                    ".demo_report -> .cli"),
 }
 
 

@@ -4,8 +4,9 @@ A training job is derived from the one Config: the Config travels as a ConfigMap
 /etc/onerec/config.yaml, the command is the same `onerec` CLI a laptop runs, and the pods run
 under Pod Security "restricted" (non-root uid 10001, read-only root filesystem, no privilege
 escalation, all capabilities dropped, RuntimeDefault seccomp) on the GPU pool. These pieces are
-built once here, as kubernetes-client objects, so `components.launch.trainjob` (Kubeflow Trainer v2) and
-`components.launch.pytorchjob` (Training Operator v1) cannot drift apart in what they ask of a node.
+built once here, as kubernetes-client objects, so `components.launch.trainjob` (Kubeflow
+Trainer v2) and `components.launch.pytorchjob` (Training Operator v1) cannot drift apart in what
+they ask of a node.
 
 `JobSpec` holds the cluster-side settings (not hyperparameters: those are in Config) and rejects
 a bad value with an error naming the field, before anything reaches a cluster. `JobLauncher` is

@@ -2,8 +2,8 @@
 the kubeflow-training SDK models: the launcher for clusters still on the Training Operator.
 Kubeflow Trainer v2 clusters use `components.launch.trainjob` (the default).
 
-The pod is `components.launch.jobs`' (Config as a ConfigMap, the `onerec` CLI, restricted security, GPU
-pool); the Training Operator sets RANK/WORLD_SIZE/MASTER_ADDR so
+The pod is `components.launch.jobs`' (Config as a ConfigMap, the `onerec` CLI, restricted
+security, GPU pool); the Training Operator sets RANK/WORLD_SIZE/MASTER_ADDR so
 `onerec.distributed.init_from_env` starts DDP (nccl on GPU nodes). Replicas: one Master plus
 `workers` Workers, each with `gpus_per_node` GPUs and `nprocPerNode` equal to it; a pod with
 several GPUs runs the CLI under torchrun, one process per GPU (`command`).

@@ -13,9 +13,9 @@
        an unknown user (cold start); the server is stopped on every path;
     4. A/B: both published versions served at once, simulated KuaiRand users split between
        them at the canary percentage, their clicks and long views on the slates each version
-       served drawn from a behaviour model of real users (`onerec.app.demo_ab`, `onerec.app.simusers`),
-       the analysis (`onerec.ab.analyze`), and the promote or rollback commit the decision
-       makes in the local GitOps repository (nothing is pushed);
+       served drawn from a behaviour model of real users (`onerec.app.demo_ab`,
+       `onerec.app.simusers`), the analysis (`onerec.ab.analyze`), and the promote or
+       rollback commit the decision makes in the local GitOps repository (nothing is pushed);
     5. the run report: `<out>/report.md` and `<out>/report.json` (`onerec.app.demo_report`).
 
 The CLI command (`onerec/app/cli.py`) parses options and calls `run_demo`.

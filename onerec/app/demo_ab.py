@@ -19,7 +19,8 @@ KServe ModelServer, simulated KuaiRand users split between them, feedback on wha
 
 No effect is assumed: the arms differ only by the videos their servers recommended.
 
-    python -m onerec.app.demo_ab slates --grpc HOST:PORT --model NAME --requests IN.npz --out OUT.npz
+    python -m onerec.app.demo_ab slates --grpc HOST:PORT --model NAME
+        --requests IN.npz --out OUT.npz
         (the client subprocess: IN holds user_id and the padded histories; OUT the slates)
 """
 

@@ -1,6 +1,6 @@
-"""Write base/training/pytorchjob.yaml from components/launch/pytorchjob.py (Training Operator v1), so the
-manifest a person applies by hand is the job the pipeline launches with `launcher=pytorchjob`
-(tests/test_k8s.py checks they agree).
+"""Write base/training/pytorchjob.yaml from components/launch/pytorchjob.py (Training Operator
+v1), so the manifest a person applies by hand is the job the pipeline launches with
+`launcher=pytorchjob` (tests/test_k8s.py checks they agree).
 
     PYTHONPATH=. python k8s/base/training/render.py
 

@@ -1,11 +1,11 @@
-"""Write base/trainjob/trainjobs.yaml from components/launch/trainjob.py: the pretrain and align TrainJobs
-(Kubeflow Trainer v2) of a pipeline run, so the manifests a person applies by hand are the jobs
-the pipeline launches (tests/test_k8s.py checks they agree).
+"""Write base/trainjob/trainjobs.yaml from components/launch/trainjob.py: the pretrain and align
+TrainJobs (Kubeflow Trainer v2) of a pipeline run, so the manifests a person applies by hand are
+the jobs the pipeline launches (tests/test_k8s.py checks they agree).
 
     PYTHONPATH=. python k8s/base/trainjob/render.py
 
-The jobs are `components.launch.training.preview_job` for run id `manual` on ROOT=/mnt/onerec: each reads
-its inputs where the pipeline stages them (ROOT/jobs/<job>/in/<input>) and writes
+The jobs are `components.launch.training.preview_job` for run id `manual` on ROOT=/mnt/onerec:
+each reads its inputs where the pipeline stages them (ROOT/jobs/<job>/in/<input>) and writes
 ROOT/jobs/<job>/out. The Config travels as the ConfigMaps next to them (`preset: base`), so the
 file holds no fingerprint that would go stale when a Config default changes.
 """
