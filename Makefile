@@ -36,8 +36,10 @@ demo: $(STAMP)
 # two pytest-xdist workers (one intra-op thread each, tests/conftest.py); --dist loadfile keeps a
 # file's module fixtures (a demo run, a pipeline cycle) in one worker. TEST_WORKERS=0: in-process.
 TEST_WORKERS ?= 2
+# lint-imports: the layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md)
 test: $(STAMP) security
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest -q -m "not slow" --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)

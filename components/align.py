@@ -4,10 +4,10 @@ on a cluster)."""
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-from components import IMAGE
+from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def align(config_yaml: str, root: str, run_id: str, stages_csv: str, launcher: str,
           time_budget_s: float, namespace: str, image: str, gpus: int, workers: int,
           snapshot: Input[Dataset], codebook: Input[Artifact], pretrained: Input[Model],
@@ -17,10 +17,10 @@ def align(config_yaml: str, root: str, run_id: str, stages_csv: str, launcher: s
     passes through and the ledger and the model's summary.json say so."""
     import yaml
 
+    from components.launch.jobs import JobSpec
+    from components.launch.training import StepOptions, run_step
     from onerec import run_pages, stages
     from onerec.config import Config
-    from pipelines.jobs import JobSpec
-    from pipelines.training import StepOptions, run_step
 
     if "align" not in stages.parse_stages(stages_csv):
         stages.run_stage("align", root, run_id, stages.passthrough, pretrained.path, model.path,

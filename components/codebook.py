@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
-from components import IMAGE
+from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def refresh_codebook(config_yaml: str, root: str, run_id: str, snapshot: Input[Dataset],
                      codebook: Output[Artifact], metrics: Output[Metrics],
                      page: Output[HTML]):

@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
-from components import IMAGE
+from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def export_model(config_yaml: str, root: str, run_id: str, stages_csv: str,
                  candidate: Input[Model], codebook: Input[Artifact],
                  repository: Output[Model]) -> bool:

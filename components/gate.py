@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components import IMAGE
+from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def evaluation_gate(config_yaml: str, root: str, run_id: str, tolerance: float, max_users: int,
                     popularity_floor: bool, snapshot: Input[Dataset], codebook: Input[Artifact],
                     candidate: Input[Model], report: Output[Artifact],

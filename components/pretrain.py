@@ -4,10 +4,10 @@ PyTorchJob, on a cluster; in-process locally)."""
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-from components import IMAGE
+from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def pretrain(config_yaml: str, root: str, run_id: str, launcher: str, warm_start: bool,
              epochs: float, max_steps: int, time_budget_s: float, namespace: str, image: str,
              gpus: int, workers: int, snapshot: Input[Dataset], codebook: Input[Artifact],
@@ -17,10 +17,10 @@ def pretrain(config_yaml: str, root: str, run_id: str, launcher: str, warm_start
     curves)."""
     import yaml
 
+    from components.launch.jobs import JobSpec
+    from components.launch.training import StepOptions, run_step
     from onerec import run_pages, stages
     from onerec.config import Config
-    from pipelines.jobs import JobSpec
-    from pipelines.training import StepOptions, run_step
 
     cfg = Config.from_dict(yaml.safe_load(config_yaml))
     opts = StepOptions(root=root, warm_start=warm_start, epochs=epochs, max_steps=max_steps,

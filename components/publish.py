@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
-from components import IMAGE
+from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def publish(config_yaml: str, root: str, run_id: str, stages_csv: str, env: str,
             storage_prefix: str, canary_percent: int, promote: bool, exported: bool,
             snapshot: Input[Dataset], codebook: Input[Artifact], candidate: Input[Model],

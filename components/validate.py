@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Markdown, Metrics, Output
 
-from components import IMAGE
+from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def validate_data(config_yaml: str, data_dir: str, until: str, schedule_time: str,
                   holdout_days: int, root: str, run_id: str, snapshot: Output[Dataset],
                   metrics: Output[Metrics], page: Output[Markdown]) -> str:

@@ -15,8 +15,8 @@ RUN pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}"
 
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md LICENSE ./
+# serving/ imports only the core (docs/architecture.md): no pipelines/ or components/ here
 COPY onerec onerec
-COPY pipelines pipelines
 RUN pip install -c constraints.txt ".[serving,features]"
 COPY serving serving
 

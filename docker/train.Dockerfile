@@ -25,9 +25,10 @@ WORKDIR /app
 COPY pyproject.toml constraints.txt README.md LICENSE ./
 COPY onerec onerec
 COPY pipelines pipelines
-RUN pip install -c constraints.txt ".[tokenizer,train,features,pipeline]"
-# components/ and the Feast definitions are read as files by the pipeline steps
+# components/ is installed too: the training pods import its launcher (components.launch)
 COPY components components
+RUN pip install -c constraints.txt ".[tokenizer,train,features,pipeline]"
+# the Feast definitions are read as files by the pipeline steps
 COPY feature_repo feature_repo
 
 # non-root, read-only root filesystem in the cluster: caches go to the /tmp volume

@@ -1,5 +1,5 @@
-"""`python -m onerec` runs the CLI."""
+"""`python -m onerec` runs the CLI (`onerec.app.cli`): the one core module allowed to import it."""
 
-from onerec.cli import main
+from onerec.app.cli import main
 
 main()

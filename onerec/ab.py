@@ -17,8 +17,8 @@
   rates, so a user with three impressions is not a 0% or 100% clicker), and
   `simulate_feedback` draws sessions from it with a chosen relative effect for the canary: a
   check of the decision rule on a known effect (`onerec rollout simulate`, tests). The demo's
-  A/B assumes no effect: it serves both versions (`onerec.demo_ab`) and draws feedback on their
-  slates from a behaviour model of users and videos (`onerec.simusers`).
+  A/B assumes no effect: it serves both versions (`onerec.app.demo_ab`) and draws feedback on their
+  slates from a behaviour model of users and videos (`onerec.app.simusers`).
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class Bar(View):
 
     def __init__(self, console: Console) -> None:
         # the bars stay on the stream they are drawn on, even while sys.stdout is redirected
-        # (kfp.local's steps log into a file meanwhile: `onerec.pipeline_local`)
+        # (kfp.local's steps log into a file meanwhile: `onerec.app.pipeline_local`)
         console.file = console.file
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.fields[info]}"), console=console,

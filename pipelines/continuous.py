@@ -16,7 +16,7 @@ Two variants of the same graph:
   mounted at ROOT on every step, the gate and export on the GPU pool (node selector, GPU
   toleration, one `nvidia.com/gpu`), and training steps launching TrainJobs on Kubeflow Trainer
   v2 (`launcher="trainjob"`, the default) or PyTorchJobs on the Training Operator v1
-  (`launcher="pytorchjob"`), whose pods get GPU nodes from `pipelines.jobs.JobSpec`.
+  (`launcher="pytorchjob"`), whose pods get GPU nodes from `components.launch.jobs.JobSpec`.
 """
 
 
@@ -26,15 +26,16 @@ from typing import Any
 
 from kfp import compiler, dsl, kubernetes
 
+from components import DEFAULT_IMAGE
 from components.align import align
 from components.codebook import refresh_codebook
 from components.export import export_model
 from components.gate import evaluation_gate
+from components.launch.jobs import CLUSTER_LAUNCHER
 from components.pretrain import pretrain
 from components.publish import publish
 from components.reward import train_reward_model
 from components.validate import validate_data
-from pipelines.jobs import CLUSTER_LAUNCHER, DEFAULT_IMAGE
 
 PIPELINE_NAME = "onerec-continuous-training"
 DATA_PVC = "onerec-data"

@@ -6,7 +6,7 @@ import sys
 import yaml
 from typer.testing import CliRunner
 
-from onerec.cli import app
+from onerec.app.cli import app
 from onerec.config import Config
 
 runner = CliRunner()
@@ -55,7 +55,7 @@ def test_python_dash_m_onerec_shows_help():
 
 
 def test_every_command_takes_the_same_config_options():
-    """--config / --preset / --set are declared once (`onerec.cli_options`): each command that
+    """--config / --preset / --set are declared once (`onerec.app.cli_options`): each command that
     builds a Config spells and documents them the same way, short flags included."""
     import re
 

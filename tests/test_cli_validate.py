@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from onerec.cli import app
+from onerec.app.cli import app
 from onerec.data import kuairand
 from onerec.data.synthetic import make_dataset, write_folder
 

@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from onerec import ab, gitops, registry
-from onerec.cli import app
+from onerec.app.cli import app
+from onerec.app.demo import demo_requests
+from onerec.app.demo_ab import ABOptions
+from onerec.app.demo_report import summary_lines, to_markdown_report
+from onerec.app.demo_serving import Server, ServingError
 from onerec.config import Config
-from onerec.demo import demo_requests
-from onerec.demo_ab import ABOptions
-from onerec.demo_report import summary_lines, to_markdown_report
-from onerec.demo_serving import Server, ServingError
 
 runner = CliRunner()
 # pretrain's reward and align stages have their own pipeline tests; left out here for time
@@ -209,8 +209,8 @@ def test_demo_refuses_bad_step_options_before_doing_anything(tmp_path, args, mes
 def test_demo_defaults_decide_steps_not_wall_time():
     import inspect
 
-    from onerec import cli
-    from onerec.demo import DemoOptions
+    from onerec.app import cli
+    from onerec.app.demo import DemoOptions
 
     opts = DemoOptions()
     assert opts.epochs > 0 and opts.max_steps == 0  # passes over the new requests decide

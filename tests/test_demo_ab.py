@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from onerec import ab
+from onerec.app.demo_ab import ABOptions, run, user_histories
 from onerec.config import Config
 from onerec.data import kuairand
-from onerec.demo_ab import ABOptions, run, user_histories
 from tests.serving_util import expected_items, write_version
 
 UNTIL = "2022-05-01"

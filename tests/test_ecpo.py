@@ -263,7 +263,7 @@ def kuairand_pretrained(tmp_path_factory):
 def test_onerec_align_cli_trains_the_reward_model_then_aligns(tmp_path, kuairand_pretrained):
     from typer.testing import CliRunner
 
-    from onerec.cli import app
+    from onerec.app.cli import app
 
     data, pre = kuairand_pretrained
     args = ["align", "--checkpoint", str(pre / "train" / "checkpoint"),

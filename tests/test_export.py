@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from onerec.cli import app
+from onerec.app.cli import app
 from onerec.config import Config
 from onerec.export.artifact import (
     ArtifactError,

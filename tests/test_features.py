@@ -199,7 +199,7 @@ def test_cli_group_reads_a_user_and_names_a_missing_repo(world, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from onerec.features.cli import register
+    from onerec.app.features_cli import register
 
     app = typer.Typer()
     register(app)

@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from onerec import gitops
-from onerec.cli import app
+from onerec.app.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 URI = "s3://onerec-models/prod/v2"

@@ -195,8 +195,8 @@ def test_trainjobs_are_the_pipelines_jobs_and_validate_against_the_crd():
     mod = load_module("base/trainjob/render.py")
     checked_in = list(yaml.safe_load_all((K8S / "base/trainjob/trainjobs.yaml").read_text()))
     assert checked_in == mod.render(), "run k8s/base/trainjob/render.py"
+    from components import DEFAULT_IMAGE
     from onerec.config import Config
-    from pipelines.jobs import DEFAULT_IMAGE
 
     for tree in ("base/trainjob", "overlays/dev/trainjob"):
         docs = render(tree)
@@ -374,7 +374,7 @@ def test_model_version_and_canary_each_sit_in_one_patch_file(env):
 
 
 def test_images_come_from_one_registry_and_tag_shared_with_make_and_the_pipeline():
-    from pipelines.jobs import DEFAULT_IMAGE
+    from components import DEFAULT_IMAGE
 
     make = (ROOT / "Makefile").read_text()
     registry = re.search(r"^IMAGE_REGISTRY \?= (\S+)", make, re.M).group(1)
@@ -408,7 +408,7 @@ def test_feast_store_config_points_at_the_redis_service_and_the_mounted_registry
 
 
 def test_training_volume_claim_exists_for_the_job():
-    from pipelines.jobs import JobSpec
+    from components.launch.jobs import JobSpec
 
     claims = {d["metadata"]["name"] for d in render("overlays/prod")
               if d["kind"] == "PersistentVolumeClaim"}

@@ -17,16 +17,16 @@ import pytest
 import torch
 import yaml
 
+from components.launch.jobs import JobSpec
+from components.launch.training import StepOptions, preview_job, run_step
 from onerec import gitops, registry, run_pages, stages
+from onerec.app.cycle_report import cycle_summary, write_report
 from onerec.config import Config
-from onerec.cycle_report import cycle_summary, write_report
 from onerec.data import kuairand
 from onerec.stream import requests_from_events
 from onerec.tokenizer import Codebook
 from pipelines import run as prun
 from pipelines.continuous import compile_pipeline
-from pipelines.jobs import JobSpec
-from pipelines.training import StepOptions, preview_job, run_step
 from tests.test_run_pages import assert_png, embedded_pngs
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kuairand-pure"
@@ -231,7 +231,7 @@ def test_step_command_parses_with_the_cli():
     """The command a replica runs is a valid `onerec pipeline step` invocation."""
     from typer.testing import CliRunner
 
-    from onerec.cli import app
+    from onerec.app.cli import app
 
     res = CliRunner().invoke(app, ["pipeline", "step", "--help"])
     assert res.exit_code == 0
@@ -264,7 +264,7 @@ def test_pytorchjob_launcher_stages_inputs_launches_waits_and_collects(tmp_path)
             out.mkdir(parents=True)
             (out / "summary.json").write_text(json.dumps({"watermark_ms": 7}))
 
-    import pipelines.training as tr
+    import components.launch.training as tr
 
     fake = FakeTraining()
     orig = tr.TrainingClientLauncher.__init__
@@ -343,7 +343,7 @@ def test_kfp_server_sends_recurring_run_to_kfp_client(tmp_path):
 def test_cli_compile_writes_the_yaml(tmp_path):
     from typer.testing import CliRunner
 
-    from onerec.cli import app
+    from onerec.app.cli import app
 
     res = CliRunner().invoke(app, ["pipeline", "compile", str(tmp_path / "x.yaml")])
     assert res.exit_code == 0, res.output

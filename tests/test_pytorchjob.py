@@ -5,14 +5,14 @@ import pytest
 import yaml
 from kubeflow.training import models as m
 
-from onerec.config import Config
-from pipelines.pytorchjob import (
+from components.launch.pytorchjob import (
     JobSpec,
     TrainingClientLauncher,
     build_pytorchjob,
     config_map,
     to_manifest,
 )
+from onerec.config import Config
 
 K8S_VERSION = "1.30.0"
 

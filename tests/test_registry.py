@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from onerec import gitops, registry, stages
-from onerec.cli import app
+from onerec.app.cli import app
 from onerec.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from onerec import ab, run_pages, stages
-from onerec.cycle_report import pages_markdown
+from onerec.app.cycle_report import pages_markdown
 from onerec.reward import calibration_bins, calibration_curves
 from onerec.tokenizer import Codebook
 

@@ -363,7 +363,7 @@ def flat(text: str) -> str:
 def test_cli_recommend_over_http_prints_the_table(server) -> None:
     from typer.testing import CliRunner
 
-    from onerec.cli import app
+    from onerec.app.cli import app
 
     res = CliRunner().invoke(app, ["recommend", "--user", "1", "--user", "2", "--history",
                                    "1001,1000", "--url", server["http"], "--top-n", "3",
@@ -390,7 +390,7 @@ def test_cli_recommend_over_grpc(server) -> None:
 def test_cli_errors_are_one_line_and_exit_2(server, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from onerec.cli import app
+    from onerec.app.cli import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["recommend", "--user", "1", "--url", server["http"],

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from onerec import ab, simusers
+from onerec import ab
+from onerec.app import simusers
 from onerec.data import kuairand
 
 

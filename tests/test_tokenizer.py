@@ -245,7 +245,7 @@ def test_text_embeddings_put_similar_titles_together():
 def _app():
     import typer
 
-    from onerec.tokenizer.cli import register
+    from onerec.app.tokenizer_cli import register
 
     app = typer.Typer()
     register(app)

@@ -16,16 +16,16 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from onerec import stages
-from onerec.config import Config, ConfigError
-from pipelines.jobs import JobSpec, to_manifest
-from pipelines.training import StepOptions, preview_job, run_step
-from pipelines.trainjob import (
+from components.launch.jobs import JobSpec, to_manifest
+from components.launch.training import StepOptions, preview_job, run_step
+from components.launch.trainjob import (
     RUNTIME,
     TrainerClientLauncher,
     build_trainjob,
     trainjob_manifest,
 )
+from onerec import stages
+from onerec.config import Config, ConfigError
 from tests.test_k8s import K8S_VERSION, check_custom_resource, load_module, shared_crd
 
 STEPS = ("pretrain", "align")
@@ -156,7 +156,7 @@ def test_the_sdk_model_keeps_every_field(cfg):
 def test_the_trainjob_command_parses_with_the_cli(cfg):
     from typer.testing import CliRunner
 
-    from onerec.cli import app
+    from onerec.app.cli import app
 
     cmd = _job(cfg, "align")["spec"]["trainer"]["command"]
     assert cmd[:2] == ["torchrun", "--no-python"]

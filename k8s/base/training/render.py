@@ -1,6 +1,6 @@
-"""Write base/training/pytorchjob.yaml from pipelines/pytorchjob.py (Training Operator v1), so the
-manifest a person applies by hand is the job the pipeline launches with `launcher=pytorchjob`
-(tests/test_k8s.py checks they agree).
+"""Write base/training/pytorchjob.yaml from components/launch/pytorchjob.py (Training Operator
+v1), so the manifest a person applies by hand is the job the pipeline launches with
+`launcher=pytorchjob` (tests/test_k8s.py checks they agree).
 
     PYTHONPATH=. python k8s/base/training/render.py
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from components.launch.jobs import JobSpec, to_manifest, without_fingerprints, write_manifests
+from components.launch.pytorchjob import build_pytorchjob
 from onerec.config import Config
-from pipelines.jobs import JobSpec, to_manifest, without_fingerprints, write_manifests
-from pipelines.pytorchjob import build_pytorchjob
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,7 +27,7 @@ def render(spec: JobSpec | None = None) -> dict[str, Any]:
 
 
 def main() -> None:
-    write_manifests(HERE / "pytorchjob.yaml", "pipelines/pytorchjob.py",
+    write_manifests(HERE / "pytorchjob.yaml", "components/launch/pytorchjob.py",
                     "A manual pretraining run: kubectl create -k k8s/base/training (or an overlay's\n"
                     "# training/). The pipeline launches the same job through the Training Operator "
                     "SDK.", [render()])

@@ -1,6 +1,6 @@
 """`onerec align`: P-Score reward model + ECPO preference alignment from a pretrained checkpoint.
 
-A self-contained command: `onerec/cli.py` calls `register(app)`. It runs
+A self-contained command: `onerec/app/cli.py` calls `register(app)`. It runs
 `onerec.alignment.run_alignment` and writes `OUT/reward_model/` (unless `--reward-model` reuses
 one), `OUT/align/checkpoint/` (the pretraining checkpoint format, so `onerec export` and serving
 load it unchanged) and `OUT/metrics.json`. Errors a user can fix (bad config, missing or
@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from onerec.cli_options import ConfigOpt, PresetOpt, SetOpt, load_config
+from onerec.app.cli_options import ConfigOpt, PresetOpt, SetOpt, load_config
 
 console = Console()
 err_console = Console(stderr=True)

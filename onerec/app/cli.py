@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -18,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from onerec import cli_options
-from onerec.cli_options import ConfigOpt, PresetOpt, SetOpt
+from onerec.app import cli_options
+from onerec.app.cli_options import ConfigOpt, PresetOpt, SetOpt
 from onerec.config import Config, ConfigError
 from onerec.data.schema import DataError
 
@@ -37,12 +36,14 @@ app.add_typer(data_app, name="data")
 
 
 def _register_stages() -> None:
-    from onerec.align_cli import register as register_align
-    from onerec.features.cli import register as register_features
-    from onerec.pipeline_cli import register as register_pipeline
-    from onerec.rollout_cli import register as register_rollout
-    from onerec.tokenizer.cli import register as register_tokenize
+    from onerec.app.align_cli import register as register_align
+    from onerec.app.features_cli import register as register_features
+    from onerec.app.pipeline_cli import register as register_pipeline
+    from onerec.app.rollout_cli import register as register_rollout
+    from onerec.app.tokenizer_cli import register as register_tokenize
+    from onerec.app.validate_cli import register as register_validate
 
+    register_validate(app)
     register_tokenize(app)
     register_features(app)
     register_rollout(app)
@@ -120,71 +121,6 @@ def data_prepare_sample(
     except DataError as e:
         raise fail(str(e)) from None
     console.print_json(json.dumps(report))
-
-
-# -- validate -------------------------------------------------------------------------------------
-def run_validation(data_dir: Path, cfg: Config, reference: Path | None, out: Path | None,
-                   quiet: bool = False) -> bool:
-    """Validate a folder, print the summary, write the report. Raises typer.Exit on bad input."""
-    from onerec import validation
-
-    ref_path = reference if reference is not None else data_dir / "reference.json"
-    try:
-        ref = validation.load_reference(ref_path) if ref_path.exists() else None
-        if reference is not None and ref is None:
-            raise DataError(f"missing file: {reference}")
-        t0 = time.perf_counter()
-        with console.status(f"validating {data_dir} with Great Expectations ..."):
-            report = validation.validate_folder(data_dir, cfg, reference=ref)
-        elapsed = time.perf_counter() - t0
-    except DataError as e:
-        raise fail(str(e)) from None
-    if out is not None:
-        json_path, md_path = validation.write_report(report, out)
-    if not quiet:
-        table = Table(title=f"data validation: {data_dir} ({elapsed:.1f} s)")
-        for col in ("suite", "result", "expectations", "failed"):
-            table.add_column(col)
-        for name, s in report.suites.items():
-            ok = "[green]pass[/]" if s["success"] else "[red]FAIL[/]"
-            table.add_row(name, ok, str(s["evaluated"]), str(s["failed"]))
-        console.print(table)
-        if ref is None:
-            console.print("[yellow]no reference snapshot: drift checks skipped[/]")
-        for f in report.failures:
-            console.print(f"[red]x[/] {f.message}", highlight=False)
-        if out is not None:
-            console.print(f"report: {json_path}  summary: {md_path}")
-    return report.success
-
-
-@app.command()
-def validate(
-    data_dir: Annotated[Path, typer.Argument(help="KuaiRand-layout folder.")] = DEFAULT_DATA,
-    reference: Annotated[Path | None, typer.Option(
-        help="Reference snapshot JSON for drift checks [default: DATA_DIR/reference.json "
-             "when present].")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for report.json and summary.md.")] =
-        Path("runs/validation"),
-    write_reference: Annotated[Path | None, typer.Option(
-        help="Instead of validating, write a reference snapshot of DATA_DIR here.")] = None,
-    config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
-) -> None:
-    """Validate impression logs, item and user features (Great Expectations): schema, nulls,
-    ranges, duplicates, time order, freshness, unknown ids, drift. Exit 1 when a suite fails."""
-    cfg = load_config(config, preset, set_)
-    if write_reference is not None:
-        from onerec import validation
-
-        try:
-            ref = validation.reference_from_folder(data_dir, cfg)
-        except DataError as e:
-            raise fail(str(e)) from None
-        validation.save_reference(ref, write_reference)
-        console.print(f"wrote reference snapshot {write_reference}")
-        return
-    if not run_validation(data_dir, cfg, reference, out):
-        raise typer.Exit(1)
 
 
 # -- pretrain -------------------------------------------------------------------------------------
@@ -303,7 +239,7 @@ def demo(
     publish; the last version goes out as a canary in a local GitOps repository); serve it
     (KServe, tritonclient over HTTP and gRPC); decide the canary by an A/B of both served
     versions on simulated KuaiRand users; write the run report (OUT/report.md)."""
-    from onerec.demo import DemoError, DemoOptions, run_demo
+    from onerec.app.demo import DemoError, DemoOptions, run_demo
     from onerec.stages import StageError, day_ms
 
     cfg = load_config(config, preset, set_)
@@ -496,7 +432,7 @@ def export_model(
 def main() -> None:
     from onerec.runtime import reexec_with_tuned_env
 
-    reexec_with_tuned_env("onerec.cli", None)  # malloc and OpenMP settings (onerec.runtime)
+    reexec_with_tuned_env("onerec.app.cli", None)  # malloc and OpenMP settings (onerec.runtime)
     app()
 
 

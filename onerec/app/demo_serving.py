@@ -3,11 +3,11 @@ on a published version reading user sequences from it, ask it for recommendation
 gRPC with tritonclient, stop it.
 
 Two processes besides the demo's: the server (`python -m serving.server`, which imports kserve)
-and the client (`python -m onerec.demo_serving query ...`, tritonclient only). tritonclient's
+and the client (`python -m onerec.app.demo_serving query ...`, tritonclient only). tritonclient's
 gRPC client and kserve register the same protobuf symbols, so they never share a process; the
 demo process itself imports neither (it polls readiness with plain urllib).
 
-    python -m onerec.demo_serving query --http HOST:PORT --grpc HOST:PORT --requests FILE
+    python -m onerec.app.demo_serving query --http HOST:PORT --grpc HOST:PORT --requests FILE
         prints one JSON object: {"http": [...], "grpc": [...]} (one entry per request)
 """
 
@@ -145,10 +145,10 @@ def feature_store(cfg: Any, data_dir: Path, until_ms: int, dest: Path,
     colours and tqdm bars) goes to `<dest>.log`, so a CI log gets no escape codes from it."""
     import dataclasses
 
+    from onerec.app.pipeline_local import redirected
     from onerec.data import kuairand
     from onerec.features import online_user_context, serving_repo
     from onerec.features.store import SERVING_PHASES
-    from onerec.pipeline_local import redirected
     from onerec.progress import Reporter
 
     ds = kuairand.load(data_dir)
@@ -171,7 +171,7 @@ def query(server: Server, requests: list[dict[str, Any]], work_dir: Path,
     spec = work_dir / "requests.json"
     spec.parent.mkdir(parents=True, exist_ok=True)
     spec.write_text(json.dumps(requests, indent=2))
-    cmd = [sys.executable, "-m", "onerec.demo_serving", "query", "--http", server.http_url,
+    cmd = [sys.executable, "-m", "onerec.app.demo_serving", "query", "--http", server.http_url,
            "--grpc", server.grpc_url, "--model", server.model, "--requests", str(spec.resolve())]
     res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(),
                          timeout=timeout_s)  # nosec B603
@@ -204,7 +204,7 @@ def _ask(url: str, protocol: str, model: str,
 
 
 def _main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m onerec.demo_serving")
+    p = argparse.ArgumentParser(prog="python -m onerec.app.demo_serving")
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("query", help="ask a running server; print JSON")
     q.add_argument("--http", required=True)

@@ -1,6 +1,6 @@
 """`onerec rollout init|publish|ramp|promote|rollback|sync|status|simulate`: GitOps canary rollout.
 
-A self-contained sub-app: `onerec/cli.py` calls `register(app)`. Every step is one commit in the
+A self-contained sub-app: `onerec/app/cli.py` calls `register(app)`. Every step is one commit in the
 GitOps repository (`--repo`, default: the current folder), made by `onerec.gitops`; Argo CD
 applies it. `simulate` runs the local A/B loop: simulated KuaiRand users split by the canary's
 percentage, the analysis, and (with `--apply`) the promote or rollback commit it decides.

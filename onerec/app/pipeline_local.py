@@ -2,7 +2,7 @@
 `onerec demo` both run (one code path, so the demo shows the pipeline as it is).
 
 Cycle k runs the pipeline as of day `start + k - 1`; ROOT (`<out>/state`) carries the production
-model from one cycle to the next. The report (`<out>/report.json|md`, `onerec.cycle_report`) is
+model from one cycle to the next. The report (`<out>/report.json|md`, `onerec.app.cycle_report`) is
 written after the last cycle, or after the one that failed. kfp and `pipelines` are imported
 inside `run_cycles`, so importing this module costs nothing.
 """
@@ -64,7 +64,7 @@ def run_cycles(cfg: Config, data_dir: Path, out: Path, opts: CycleOptions, *,
     `kfp_log`: write kfp.local's output (every step's streamed logs) to this file instead of
     the terminal. `on_start(i, until)` / `on_cycle(i, summary, wall_s)` report progress."""
     from onerec import stages
-    from onerec.cycle_report import cycle_summary, write_report
+    from onerec.app.cycle_report import cycle_summary, write_report
     from pipelines.run import cycle_days, local_params, run_local
 
     stage_list = opts.stages_csv or ",".join(stages.default_stages())

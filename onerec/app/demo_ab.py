@@ -1,12 +1,12 @@
 """The demo's A/B on the two served versions: the stable and the canary model each on its own
 KServe ModelServer, simulated KuaiRand users split between them, feedback on what each served.
 
-    1. the world: `onerec.simusers.BehaviourModel` fitted on the logged impressions (and its
+    1. the world: `onerec.app.simusers.BehaviourModel` fitted on the logged impressions (and its
        time-held-out check against the global and per-user rates);
     2. traffic: `n_requests` requests from users drawn by activity; `onerec.ab.TrafficSplitter`
        (the canary percentage of the GitOps state, salted by the canary version) puts each user
        in one arm for the whole experiment;
-    3. serving: both versions start at once (`onerec.demo_serving.Server`, free ports); each
+    3. serving: both versions start at once (`onerec.app.demo_serving.Server`, free ports); each
        arm's users are sent to its server, 256 a request and two requests in flight, over gRPC
        from a client subprocess (tritonclient, never in a process with kserve), with histories
        as of the canary's `until` built the way the feature store builds them
@@ -19,7 +19,8 @@ KServe ModelServer, simulated KuaiRand users split between them, feedback on wha
 
 No effect is assumed: the arms differ only by the videos their servers recommended.
 
-    python -m onerec.demo_ab slates --grpc HOST:PORT --model NAME --requests IN.npz --out OUT.npz
+    python -m onerec.app.demo_ab slates --grpc HOST:PORT --model NAME
+        --requests IN.npz --out OUT.npz
         (the client subprocess: IN holds user_id and the padded histories; OUT the slates)
 """
 
@@ -36,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from onerec.app.demo_serving import Server, ServingError, subprocess_env
 from onerec.config import Config
-from onerec.demo_serving import Server, ServingError, subprocess_env
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -126,7 +127,7 @@ def start_slates(server: Server, histories: dict[str, np.ndarray],
     work_dir.mkdir(parents=True, exist_ok=True)
     spec, out = work_dir / f"{name}-requests.npz", work_dir / f"{name}-slates.npz"
     np.savez(spec, **histories)
-    cmd = [sys.executable, "-m", "onerec.demo_ab", "slates", "--grpc", server.grpc_url,
+    cmd = [sys.executable, "-m", "onerec.app.demo_ab", "slates", "--grpc", server.grpc_url,
            "--model", server.model, "--requests", str(spec.resolve()), "--out",
            str(out.resolve())]
     log = (work_dir / f"{name}-client.log").open("wb")
@@ -162,7 +163,8 @@ def run(cfg: Config, opts: ABOptions, log: Any = print, console: Console | None 
         ) -> ABOutcome:
     """Fit the world, split, serve both versions, simulate feedback, analyse (no commit).
     Each arm's slate client reports its progress on `console` (`onerec.progress.Follow`)."""
-    from onerec import ab, progress, registry, simusers
+    from onerec import ab, progress, registry
+    from onerec.app import simusers
     from onerec.data import kuairand
 
     walls: dict[str, float] = {}
@@ -277,7 +279,7 @@ def _slates(url: str, model: str, requests: Path, out: Path, parallel: int) -> N
 
 
 def _main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m onerec.demo_ab")
+    p = argparse.ArgumentParser(prog="python -m onerec.app.demo_ab")
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("slates", help="ask a running server for each user's slate (gRPC)")
     q.add_argument("--grpc", required=True)

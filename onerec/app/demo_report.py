@@ -1,6 +1,6 @@
-"""The demo's run report: `report.json` (everything `onerec.demo.run_demo` collected) and
+"""The demo's run report: `report.json` (everything `onerec.app.demo.run_demo` collected) and
 `report.md` (the same for people): data validation, both continuous-training cycles (the tables
-of `onerec.cycle_report`), gate decisions, GitOps state, the served version, where its users'
+of `onerec.app.cycle_report`), gate decisions, GitOps state, the served version, where its users'
 sequences came from (Feast online, the request, cold start) and its sample recommendations,
 the A/B (per arm: users, requests, mean reward, mean predicted P(click) of the served slates;
 the behaviour model's held-out check), its decision and commit, wall times per step and per
@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from onerec.cycle_report import to_markdown
+from onerec.app.cycle_report import to_markdown
 from onerec.io import atomic_write_text
 
 
@@ -52,7 +52,7 @@ def to_markdown_report(r: dict[str, Any], base: Path | None = None) -> str:
     lines += _data(r.get("data"))
     p = r.get("pipeline")
     if p:
-        lines += ["## Continuous training (kfp.local, `onerec.pipeline_local`)", "",
+        lines += ["## Continuous training (kfp.local, `onerec.app.pipeline_local`)", "",
                   f"Pipeline report: `{p['report_md']}`; step logs: `{p['kfp_log']}`.", ""]
         # the cycle report's own tables, one heading level down
         lines += [ln.replace("# ", "## ", 1) if ln.startswith("#") else ln
@@ -133,7 +133,7 @@ def _ab(a: dict[str, Any] | None, base: Path | None = None) -> list[str]:
               f"by activity, split {100 - a['canary_percent']:g}/{a['canary_percent']:g} by "
               f"user; each user's slate is what their arm's server answered for their history "
               f"before {a['until']}; clicks and long views are drawn from a behaviour model of "
-              f"KuaiRand users (`onerec.simusers`), not from an assumed effect.", "",
+              f"KuaiRand users (`onerec.app.simusers`), not from an assumed effect.", "",
               "| arm | version | users | requests | mean reward | mean P(click) of the slates "
               "| cold-start users | serving s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]

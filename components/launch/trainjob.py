@@ -1,9 +1,11 @@
 """TrainJob (Kubeflow Trainer v2, trainer.kubeflow.org/v1alpha1) for pretraining and alignment:
-the default cluster launcher. Clusters still on the Training Operator v1 use `pipelines.pytorchjob`.
+the default cluster launcher. Clusters still on the Training Operator v1 use
+`components.launch.pytorchjob`.
 
 The job runs on the `torch-distributed` ClusterTrainingRuntime that Trainer installs, and asks
-of it what the PyTorchJob asks of its replicas (`pipelines.jobs`): the Config as a ConfigMap at
-/etc/onerec/config.yaml, the GPU pool, and Pod Security "restricted". Where each piece goes:
+of it what the PyTorchJob asks of its replicas (`components.launch.jobs`): the Config as a
+ConfigMap at /etc/onerec/config.yaml, the GPU pool, and Pod Security "restricted". Where each
+piece goes:
 
 - `spec.trainer`: image, command, env, `numNodes` (1 + workers), `numProcPerNode`
   (gpus_per_node, 1 on CPU) and `resourcesPerNode` (cpu, memory, nvidia.com/gpu).
@@ -33,9 +35,9 @@ from typing import Any
 
 from kubeflow_trainer_api import models as tm
 
+from components.launch import jobs
+from components.launch.jobs import JobSpec, config_map, to_manifest
 from onerec.config import Config
-from pipelines import jobs
-from pipelines.jobs import JobSpec, config_map, to_manifest
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
 KIND = "TrainJob"

@@ -1,7 +1,7 @@
 """`onerec tokenize`: fit a semantic-ID codebook for a dataset, or refresh an existing one.
 
-The main CLI (`onerec/cli.py`) calls `register(app)`; `python -m onerec.tokenizer.cli` runs the
-command on its own. Bad input (unknown dataset, missing folder, bad config key, corrupt
+The main CLI (`onerec/app/cli.py`) calls `register(app)`; `python -m onerec.app.tokenizer_cli`
+runs the command on its own. Bad input (unknown dataset, missing folder, bad config key, corrupt
 codebook) prints one red line naming the problem and exits with status 2, no stack trace.
 """
 

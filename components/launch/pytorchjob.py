@@ -1,9 +1,9 @@
 """PyTorchJob (Training Operator v1, kubeflow.org/v1) for pretraining and alignment, built with
 the kubeflow-training SDK models: the launcher for clusters still on the Training Operator.
-Kubeflow Trainer v2 clusters use `pipelines.trainjob` (the default).
+Kubeflow Trainer v2 clusters use `components.launch.trainjob` (the default).
 
-The pod is `pipelines.jobs`' (Config as a ConfigMap, the `onerec` CLI, restricted security, GPU
-pool); the Training Operator sets RANK/WORLD_SIZE/MASTER_ADDR so
+The pod is `components.launch.jobs`' (Config as a ConfigMap, the `onerec` CLI, restricted
+security, GPU pool); the Training Operator sets RANK/WORLD_SIZE/MASTER_ADDR so
 `onerec.distributed.init_from_env` starts DDP (nccl on GPU nodes). Replicas: one Master plus
 `workers` Workers, each with `gpus_per_node` GPUs and `nprocPerNode` equal to it; a pod with
 several GPUs runs the CLI under torchrun, one process per GPU (`command`).
@@ -20,9 +20,8 @@ from kubeflow.training import constants
 from kubeflow.training import models as m
 from kubernetes import client as k8s
 
-from onerec.config import Config
-from pipelines import jobs
-from pipelines.jobs import (  # re-exported: the names this module has always offered
+from components.launch import jobs
+from components.launch.jobs import (  # re-exported: the names this module has always offered
     CHECKOV_SKIPS,
     CONFIG_MOUNT,
     DEFAULT_IMAGE,
@@ -32,6 +31,7 @@ from pipelines.jobs import (  # re-exported: the names this module has always of
     config_map,
     to_manifest,
 )
+from onerec.config import Config
 
 __all__ = ["CHECKOV_SKIPS", "CONFIG_MOUNT", "DEFAULT_IMAGE", "UID", "JobLauncher", "JobSpec",
            "TrainingClientLauncher", "build_pytorchjob", "config_map", "to_manifest"]

@@ -2,7 +2,7 @@
 
     1. data summary and validation (Great Expectations), stopping on a failed suite;
     2. continuous training: `cycles` pipeline runs under kfp.local on successive days, the same
-       code as `onerec pipeline run --local` (`onerec.pipeline_local`): validate, codebook,
+       code as `onerec pipeline run --local` (`onerec.app.pipeline_local`): validate, codebook,
        pretrain, reward, align, gate, export, publish; the last cycle publishes a canary in the
        local GitOps repository (`<out>/pipeline/state/gitops`) instead of promoting it;
     3. serving: a Feast feature store for the run (`<out>/serving/feature_repo`: events before
@@ -13,12 +13,12 @@
        an unknown user (cold start); the server is stopped on every path;
     4. A/B: both published versions served at once, simulated KuaiRand users split between
        them at the canary percentage, their clicks and long views on the slates each version
-       served drawn from a behaviour model of real users (`onerec.demo_ab`, `onerec.simusers`),
-       the analysis (`onerec.ab.analyze`), and the promote or rollback commit the decision
-       makes in the local GitOps repository (nothing is pushed);
-    5. the run report: `<out>/report.md` and `<out>/report.json` (`onerec.demo_report`).
+       served drawn from a behaviour model of real users (`onerec.app.demo_ab`,
+       `onerec.app.simusers`), the analysis (`onerec.ab.analyze`), and the promote or
+       rollback commit the decision makes in the local GitOps repository (nothing is pushed);
+    5. the run report: `<out>/report.md` and `<out>/report.json` (`onerec.app.demo_report`).
 
-The CLI command (`onerec/cli.py`) parses options and calls `run_demo`.
+The CLI command (`onerec/app/cli.py`) parses options and calls `run_demo`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class _Clock:
 def run_demo(cfg: Config, opts: DemoOptions, console: Console) -> Path:
     """Every step in order; returns the report's Markdown path. Raises DemoError (after
     writing the report so far) when a step fails."""
-    from onerec import demo_report
+    from onerec.app import demo_report
 
     out = opts.out
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def run_demo(cfg: Config, opts: DemoOptions, console: Console) -> Path:
         report["error"] = str(e)
         raise
     except Exception as e:  # a refusal or a serving failure: say which, keep the report
-        from onerec.demo_serving import ServingError
+        from onerec.app.demo_serving import ServingError
         from onerec.gitops import GitOpsError
 
         if not isinstance(e, (ServingError, GitOpsError)):
@@ -139,7 +139,7 @@ def run_demo(cfg: Config, opts: DemoOptions, console: Console) -> Path:
 def _validate(cfg: Config, opts: DemoOptions, console: Console) -> dict[str, Any]:
     import json
 
-    from onerec.cli import run_validation
+    from onerec.app.validate_cli import run_validation
     from onerec.data import kuairand
 
     summary = kuairand.load(opts.data_dir).summary()
@@ -164,7 +164,7 @@ def _validate(cfg: Config, opts: DemoOptions, console: Console) -> dict[str, Any
 # -- 2. continuous training ------------------------------------------------------------------------
 def _pipeline(cfg: Config, opts: DemoOptions, console: Console, clock: _Clock) -> dict[str, Any]:
     from onerec import gitops, progress, registry
-    from onerec.pipeline_local import CycleOptions, cycle_line, run_cycles
+    from onerec.app.pipeline_local import CycleOptions, cycle_line, run_cycles
 
     folder = opts.out / "pipeline"
     kfp_log = folder / "kfp.log"
@@ -238,7 +238,7 @@ def demo_requests(data_dir: Path, until: str) -> list[dict[str, Any]]:
 def _serve(cfg: Config, opts: DemoOptions, version: str, report: dict[str, Any],
            console: Console) -> dict[str, Any]:
     from onerec import registry
-    from onerec.demo_serving import Server, feature_store, query
+    from onerec.app.demo_serving import Server, feature_store, query
     from onerec.stages import day_ms
 
     folder = opts.out / "serving"
@@ -318,7 +318,7 @@ def _answer_rows(answers: dict[str, list[dict[str, Any]]],
 def _ab(cfg: Config, opts: DemoOptions, report: dict[str, Any],
         console: Console) -> dict[str, Any]:
     from onerec import gitops, registry
-    from onerec.demo_ab import ABOptions, run
+    from onerec.app.demo_ab import ABOptions, run
 
     g = report["pipeline"].get("gitops")
     if g is None:

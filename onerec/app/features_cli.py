@@ -1,8 +1,8 @@
 """`onerec features apply|materialize|push|get`: the feature repo from the command line.
 
-The main CLI (`onerec/cli.py`) calls `register(app)`; `python -m onerec.features.cli` runs the
-group on its own. Feast is imported inside the commands, so the rest of the CLI starts without
-the `features` extra. Errors a user can fix (bad config key, missing data folder, repo not
+The main CLI (`onerec/app/cli.py`) calls `register(app)`; `python -m onerec.app.features_cli`
+runs the group on its own. Feast is imported inside the commands, so the rest of the CLI starts
+without the `features` extra. Errors a user can fix (bad config key, missing data folder, repo not
 applied, unknown service) print one red line and exit 2.
 """
 
@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from onerec.cli_options import ConfigOpt, PresetOpt, SetOpt, load_config
+from onerec.app.cli_options import ConfigOpt, PresetOpt, SetOpt, load_config
 from onerec.config import Config, ConfigError
 from onerec.data.schema import DataError, Dataset
 

@@ -4,8 +4,9 @@ A training job is derived from the one Config: the Config travels as a ConfigMap
 /etc/onerec/config.yaml, the command is the same `onerec` CLI a laptop runs, and the pods run
 under Pod Security "restricted" (non-root uid 10001, read-only root filesystem, no privilege
 escalation, all capabilities dropped, RuntimeDefault seccomp) on the GPU pool. These pieces are
-built once here, as kubernetes-client objects, so `pipelines.trainjob` (Kubeflow Trainer v2) and
-`pipelines.pytorchjob` (Training Operator v1) cannot drift apart in what they ask of a node.
+built once here, as kubernetes-client objects, so `components.launch.trainjob` (Kubeflow
+Trainer v2) and `components.launch.pytorchjob` (Training Operator v1) cannot drift apart in what
+they ask of a node.
 
 `JobSpec` holds the cluster-side settings (not hyperparameters: those are in Config) and rejects
 a bad value with an error naming the field, before anything reaches a cluster. `JobLauncher` is
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import yaml
 from kubernetes import client as k8s
 
+from components import DEFAULT_IMAGE
 from onerec.config import Config, ConfigError
 
 CONFIG_MOUNT = "/etc/onerec"
@@ -38,7 +40,6 @@ FINGERPRINT_ENV = "ONEREC_CONFIG_FINGERPRINT"
 # readiness or liveness probes (the operator restarts failed pods)
 CHECKOV_SKIPS = {"checkov.io/skip1": "CKV_K8S_8=batch job: no server to probe for liveness",
                  "checkov.io/skip2": "CKV_K8S_9=batch job: no server to probe for readiness"}
-DEFAULT_IMAGE = "ghcr.io/onerec-k8s/onerec-train:0.1.0"
 # how a training step runs: in the component's process, or as a job of one of the two operators
 LAUNCHERS = ("local", "trainjob", "pytorchjob")
 CLUSTER_LAUNCHER = "trainjob"  # Kubeflow Trainer v2; "pytorchjob" for Training Operator v1

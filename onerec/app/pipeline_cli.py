@@ -1,6 +1,6 @@
 """`onerec pipeline compile|run|submit|step`: the continuous-training pipeline (issue #8).
 
-A self-contained sub-app: `onerec/cli.py` calls `register(app)`. kfp and the pipeline modules
+A self-contained sub-app: `onerec/app/cli.py` calls `register(app)`. kfp and the pipeline modules
 are imported inside the commands, so the rest of the CLI starts without them.
 
 - `compile OUT.yaml`: the cluster variant (PVC, GPU pool, TrainJobs) or `--local`'s.
@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from onerec.cli_options import ConfigOpt, PresetOpt, SetOpt, load_config
+from onerec.app.cli_options import ConfigOpt, PresetOpt, SetOpt, load_config
 from onerec.config import Config, ConfigError
 
 console = Console()
@@ -95,7 +95,7 @@ def run_cmd(
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
     """Run N continuous-training cycles on successive days under kfp.local; print the report."""
-    from onerec.pipeline_local import CycleOptions, cycle_line, run_cycles
+    from onerec.app.pipeline_local import CycleOptions, cycle_line, run_cycles
     from onerec.stages import StageError, day_ms
 
     if not local:
@@ -173,9 +173,9 @@ def step_cmd(
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
     """One training step in this process: what each TrainJob or PyTorchJob pod runs (DDP)."""
+    from components.launch.training import StepOptions, run_local
     from onerec.distributed import init_from_env
     from onerec.stages import StageError
-    from pipelines.training import StepOptions, run_local
 
     cfg = _config(config, preset, set_, "small")
     inputs = {"snapshot": str(snapshot), "codebook": str(codebook)}

@@ -5,13 +5,13 @@ process. On a cluster the component stages its inputs on the shared data volume 
 `onerec-data` PVC, mounted at the same path in the step and in the training pods), creates a job
 whose pods run the same function through `onerec pipeline step ...`, waits for the job's
 terminal condition and copies its output folder back into the component's artifact. The job is
-one of two kinds, the same pods either way (`pipelines.jobs`: Config in a ConfigMap, GPU nodes,
-restricted security, DDP):
+one of two kinds, the same pods either way (`components.launch.jobs`: Config in a ConfigMap, GPU
+nodes, restricted security, DDP):
 
 - `launcher="trainjob"` (the cluster default): a TrainJob on Kubeflow Trainer v2's
-  `torch-distributed` runtime (`pipelines.trainjob`), through the Trainer SDK.
-- `launcher="pytorchjob"`: a PyTorchJob on the Training Operator v1 (`pipelines.pytorchjob`),
-  for clusters that have not moved to Trainer.
+  `torch-distributed` runtime (`components.launch.trainjob`), through the Trainer SDK.
+- `launcher="pytorchjob"`: a PyTorchJob on the Training Operator v1
+  (`components.launch.pytorchjob`), for clusters that have not moved to Trainer.
 
 The job is the only thing that differs; what trains is identical.
 """
@@ -25,11 +25,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from components.launch.jobs import CLUSTER_LAUNCHER, LAUNCHERS, JobLauncher, JobSpec, to_manifest
+from components.launch.pytorchjob import TrainingClientLauncher, build_pytorchjob
+from components.launch.trainjob import TrainerClientLauncher, build_trainjob
 from onerec import stages
 from onerec.config import Config
-from pipelines.jobs import CLUSTER_LAUNCHER, LAUNCHERS, JobLauncher, JobSpec, to_manifest
-from pipelines.pytorchjob import TrainingClientLauncher, build_pytorchjob
-from pipelines.trainjob import TrainerClientLauncher, build_trainjob
 
 __all__ = ["CLUSTER_LAUNCHER", "LAUNCHERS", "StepOptions", "preview_job", "run_local",
            "run_step", "step_command"]
