@@ -18,27 +18,25 @@ organised for speed and for export as one graph (`onerec.export.onnx`):
   min(W, width_{l-1} x K_l), as in the reference;
 - precision: float32 on CPU; on CUDA fp16 (default) or bf16 autocast, with log-softmax and
   the running scores in float32 so that beam order does not drift with the dtype;
-- the MoE feed-forward routes exactly as `MoEFeedForward` (top-k, renormalised), without its
-  training side effects (balance loss, load logging). `moe="sparse"` dispatches tokens per
-  expert (exact top-k compute; exports to ONNX as NonZero/Gather/ScatterND); `moe="dense"` runs
-  every expert on every token and zero-weights the unchosen ones (E/k x the expert FLOPs, but
-  no data-dependent shapes, which is what TensorRT wants).
+- the MoE feed-forward is `MoEFeedForward.infer` (`moe="sparse"` or `"dense"`).
+
+The layer math is the model's own: `DecoderLayer.step` (KV cache, fused q/kv projection) and
+`DecoderLayer.cross_memory` (per-user cross-attention K/V); this module holds only the search
+(top-k, the trie constraint, cache reordering, disambiguation).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from onerec.model import Batch, DecoderLayer, OneRec
-from onerec.moe import MoEFeedForward
+from onerec.model import Batch, OneRec
+from onerec.moe import MoEMode
 from onerec.trie import ItemTrie
 
-MoEMode = Literal["sparse", "dense"]
+__all__ = ["Generation", "Generator", "MoEMode", "generate", "level_widths", "resolve_dtype"]
 
 
 @dataclass
@@ -60,84 +58,6 @@ def level_widths(vocab_sizes: list[int], beam_width: int) -> list[int]:
     return out
 
 
-def moe_forward(moe: MoEFeedForward, x: torch.Tensor, mode: MoEMode = "sparse") -> torch.Tensor:
-    """(T, d) -> (T, d): the MoE layer's output only (inference; no balance loss, no logging)."""
-    probs = moe.router(x).softmax(dim=-1)
-    weights, chosen = probs.topk(moe.top_k, dim=-1)
-    gate = torch.zeros_like(probs).scatter(1, chosen, weights / weights.sum(-1, keepdim=True))
-    if mode == "dense":  # (T, E) gate: k non-zeros a row
-        out = gate[:, :1] * moe.experts[0](x)
-        for e in range(1, moe.n_experts):
-            out = out + gate[:, e:e + 1] * moe.experts[e](x)
-        return out
-    out = torch.zeros_like(x)
-    for e, expert in enumerate(moe.experts):
-        # tokens routed to e; a chosen weight that underflowed to 0 would add exactly 0 anyway
-        token_idx = (gate[:, e] > 0).nonzero().squeeze(1)  # may be empty: no branch
-        y = expert(x.index_select(0, token_idx)) * gate.index_select(0, token_idx)[:, e:e + 1]
-        out.index_add_(0, token_idx, y)
-    return out
-
-
-class StepWeights(nn.Module):
-    """Per decoder layer, what a step needs besides the layer itself.
-
-    The self-attention q and kv projections fused into one (d -> 3d) matmul, made once when the
-    generator is built (the layer's own weights are untouched).
-    """
-
-    def __init__(self, layer: DecoderLayer) -> None:
-        super().__init__()
-        sa = layer.self_attn
-        self.register_buffer("qkv_w", torch.cat([sa.q.weight, sa.kv.weight]).detach(),
-                             persistent=False)
-        self.register_buffer("qkv_b", torch.cat([sa.q.bias, sa.kv.bias]).detach(),
-                             persistent=False)
-
-
-def cross_memory(layer: DecoderLayer, memory: torch.Tensor, mem_mask: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Once per user and layer: cross-attention keys (B, h, d/h, M), pre-transposed and
-    pre-scaled, values (B, h, M, d/h), and the padding mask as an additive bias (B, 1, 1, M)."""
-    k, v = layer.cross_attn.project_kv(memory)
-    scale = k.shape[-1] ** -0.5
-    bias = torch.zeros(mem_mask.shape, dtype=k.dtype, device=k.device)
-    bias = bias.masked_fill(~mem_mask, float("-inf"))[:, None, None, :]
-    return (k * scale).transpose(-1, -2), v, bias
-
-
-def decoder_step(layer: DecoderLayer, fused: StepWeights, x: torch.Tensor,
-                 cache: torch.Tensor | None, cross: tuple[torch.Tensor, ...], group: int,
-                 moe: MoEMode = "sparse") -> tuple[torch.Tensor, torch.Tensor]:
-    """One decoder layer on the newest token of every beam.
-
-    x: (N, d), N = B * group; cache: the self-attention keys and values of the earlier tokens
-    as one (N, t, 2d) tensor (None at the first step); cross: `cross_memory(...)` of the B
-    users, shared by their `group` beams. Returns the output and the cache grown to t + 1.
-    Attention over t <= L cached tokens is a few element-wise ops (no kernel launch per beam).
-    """
-    n, d = x.shape
-    heads = layer.self_attn.n_heads
-    dh = d // heads
-    qkv = F.linear(layer.norm1(x), fused.qkv_w, fused.qkv_b)  # (N, 3d)
-    kv = qkv[:, None, d:]
-    cache = kv if cache is None else torch.cat([cache, kv], dim=1)  # (N, t, 2d)
-    t = cache.shape[1]
-    q = qkv[:, :d].reshape(n, 1, heads, dh) * dh ** -0.5
-    kv = cache.view(n, t, 2, heads, dh)  # strided views of k and v, no copies
-    att = (q * kv[:, :, 0]).sum(-1).softmax(dim=1)  # (N, t, h)
-    y = (att.unsqueeze(-1) * kv[:, :, 1]).sum(1)
-    x = x + layer.self_attn.out(y.reshape(n, d))
-    ca = layer.cross_attn
-    keys_t, values, bias = cross
-    q = ca.q(layer.norm2(x)).reshape(n // group, group, heads, dh).transpose(1, 2)
-    att = (torch.matmul(q, keys_t) + bias).softmax(dim=-1)  # (B, h, group, M)
-    y = torch.matmul(att, values).transpose(1, 2).reshape(n, d)
-    x = x + ca.out(y)
-    x = x + moe_forward(layer.moe, layer.norm3(x), moe)
-    return x, cache
-
-
 class Generator(nn.Module):
     """Beam search as a module: forward(user, short, pos, long) -> (items, scores, codes).
 
@@ -157,11 +77,18 @@ class Generator(nn.Module):
         self.beam_width = beam_width
         self.constrained = constrained
         self.moe = moe
-        self.fused = nn.ModuleList(StepWeights(layer) for layer in model.decoder)
+        for i, layer in enumerate(model.decoder):  # fused q/kv weights, made once
+            w, bias = layer.self_attn.fused_qkv()
+            self.register_buffer(f"qkv_w{i}", w, persistent=False)
+            self.register_buffer(f"qkv_b{i}", bias, persistent=False)
         self.dead = [trie.dead(lv) for lv in range(trie.levels)]
         for lv, table in enumerate(trie.child):
             self.register_buffer(f"child{lv}", table, persistent=False)
         self.register_buffer("leaf_item", trie.leaf_item, persistent=False)
+
+    def qkv(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder layer i's `Attention.fused_qkv()`."""
+        return getattr(self, f"qkv_w{i}"), getattr(self, f"qkv_b{i}")
 
     def widths(self) -> list[int]:
         return level_widths(self.model.vocab_sizes, self.beam_width)
@@ -171,7 +98,7 @@ class Generator(nn.Module):
         m = self.model
         memory, mem_mask = m.encode(Batch(user=user, short=short, pos=pos, long=long))
         b, _, d = memory.shape
-        cross = [cross_memory(layer, memory, mem_mask) for layer in m.decoder]  # once per user
+        cross = [layer.cross_memory(memory, mem_mask) for layer in m.decoder]  # once per user
         caches: list[torch.Tensor | None] = [None] * len(m.decoder)
         scores = memory.new_zeros(b, 1, dtype=torch.float32)
         node = torch.zeros(b, 1, dtype=torch.long, device=memory.device)
@@ -185,9 +112,8 @@ class Generator(nn.Module):
             if self.constrained and lv == m.levels - 1:
                 logp = self.disambiguate(x, caches, parents, cross, nxt != self.dead[lv])
             else:
-                for i, (layer, fused) in enumerate(zip(m.decoder, self.fused, strict=True)):
-                    x, caches[i] = decoder_step(layer, fused, x, caches[i], cross[i], w,
-                                                self.moe)
+                for i, layer in enumerate(m.decoder):
+                    x, caches[i] = layer.step(x, caches[i], cross[i], w, self.qkv(i), self.moe)
                 logp = m.heads[lv](m.dec_norm(x)).float().log_softmax(-1).view(b, w, k)
                 if self.constrained:
                     logp = logp.masked_fill(nxt == self.dead[lv], float("-inf"))
@@ -231,12 +157,10 @@ class Generator(nn.Module):
         users = torch.div(rows, w, rounding_mode="floor")
         h = x.index_select(0, rows)
         cache_rows = rows if parents is None else parents.index_select(0, rows)
-        for i, (layer, fused) in enumerate(zip(m.decoder, self.fused, strict=True)):
-            keys_t, values, bias = cross[i]
-            mine = (keys_t.index_select(0, users), values.index_select(0, users),
-                    bias.index_select(0, users))
+        for i, layer in enumerate(m.decoder):
+            mine = tuple(t.index_select(0, users) for t in cross[i])
             cache = None if caches[i] is None else caches[i].index_select(0, cache_rows)
-            h, _ = decoder_step(layer, fused, h, cache, mine, 1, self.moe)
+            h, _ = layer.step(h, cache, mine, 1, self.qkv(i), self.moe)
         logits = m.heads[m.levels - 1](m.dec_norm(h)).float()
         part = logits.masked_fill(~flat.index_select(0, rows), float("-inf")).log_softmax(-1)
         logp = torch.zeros(b * w, k, device=x.device).masked_fill(~flat, float("-inf"))

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onerec.config import ModelConfig
-from onerec.moe import MoEFeedForward
+from onerec.moe import MoEFeedForward, MoEMode
 
 if TYPE_CHECKING:
     from onerec.transitions import TransitionTable
@@ -127,6 +127,56 @@ class Attention(nn.Module):
         k, v = self.project_kv(kv_in)
         return self.attend(q_in, k, v, mask, causal)
 
+    # Generation (`onerec.generate`): one new token per sequence, a KV cache, shared memory.
+
+    def fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The q and kv projections as one (d -> 3d) weight and bias, for `step`: made once by
+        the caller (a copy; the module's own weights are untouched)."""
+        return (torch.cat([self.q.weight, self.kv.weight]).detach(),
+                torch.cat([self.q.bias, self.kv.bias]).detach())
+
+    def step(self, x: torch.Tensor, qkv: tuple[torch.Tensor, torch.Tensor],
+             cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal self-attention of the newest token x: (N, d) over the earlier ones.
+
+        cache: their keys and values as one (N, t, 2d) tensor (None at the first token);
+        qkv: `fused_qkv()`. Returns the output (N, d) and the cache grown to t + 1. Attention
+        over t <= L cached tokens is a few element-wise ops (no kernel launch per sequence).
+        """
+        n, d = x.shape
+        heads = self.n_heads
+        dh = d // heads
+        proj = F.linear(x, *qkv)  # (N, 3d)
+        kv = proj[:, None, d:]
+        cache = kv if cache is None else torch.cat([cache, kv], dim=1)  # (N, t, 2d)
+        t = cache.shape[1]
+        q = proj[:, :d].reshape(n, 1, heads, dh) * dh ** -0.5
+        kv = cache.view(n, t, 2, heads, dh)  # strided views of k and v, no copies
+        att = (q * kv[:, :, 0]).sum(-1).softmax(dim=1)  # (N, t, h)
+        y = (att.unsqueeze(-1) * kv[:, :, 1]).sum(1)
+        return self.out(y.reshape(n, d)), cache
+
+    def shared_memory(self, memory: torch.Tensor, mem_mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Once per user: cross-attention keys (B, h, d/h, M), pre-transposed and pre-scaled,
+        values (B, h, M, d/h), and the padding mask as an additive bias (B, 1, 1, M)."""
+        k, v = self.project_kv(memory)
+        scale = k.shape[-1] ** -0.5
+        bias = torch.zeros(mem_mask.shape, dtype=k.dtype, device=k.device)
+        bias = bias.masked_fill(~mem_mask, float("-inf"))[:, None, None, :]
+        return (k * scale).transpose(-1, -2), v, bias
+
+    def attend_shared(self, x: torch.Tensor, shared: tuple[torch.Tensor, ...], group: int
+                      ) -> torch.Tensor:
+        """x: (N, d), N = B * group queries; the `group` queries of user b attend to its
+        `shared_memory(...)` row b as one block (never copied per query)."""
+        n, d = x.shape
+        heads = self.n_heads
+        keys_t, values, bias = shared
+        q = self.q(x).reshape(n // group, group, heads, d // heads).transpose(1, 2)
+        att = (torch.matmul(q, keys_t) + bias).softmax(dim=-1)  # (B, h, group, M)
+        return self.out(torch.matmul(att, values).transpose(1, 2).reshape(n, d))
+
 
 class FeedForward(nn.Module):
     def __init__(self, *, d_model: int, hidden: int, dropout: float) -> None:
@@ -182,6 +232,26 @@ class DecoderLayer(nn.Module):
         x = x + self.drop(y)
         y, balance = self.moe(self.norm3(x))
         return x + self.drop(y), balance
+
+    def cross_memory(self, memory: torch.Tensor, mem_mask: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Once per user: this layer's cross-attention K/V and mask bias, for `step`."""
+        return self.cross_attn.shared_memory(memory, mem_mask)
+
+    def step(self, x: torch.Tensor, cache: torch.Tensor | None, cross: tuple[torch.Tensor, ...],
+             group: int, qkv: tuple[torch.Tensor, torch.Tensor], moe: MoEMode = "sparse"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference on the newest token of every sequence: `forward` with a KV cache.
+
+        x: (N, d), N = B * group; cache: `Attention.step`'s (None at the first token); cross:
+        `cross_memory(...)` of the B users, shared by their `group` sequences; qkv:
+        `self_attn.fused_qkv()`; moe: `MoEFeedForward.infer`'s mode. Returns the output and
+        the grown cache.
+        """
+        y, cache = self.self_attn.step(self.norm1(x), qkv, cache)
+        x = x + y
+        x = x + self.cross_attn.attend_shared(self.norm2(x), cross, group)
+        return x + self.moe.infer(self.norm3(x), moe), cache
 
 
 class OneRec(nn.Module):

@@ -14,13 +14,22 @@ experts, so parameters grow with E while compute grows with k. Choices here:
   rank instead of failing when one rank's batch routes nothing to it. A fused grouped-GEMM path can be added behind the
   same interface and checked against this one.
 - `last_load` keeps the per-expert token share of the latest forward for logging.
+- `infer` is the inference path (generation, export): the same routing without the balance loss
+  or the logging. `mode="sparse"` dispatches tokens per expert (exact top-k compute; exports to
+  ONNX as NonZero/Gather/ScatterND); `mode="dense"` runs every expert on every token and
+  zero-weights the unchosen ones (E/k x the expert FLOPs, but no data-dependent shapes, which
+  is what TensorRT wants).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+MoEMode = Literal["sparse", "dense"]
 
 
 class Expert(nn.Module):
@@ -70,3 +79,23 @@ class MoEFeedForward(nn.Module):
         balance = self.n_experts * (frac * probs.mean(dim=0)).sum()
         self.last_load = frac.detach()
         return out.reshape(shape), balance
+
+    def infer(self, x: torch.Tensor, mode: MoEMode = "sparse") -> torch.Tensor:
+        """(T, d) -> (T, d): the output only (no balance loss, `last_load` untouched)."""
+        if mode not in ("sparse", "dense"):
+            raise ValueError(f"mode must be 'sparse' or 'dense', got {mode!r}")
+        probs = self.router(x).softmax(dim=-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        gate = torch.zeros_like(probs).scatter(1, chosen, weights / weights.sum(-1, keepdim=True))
+        if mode == "dense":  # (T, E) gate: k non-zeros a row
+            out = gate[:, :1] * self.experts[0](x)
+            for e in range(1, self.n_experts):
+                out = out + gate[:, e:e + 1] * self.experts[e](x)
+            return out
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            # tokens routed to e; a chosen weight that underflowed to 0 would add exactly 0 anyway
+            token_idx = (gate[:, e] > 0).nonzero().squeeze(1)  # may be empty: no branch
+            y = expert(x.index_select(0, token_idx)) * gate.index_select(0, token_idx)[:, e:e + 1]
+            out.index_add_(0, token_idx, y)
+        return out

@@ -9,15 +9,7 @@ import torch
 
 from onerec.beam_search import PrefixIndex, beam_search, disambiguation_logp
 from onerec.config import Config
-from onerec.generate import (
-    Generator,
-    StepWeights,
-    cross_memory,
-    decoder_step,
-    generate,
-    moe_forward,
-    resolve_dtype,
-)
+from onerec.generate import Generator, generate, resolve_dtype
 from onerec.model import Batch, OneRec
 from onerec.trie import ItemTrie
 
@@ -177,13 +169,13 @@ def test_kv_cache_step_equals_full_prefix_decode(arch):
     group = 3
     prefix = torch.stack([torch.randint(0, k, (2 * group,)) for k in model.vocab_sizes[:2]], 1)
     full, _ = model.decode(prefix, memory, mask, group=group)  # (N, 3, d), no cache
-    cross = [cross_memory(layer, memory, mask) for layer in model.decoder]
-    fused = [StepWeights(layer) for layer in model.decoder]
+    cross = [layer.cross_memory(memory, mask) for layer in model.decoder]
+    fused = [layer.self_attn.fused_qkv() for layer in model.decoder]
     caches: list = [None] * len(model.decoder)
     x = (model.bos + model.level_emb.weight[0]).expand(2 * group, -1)
     for t in range(3):
         for i, layer in enumerate(model.decoder):
-            x, caches[i] = decoder_step(layer, fused[i], x, caches[i], cross[i], group)
+            x, caches[i] = layer.step(x, caches[i], cross[i], group, fused[i])
         assert caches[0].shape[:2] == (2 * group, t + 1)
         torch.testing.assert_close(model.dec_norm(x), full[:, t], rtol=1e-5, atol=1e-5)
         if t < 2:
@@ -196,8 +188,8 @@ def test_moe_inference_paths_equal_the_training_layer():
     moe = model.decoder[0].moe
     x = torch.randn(37, model.cfg.d_model)
     expected, _ = moe(x)
-    torch.testing.assert_close(moe_forward(moe, x, "sparse"), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(moe_forward(moe, x, "dense"), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(moe.infer(x, "sparse"), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(moe.infer(x, "dense"), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_dense_moe_generator_matches_sparse():
