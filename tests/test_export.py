@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from onerec.checkpoint import build_model
 from onerec.cli import app
 from onerec.config import Config
 from onerec.export.artifact import (
@@ -33,7 +34,6 @@ from onerec.generate import generate
 from onerec.items import ItemSpace
 from onerec.model import Batch
 from onerec.tokenizer.codebook import Codebook
-from onerec.train import build_model
 from onerec.trie import ItemTrie
 
 OVERRIDES = ["model.n_decoder_layers=2", "model.n_experts=3", "model.top_k_experts=2"]
