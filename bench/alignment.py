@@ -4,8 +4,9 @@
 
 1. the pretrained generator: `--checkpoint/--codebook`, or a short `onerec.pretrain.run_kuairand`
    (`--pretrain-minutes`) on the days before the cut;
-2. the P-Score reward model trained on the same days; per-task AUC and calibration on the
-   held-out days (the last `data.test_days`);
+2. the P-Score reward model trained on the same days (`onerec.reward.fit_p_score`, the
+   pipeline's recipe); per-task AUC and calibration on the held-out days (the last
+   `data.test_days`);
 3. GRPO and ECPO (the same code, early clip off / on) from the same start, same seed, same
    number of rounds, with a sampler that lags the trainer by `--sync-every` rounds (OneRec's
    sampling service; on-policy, early clipping never binds and the two are identical);
@@ -109,22 +110,14 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     from rich.console import Console
 
     from bench.report import print_table
+    from onerec.checkpoint import load_model
     from onerec.config import Config
     from onerec.data import kuairand
-    from onerec.ecpo import align, load_policy
+    from onerec.ecpo import align
     from onerec.evaluate import rank_metrics_multi, split_cut_ms, temporal_split
     from onerec.items import ItemSpace
     from onerec.recommend import recommend
-    from onerec.reward import (
-        TASKS,
-        DurationShaper,
-        build_reward_model,
-        evaluate_reward_model,
-        reward_data,
-        rm_select,
-        save_reward_model,
-        train_reward_model,
-    )
+    from onerec.reward import TASKS, fit_p_score, rm_select
     from onerec.stream import contexts_from_histories, requests_from_events
     from onerec.tokenizer.codebook import Codebook
 
@@ -132,7 +125,7 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     out = Path(args.out)
     cb = Codebook.load(cb_dir)
     space = ItemSpace.from_codebook(cb)
-    policy, ck_cfg, n_buckets = load_policy(ckpt, cb.fingerprint)
+    policy, ck_cfg, n_buckets = load_model(ckpt, cb.fingerprint)
     # the generator keeps its own settings; the reward model and alignment take the bench's
     cfg = Config.from_dict({**ck_cfg.to_dict(), "reward": bench_cfg.to_dict()["reward"],
                             "align": bench_cfg.to_dict()["align"]})
@@ -142,25 +135,19 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     train_ev, test_ev = temporal_split(ds.events, cfg.data.test_days)
     index = space.index
 
-    # -- reward model ----------------------------------------------------------------------------
+    # -- reward model: the recipe of the pipeline's reward stage and `onerec align` --------------
     t0 = time.perf_counter()
-    shaper = DurationShaper.fit(train_ev["duration_ms"].to_numpy(),
-                                train_ev["play_time_ms"].to_numpy(), cfg.reward.duration_buckets)
-    data = reward_data(ds.events, index, cfg, shaper, history=history, n_user_buckets=n_buckets)
-    tr_idx, te_idx = data.split(cut)
-    rm = build_reward_model(cfg, space.codes, space.vocab_sizes, n_buckets)
-    rm.item_ids, rm.codebook_fingerprint = space.item_ids, cb.fingerprint
-    rm_res = train_reward_model(cfg, data, tr_idx, rm, time_budget_s=args.rm_minutes * 60,
-                                log=_log)
-    rm_metrics = evaluate_reward_model(rm, data, te_idx, cfg.reward.calibration_bins)
-    save_reward_model(out / "reward_model", rm, cfg, shaper, rm_metrics)
+    rm, rm_summary = fit_p_score(cfg, ds.events, space, cut, out / "reward_model",
+                                 history=history, n_user_buckets=n_buckets,
+                                 time_budget_s=args.rm_minutes * 60, log=_log)
+    rm_metrics = rm_summary["metrics"]
     rm_s = time.perf_counter() - t0
-    del data
     rows = [[t, f"{m['auc']:.4f}", f"{m['ece']:.4f}", f"{m['mean_pred']:.4f}",
              f"{m['mean_obs']:.4f}", f"{int(m['positives'])}"]
             for t, m in rm_metrics.items()]
-    print_table(console, f"P-Score reward model on the held-out days ({len(te_idx)} impressions; "
-                f"{rm_res.steps} steps, {rm_res.wall_s / 60:.1f} min)",
+    print_table(console, f"P-Score reward model on the held-out days "
+                f"({rm_summary['n_heldout_impressions']} impressions; {rm_summary['steps']} "
+                f"steps, {rm_summary['train_s'] / 60:.1f} min)",
                 ["task", "AUC", "ECE", "mean pred", "mean observed", "positives"], rows,
                 left=["task"])
 

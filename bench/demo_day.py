@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from rich.console import Console
 
     from onerec import stages
+    from onerec.checkpoint import CKPT_NAME, load_model
     from onerec.config import Config
 
     torch.set_num_threads(args.threads)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         summary = stages.pretrain(cfg, base / "snapshot", base / "codebook", run, root=root,
                                   warm_start=False, epochs=epochs)
         train_s = time.perf_counter() - t0
-        model = stages.load_model(run / "checkpoint")
+        model = load_model(run / CKPT_NAME).model
         space = stages.load_space(base / "codebook")
         snap = stages.Snapshot.load(base / "snapshot")
         for beam, prior in settings(cfg, args.beams, args.priors):

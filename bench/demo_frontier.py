@@ -76,21 +76,20 @@ def main(argv: list[str] | None = None) -> dict:
     from onerec import stages
     from onerec.baselines import fit_itemknn, train_sasrec
     from onerec.baselines.sasrec import recommend as sasrec_recommend
+    from onerec.checkpoint import load_model
     from onerec.data import kuairand
     from onerec.evaluate import coverage, rank_metrics_multi
     from onerec.generate import generate
     from onerec.recommend import _slice, recommend
-    from onerec.train import load_checkpoint
     from onerec.trie import ItemTrie
 
     torch.set_num_threads(args.threads)
     cycle = Path(args.cycle) if args.cycle else first_cycle(Path(args.demo_out))
     snap_dir, cb_dir = cycle / "validate-data" / "snapshot", cycle / "refresh-codebook" / "codebook"
     ckpt = cycle / "align" / "model" / "checkpoint"
-    cfg = load_checkpoint(ckpt)["config"]
     snap = stages.Snapshot.load(snap_dir)
     space = stages.load_space(cb_dir)
-    model = stages.load_model(ckpt, space.fingerprint).eval()
+    model, cfg, _ = load_model(ckpt, space.fingerprint)
     users, targets = stages.heldout_users(snap, None)
     target_sets = [targets[u] for u in users]
     ctx = stages.heldout_contexts(cfg, snap, space, users)

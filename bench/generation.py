@@ -54,11 +54,11 @@ def build(args: argparse.Namespace):
     """-> model, space, cfg: a trained checkpoint, or random weights at the small preset."""
     import torch
 
+    from onerec.checkpoint import build_model
     from onerec.config import Config
     from onerec.export.artifact import load_trained
     from onerec.items import ItemSpace
     from onerec.tokenizer.codebook import Codebook
-    from onerec.train import build_model
 
     if args.checkpoint:
         return load_trained(args.checkpoint, args.codebook)

@@ -61,18 +61,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     from onerec.baselines import fit_transitions, split_by_transition, train_sasrec
     from onerec.baselines.sasrec import recommend as sasrec_recommend
+    from onerec.checkpoint import load_model
     from onerec.data.sequences import load_beauty
     from onerec.evaluate import rank_metrics
     from onerec.recommend import recommend
-    from onerec.stages import load_model, load_space
+    from onerec.stages import load_space
     from onerec.stream import contexts_from_histories
-    from onerec.train import load_checkpoint
 
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     space = load_space(run / "codebook")
-    model = load_model(run / "train" / "checkpoint", space.fingerprint)
-    cfg = load_checkpoint(run / "train" / "checkpoint")["config"]
+    model, cfg, _ = load_model(run / "train" / "checkpoint", space.fingerprint)
     data = load_beauty(args.data_dir or SHARED / "amazon-beauty")
     split = data.split(max_history=cfg.data.max_seq_len)
     rng = np.random.default_rng(0)

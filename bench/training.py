@@ -244,7 +244,7 @@ class Run:
     """Model, optimizer and stream as `onerec.train.train` builds them, stepping in regions."""
 
     def __init__(self, w: Workload) -> None:
-        from onerec.train import build_model
+        from onerec.checkpoint import build_model
 
         self.w = w
         self.model = build_model(w.cfg, w.item_codes, w.vocab_sizes)

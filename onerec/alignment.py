@@ -24,34 +24,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from onerec.checkpoint import CKPT_NAME, load_model
 from onerec.config import Config
 from onerec.data import kuairand
-from onerec.ecpo import align, load_policy
+from onerec.ecpo import align
 from onerec.evaluate import split_cut_ms, temporal_split
 from onerec.items import ItemSpace
-from onerec.reward import (
-    RewardModel,
-    fit_p_score,
-    load_reward_model,
-)
+from onerec.reward import fit_p_score, load_reward_model
 from onerec.stream import requests_from_events
 from onerec.tokenizer.codebook import Codebook
-from onerec.train import CKPT_NAME
 
 Log = Callable[[dict[str, Any]], None]
-
-
-def fit_reward_model(cfg: Config, data_dir: str | Path, space: ItemSpace, out: Path, *,
-                     n_user_buckets: int = 1, time_budget_s: float | None = None,
-                     log: Log | None = None) -> tuple[RewardModel, dict[str, Any]]:
-    """Train the P-Score model on the days before the cut; evaluate on the held-out days (the
-    pipeline's recipe, `onerec.reward.fit_p_score`, on the data split's cut)."""
-    ds = kuairand.load(data_dir)
-    rm, s = fit_p_score(cfg, ds.events, space, split_cut_ms(ds.events, cfg.data.test_days), out,
-                        history=kuairand.read_history(data_dir), n_user_buckets=n_user_buckets,
-                        time_budget_s=time_budget_s, log=log)
-    return rm, {"heldout": s["metrics"], "steps": s["steps"], "train_s": s["train_s"],
-                "n_train": s["n_train_impressions"], "n_heldout": s["n_heldout_impressions"]}
 
 
 def run_alignment(cfg: Config, data_dir: str | Path, checkpoint: str | Path,
@@ -67,10 +50,12 @@ def run_alignment(cfg: Config, data_dir: str | Path, checkpoint: str | Path,
     own_rm = out / "reward_model"
     cb = Codebook.load(codebook_dir)
     space = ItemSpace.from_codebook(cb)
-    policy, ck_cfg, n_buckets = load_policy(checkpoint, cb.fingerprint)
+    policy, ck_cfg, n_buckets = load_model(checkpoint, cb.fingerprint)
     d = cfg.to_dict()
     cfg = Config.from_dict({**ck_cfg.to_dict(), "data": d["data"], "reward": d["reward"],
                             "align": d["align"]})
+    ds = kuairand.load(data_dir)
+    history = kuairand.read_history(data_dir)
     t0 = time.perf_counter()
     if reward_model is not None:
         rm, rm_cfg, _ = load_reward_model(reward_model, cb.fingerprint)
@@ -86,14 +71,15 @@ def run_alignment(cfg: Config, data_dir: str | Path, checkpoint: str | Path,
         if log is not None:
             log({"message": f"resuming: reusing the reward model this run trained, {own_rm}"})
     else:
-        rm, rm_info = fit_reward_model(cfg, data_dir, space, out / "reward_model",
-                                       n_user_buckets=n_buckets, time_budget_s=rm_time_budget_s,
-                                       log=log)
+        # the one recipe (the pipeline's reward stage runs it too), on the data split's cut
+        rm, s = fit_p_score(cfg, ds.events, space, split_cut_ms(ds.events, cfg.data.test_days),
+                            own_rm, history=history, n_user_buckets=n_buckets,
+                            time_budget_s=rm_time_budget_s, log=log)
+        rm_info = {"heldout": s["metrics"], "steps": s["steps"], "train_s": s["train_s"],
+                   "n_train": s["n_train_impressions"], "n_heldout": s["n_heldout_impressions"]}
     rm_s = time.perf_counter() - t0
-    ds = kuairand.load(data_dir)
     train_ev, _ = temporal_split(ds.events, cfg.data.test_days)
-    reqs = requests_from_events(train_ev, space.index, cfg.data,
-                                history=kuairand.read_history(data_dir),
+    reqs = requests_from_events(train_ev, space.index, cfg.data, history=history,
                                 n_user_buckets=n_buckets)
     _, res = align(cfg, policy, rm, reqs, space, out / "align", items_table=ds.items,
                        n_user_buckets=n_buckets, steps=steps, time_budget_s=time_budget_s,

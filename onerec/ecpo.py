@@ -28,8 +28,8 @@ Each round samples one group per user, then takes `align.ppo_epochs` optimizer s
 refreshed every `align.sync_every` rounds: 1 is on-policy; larger values reproduce a sampling
 service that lags the trainer, where ratios drift far enough for the clipping to act. Dropout is
 off throughout (the model runs in eval mode), so ratios measure policy change, not dropout
-noise. Checkpoints are the pretraining format (`onerec.train.save_checkpoint`), so serving and
-export load an aligned model exactly like a pretrained one.
+noise. Checkpoints are the pretraining format (`onerec.checkpoint`), so serving and export
+load an aligned model exactly like a pretrained one (`onerec.checkpoint.load_model`).
 
 Resume. A checkpoint also holds what the loop needs to continue exactly (`ALIGN_STATE_KEY`):
 the sampling generator's state, the sampler's weights between two syncs, the history, and
@@ -56,13 +56,13 @@ import pandas as pd
 import torch
 
 from onerec.beam_search import PrefixIndex
+from onerec.checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from onerec.config import AlignConfig, Config
 from onerec.items import ItemSpace
 from onerec.model import Batch, OneRec
 from onerec.reward import RewardModel
 from onerec.rewards import IndustrialRules, format_advantage, preference_reward
 from onerec.stream import Requests, RequestStream, collate
-from onerec.train import CKPT_NAME, CheckpointError, build_model, load_checkpoint, save_checkpoint
 
 Log = Callable[[dict[str, Any]], None]
 
@@ -148,17 +148,6 @@ class AlignResult:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
     wall_s: float = 0.0
-
-
-def load_policy(path: str | Path, codebook_fingerprint: str | None = None,
-                ) -> tuple[OneRec, Config, int]:
-    """A pretrained (or aligned) checkpoint -> (model, its Config, n_user_buckets)."""
-    ck = load_checkpoint(Path(path), codebook_fingerprint)
-    state = ck["state"]
-    model = build_model(ck["config"], state["model"]["item_codes"], state["vocab_sizes"],
-                        state["n_user_buckets"])
-    model.load_state_dict(state["model"])
-    return model, ck["config"], int(state["n_user_buckets"])
 
 
 class Rewarder:

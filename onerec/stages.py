@@ -22,7 +22,7 @@ carry over: `transfer_weights` copies every tensor, maps item embeddings by vide
 the code tables where a level's vocabulary grew. A refit (drift) changes what the IDs mean, so
 the candidate then starts from scratch on all events before the held-out window.
 
-Model artifacts (pretrain, align) are folders with `checkpoint/` (the `onerec.train` format) and
+Model artifacts (pretrain, align) are folders with `checkpoint/` (`onerec.checkpoint`) and
 `summary.json`, whose `watermark_ms` is what the next cycle resumes after.
 """
 
@@ -47,6 +47,7 @@ import pandas as pd
 import torch
 
 from onerec import registry
+from onerec.checkpoint import CKPT_NAME, build_model, load_model
 from onerec.config import Config, TokenizerConfig
 from onerec.data import kuairand
 from onerec.data.schema import DAY_MS, DataError, Dataset
@@ -310,18 +311,6 @@ def load_space(codebook_dir: str | Path) -> ItemSpace:
     return ItemSpace.from_codebook(Codebook.load(codebook_dir))
 
 
-def load_model(checkpoint: str | Path, codebook_fingerprint: str | None = None) -> OneRec:
-    """A checkpoint folder (`onerec.train` format) -> the model, in eval mode."""
-    from onerec.train import build_model, load_checkpoint
-
-    ck = load_checkpoint(Path(checkpoint), codebook_fingerprint)
-    st = ck["state"]
-    model = build_model(ck["config"], st["model"]["item_codes"], st["vocab_sizes"],
-                        st["n_user_buckets"])
-    model.load_state_dict(st["model"])
-    return model.eval()
-
-
 def transfer_weights(old: OneRec, old_item_ids: np.ndarray, new: OneRec,
                      new_item_ids: np.ndarray) -> dict[str, int]:
     """Copy `old`'s weights into `new`, whose catalogue grew (a codebook refresh).
@@ -426,9 +415,7 @@ def pretrain(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path, ou
         if cb_meta.get("mode") == "refit":
             cold_reason = "codebook refit: semantic IDs changed meaning"
         else:
-            from onerec.train import build_model
-
-            old = load_model(prod.checkpoint, prod_space.fingerprint)
+            old = load_model(prod.checkpoint, prod_space.fingerprint).model
             init = build_model(cfg, space.codes, space.vocab_sizes)
             transfer = transfer_weights(old, prod_space.item_ids, init, space.item_ids)
             watermark_in = prod.watermark_ms
@@ -510,7 +497,7 @@ def align(cfg: Config, snapshot_dir: str | Path, codebook_dir: str | Path,
     snap = Snapshot.load(snapshot_dir)
     space = load_space(codebook_dir)
     pre = json.loads((Path(pretrained_dir) / "summary.json").read_text())
-    model = load_model(Path(pretrained_dir) / "checkpoint", space.fingerprint)
+    model = load_model(Path(pretrained_dir) / CKPT_NAME, space.fingerprint).model
     reward_model, _, _ = rw.load_reward_model(reward_dir, space.fingerprint)
     reqs = _window_requests(snap, space, cfg, pre["watermark_in_ms"])
     with atomic_dir(out) as tmp, Reporter("align", total=cfg.align.steps, budget_s=time_budget_s,
@@ -588,8 +575,8 @@ def evaluate(cfg: Config, snapshot_dir: str | Path, checkpoint: str | Path,
     positive held-out videos (full ranking, constrained beam search), legality, coverage@10.
     `name`: the progress row's (users generated for, of all)."""
     space = load_space(codebook_dir)
-    return evaluate_model(cfg, Snapshot.load(snapshot_dir),
-                          load_model(checkpoint, space.fingerprint), space, max_users=max_users,
+    model = load_model(checkpoint, space.fingerprint).model
+    return evaluate_model(cfg, Snapshot.load(snapshot_dir), model, space, max_users=max_users,
                           name=name)
 
 
@@ -749,7 +736,7 @@ def evaluate_gate(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
     then gate. Returns (and writes to out/gate.json) the decision; the caller stops on
     "blocked"."""
     snap = Snapshot.load(snapshot_dir)
-    cand = evaluate(cfg, snapshot_dir, Path(model_dir) / "checkpoint", codebook_dir,
+    cand = evaluate(cfg, snapshot_dir, Path(model_dir) / CKPT_NAME, codebook_dir,
                     max_users=max_users, name="evaluate-candidate")
     prod = registry.read_production(root)
     prod_eval = (evaluate(cfg, snapshot_dir, prod.checkpoint, prod.codebook, max_users=max_users,
@@ -785,7 +772,7 @@ def export(cfg: Config, model_dir: str | Path, codebook_dir: str | Path, out: st
     from onerec.export import export_version
 
     space = load_space(codebook_dir)
-    model = load_model(Path(model_dir) / "checkpoint", space.fingerprint)
+    model = load_model(Path(model_dir) / CKPT_NAME, space.fingerprint).model
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
         version_dir = export_version(model, space, cfg, tmp, model_name=model_name, version=1)
@@ -796,7 +783,7 @@ def export(cfg: Config, model_dir: str | Path, codebook_dir: str | Path, out: st
 
 def model_version(model_dir: str | Path, until: str) -> str:
     """A version label: the cycle's day and the checkpoint's content hash."""
-    h = hashlib.sha256((Path(model_dir) / "checkpoint" / "state.pt").read_bytes()).hexdigest()
+    h = hashlib.sha256((Path(model_dir) / CKPT_NAME / "state.pt").read_bytes()).hexdigest()
     return f"{until}-{h[:8]}"
 
 
@@ -824,7 +811,7 @@ def publish(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
         if export_dir is not None:
             shutil.copytree(export_dir, tmp, dirs_exist_ok=True)
         else:
-            shutil.copytree(Path(model_dir) / "checkpoint", tmp / "checkpoint")
+            shutil.copytree(Path(model_dir) / CKPT_NAME, tmp / CKPT_NAME)
             shutil.copytree(codebook_dir, tmp / "codebook")
     prefix = storage_prefix.rstrip("/") or (Path(root) / registry.MODELS).resolve().as_uri()
     uri = f"{prefix}/{version}"
@@ -842,7 +829,7 @@ def publish(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
             "until": snap.until, "metrics": m, "published_at": ms_to_iso(int(time.time() * 1000)),
             "canary": not promote}
     write = registry.write_production if promote else registry.write_canary
-    held = write(root, checkpoint=Path(model_dir) / "checkpoint", codebook=Path(codebook_dir),
+    held = write(root, checkpoint=Path(model_dir) / CKPT_NAME, codebook=Path(codebook_dir),
                  meta=meta, reference=Path(snapshot_dir) / "reference.json")
     result = {**meta, "gitops_repo": str(repo), "commits": commits,
               "state": gitops.read_state(repo, env).describe(), "held_as": held.path.name}

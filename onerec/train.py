@@ -3,7 +3,7 @@
 A flat, readable loop (torchtune-style recipe) over `RequestStream` batches:
 - AdamW, linear warmup then cosine decay, gradient-norm clipping, bf16 autocast on CUDA;
 - MoE load-balancing loss added with `model.balance_loss_weight`, per-expert load logged;
-- atomic checkpoints (`onerec.io.atomic_dir`) holding weights, optimizer, scheduler, the
+- atomic checkpoints (`onerec.checkpoint`) holding weights, optimizer, scheduler, the
   stream position, RNG states, the Config and the codebook fingerprint, so a run killed with
   `kill -9` resumes with the same weights and the same next batch;
 - DDP under torchrun (gloo on CPU, nccl on CUDA): every rank reads the same global batch of
@@ -14,7 +14,6 @@ A flat, readable loop (torchtune-style recipe) over `RequestStream` batches:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,17 +24,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from onerec.checkpoint import CKPT_NAME, build_model, load_checkpoint, save_checkpoint
 from onerec.config import Config
-from onerec.io import atomic_dir, load_torch_state
 from onerec.model import OneRec
 from onerec.stream import Requests, RequestStream, collate
 from onerec.transitions import count_transitions
-
-CKPT_NAME = "checkpoint"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or was made with another codebook or Config."""
 
 
 @dataclass
@@ -125,56 +118,6 @@ def budget_binds(elapsed_s: float, steps_done: int, steps_left: int, budget_s: f
     if steps_done < BIND_MIN_STEPS:
         return False
     return elapsed_s + elapsed_s / steps_done * steps_left > budget_s
-
-
-def build_model(cfg: Config, item_codes: torch.Tensor, vocab_sizes: list[int],
-                n_user_buckets: int = 1) -> OneRec:
-    torch.manual_seed(cfg.train.seed)
-    return OneRec(cfg.model, item_codes=item_codes, vocab_sizes=vocab_sizes,
-                  n_user_buckets=n_user_buckets, max_seq_len=cfg.data.max_seq_len,
-                  max_pos_len=cfg.data.max_pos_seq_len)
-
-
-def save_checkpoint(out_dir: Path, *, model: OneRec, opt: torch.optim.Optimizer, step: int,
-                    stream: RequestStream, cfg: Config, codebook_fingerprint: str,
-                    n_user_buckets: int, extra: dict[str, Any] | None = None,
-                    extra_state: dict[str, Any] | None = None) -> Path:
-    """Write `out_dir/checkpoint` atomically. `extra` joins meta.json; `extra_state` joins
-    state.pt (tensors and plain values: what another loop needs to resume exactly, e.g. the
-    alignment's sampler and generator), inside the same swap, so no crash pairs one step's
-    weights with another step's state."""
-    dest = out_dir / CKPT_NAME
-    with atomic_dir(dest) as tmp:
-        torch.save({
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-            "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(),
-            "vocab_sizes": model.vocab_sizes, "n_user_buckets": n_user_buckets,
-            **(extra_state or {}),
-        }, tmp / "state.pt")
-        cfg.save(tmp / "config.yaml")
-        meta = {"step": step, "codebook_fingerprint": codebook_fingerprint,
-                "config_fingerprint": cfg.fingerprint(), "watermark_ms": stream.watermark_ms,
-                **(extra or {})}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    return dest
-
-
-def load_checkpoint(path: Path, codebook_fingerprint: str | None = None) -> dict[str, Any]:
-    """Read a checkpoint folder; refuse one trained with another codebook."""
-    path = Path(path)
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-        state = load_torch_state(path / "state.pt")
-        cfg = Config.from_file(path / "config.yaml")
-    except FileNotFoundError as e:
-        raise CheckpointError(f"checkpoint {path} is incomplete: missing {e.filename}") from None
-    except Exception as e:  # corrupt pickle / JSON
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
-    if codebook_fingerprint is not None and meta["codebook_fingerprint"] != codebook_fingerprint:
-        raise CheckpointError(
-            f"checkpoint {path} was trained with codebook {meta['codebook_fingerprint']}, "
-            f"refusing codebook {codebook_fingerprint}")
-    return {"meta": meta, "state": state, "config": cfg}
 
 
 def _dist_info() -> tuple[int, int]:

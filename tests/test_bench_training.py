@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from bench.training import GROUPS, REGIONS, Workload, measure, split_backward, split_forward
+from onerec.checkpoint import build_model
 from onerec.config import Config
 from onerec.data.synthetic import make_dataset
 from onerec.items import ItemSpace
 from onerec.pretrain import build_codebook
 from onerec.stream import collate, requests_from_events, requests_from_sequences
 from onerec.tokenizer.embeddings import catalogue_from_kuairand
-from onerec.train import build_model, measure_peak_flops
+from onerec.train import measure_peak_flops
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from onerec.checkpoint import CheckpointError, build_model, load_checkpoint, load_model
 from onerec.config import Config, ConfigError
 from onerec.data.synthetic import make_dataset
 from onerec.ecpo import (
     align,
     ecpo_loss,
     group_advantages,
-    load_policy,
     sample_group,
     sequence_logprob,
 )
@@ -31,7 +31,7 @@ from onerec.items import ItemSpace
 from onerec.model import Batch
 from onerec.reward import build_reward_model
 from onerec.stream import requests_from_events
-from onerec.train import CheckpointError, build_model, load_checkpoint, train
+from onerec.train import train
 
 EPS, DELTA = 0.2, 0.1
 
@@ -162,7 +162,7 @@ def test_align_logs_its_signals_and_writes_a_pretraining_format_checkpoint(
     ck = load_checkpoint(res.checkpoint, "cb-test")
     meta = json.loads((res.checkpoint / "meta.json").read_text())
     assert meta["step"] == 3 and meta["algorithm"] == ("ecpo" if early_clip else "grpo")
-    back, cfg2, _ = load_policy(res.checkpoint, "cb-test")
+    back, cfg2, _ = load_model(res.checkpoint, "cb-test")
     assert cfg2.align.early_clip is early_clip and ck["state"]["step"] == 3
     for k, v in model.state_dict().items():
         torch.testing.assert_close(back.state_dict()[k], v)

@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from onerec.app.cli import app
+from onerec.checkpoint import build_model
 from onerec.config import Config
 from onerec.export.artifact import (
     ArtifactError,
@@ -33,7 +34,6 @@ from onerec.generate import generate
 from onerec.items import ItemSpace
 from onerec.model import Batch
 from onerec.tokenizer.codebook import Codebook
-from onerec.train import build_model
 from onerec.trie import ItemTrie
 
 OVERRIDES = ["model.n_decoder_layers=2", "model.n_experts=3", "model.top_k_experts=2"]

@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from onerec.checkpoint import build_model
 from onerec.config import Config, ConfigError
 from onerec.generate import generate
 from onerec.items import ItemSpace
 from onerec.model import Batch
 from onerec.pretrain import scorers_set
 from onerec.recommend import recommend
-from onerec.train import build_model
 from onerec.trie import ItemTrie
 from tests.test_export import (
     OVERRIDES,

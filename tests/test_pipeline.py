@@ -157,7 +157,7 @@ def test_gate_blocks_a_clearly_worse_candidate_but_not_noise():
 
 
 def test_transfer_weights_follow_video_ids_and_grow_code_tables():
-    from onerec.train import build_model
+    from onerec.checkpoint import build_model
 
     cfg = _cfg()
     old_ids = np.array([10, 20, 30])
@@ -177,7 +177,7 @@ def test_transfer_weights_follow_video_ids_and_grow_code_tables():
 
 
 def test_transfer_weights_move_the_transition_memory_by_video_id():
-    from onerec.train import build_model
+    from onerec.checkpoint import build_model
     from onerec.transitions import TransitionTable
 
     cfg = Config.from_preset("tiny", ["model.transition_prior=1", "model.transition_neighbors=2"])

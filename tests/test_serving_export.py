@@ -15,11 +15,11 @@ import torch
 pytest.importorskip("onerec.export.artifact")
 pytest.importorskip("kserve")
 
+from onerec.checkpoint import build_model
 from onerec.config import Config
 from onerec.items import ItemSpace
 from onerec.model import Batch
 from onerec.tokenizer.codebook import Codebook
-from onerec.train import build_model
 from serving.repository import Expected
 from serving.runtime import load_version
 from serving.schema import Limits

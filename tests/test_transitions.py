@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from onerec.checkpoint import build_model, load_model
 from onerec.config import Config, ConfigError
 from onerec.items import ItemSpace
 from onerec.pretrain import scorers_set
 from onerec.recommend import recommend
-from onerec.stages import load_model
 from onerec.stream import requests_from_sequences
-from onerec.train import build_model, train
+from onerec.train import train
 from onerec.transitions import count_transitions, last_visible
 from tests.test_export import (
     OVERRIDES,
@@ -159,7 +159,7 @@ def test_training_fills_the_table_warm_starts_add_and_the_checkpoint_keeps_it(tm
     want = count_transitions(reqs, len(space), 4)
     assert np.array_equal(model.transition_table().next_items, want.next_items)
     assert np.array_equal(model.transition_table().out_counts, want.out_counts)
-    saved = load_model(tmp_path / "a" / "checkpoint", space.fingerprint)
+    saved = load_model(tmp_path / "a" / "checkpoint", space.fingerprint).model
     assert np.array_equal(saved.transition_table().next_counts, want.next_counts)
     warm, _ = train(cfg, reqs, space.codes, space.vocab_sizes, tmp_path / "b", resume=False,
                     init_from=model)

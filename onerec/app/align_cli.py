@@ -65,12 +65,12 @@ def align_command(
     """Train the P-Score reward model (per-task AUC and calibration on the held-out days), then
     align the generator with ECPO (early-clipped GRPO) warm-started from CHECKPOINT."""
     from onerec.alignment import run_alignment
+    from onerec.checkpoint import CheckpointError
     from onerec.config import ConfigError
     from onerec.data.schema import DataError
     from onerec.io import atomic_write_text
     from onerec.reward import RewardModelError
     from onerec.tokenizer.codebook import CodebookError
-    from onerec.train import CheckpointError
 
     overrides = [*(set_ or []), *(["align.early_clip=false"] if grpo else [])]
     try:

@@ -408,9 +408,9 @@ def export_model(
 ) -> None:
     """Export generation (encoder + beam search, one ONNX graph per beam width) as a model
     version: model.onnx, items.npy, manifest.json and the Triton config.pbtxt."""
+    from onerec.checkpoint import CheckpointError
     from onerec.export import export_version, load_trained
     from onerec.tokenizer.codebook import CodebookError
-    from onerec.train import CheckpointError
 
     if exporter not in ("", "auto", "dynamo", "torchscript"):
         raise fail(f"--exporter: must be auto, dynamo or torchscript, got {exporter!r}")

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from onerec.checkpoint import load_model
 from onerec.config import Config
 from onerec.export.onnx import (
     OPSET,
@@ -270,16 +271,13 @@ def _verify_files(m: Manifest, file: Path) -> None:
 
 def load_trained(checkpoint: str | Path, codebook: str | Path,
                  device: str | torch.device = "cpu") -> tuple[OneRec, ItemSpace, Config]:
-    """A trained model, its item space and Config from a checkpoint and codebook folder.
+    """A trained model, its item space and Config from a checkpoint and codebook folder
+    (`onerec.checkpoint.load_model` with the codebook's fingerprint).
 
     Refuses a checkpoint trained with another codebook (`CheckpointError`).
     """
     from onerec.tokenizer.codebook import Codebook
-    from onerec.train import build_model, load_checkpoint
 
     space = ItemSpace.from_codebook(Codebook.load(codebook))
-    ck = load_checkpoint(Path(checkpoint), space.fingerprint)
-    state, cfg = ck["state"], ck["config"]
-    model = build_model(cfg, space.codes, space.vocab_sizes, state.get("n_user_buckets", 1))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), space, cfg
+    model, cfg, _ = load_model(checkpoint, space.fingerprint)
+    return model.to(device), space, cfg
