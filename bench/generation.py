@@ -16,7 +16,7 @@ For each beam width, these paths over the same users, with the valid-prefix cons
 - textbook: the reference with `share_memory=False` (every beam its own copy of the encoder
   output, so cross-attention K/V are projected per beam; no cache): what a generic seq2seq beam
   search does; batch-1 latency only (at B=64 x beam 512 its copies take gigabytes);
-- reference: `onerec.beam_search.beam_search` (full-prefix decode every step, PrefixIndex; the
+- reference: `onerec.beam_search.beam_search` (full-prefix decode every step, the ItemTrie mask; the
   beams of a user already share its cross-attention K/V);
 - fast: `onerec.generate.Generator` in PyTorch (KV cache, shared cross K/V, trie), with
   `--threads` intra-op threads and, as "fast-1t", with one (per-op OpenMP wake-ups cost more
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from rich.console import Console
 
-    from onerec.beam_search import PrefixIndex, beam_search
+    from onerec.beam_search import beam_search
     from onerec.export.onnx import export_onnx, ort_session, run_onnx
     from onerec.generate import Generator
     from onerec.trie import ItemTrie
@@ -140,7 +140,6 @@ def main(argv: list[str] | None = None) -> dict:
     console = Console()
     model, space, cfg = build(args)
     trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
-    index = PrefixIndex(space.codes, space.vocab_sizes)
     console.print(f"model {model.num_params():,} params, {len(space):,} items, vocab "
                   f"{space.vocab_sizes}, {args.threads} threads, exporter {args.exporter}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-generation-"))
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
                 return gen(x.user, x.short, x.pos, x.long)
 
         def ref(x, w=w):
-            return beam_search(model, x, beam_width=w, top_n=w, index=index)
+            return beam_search(model, x, beam_width=w, top_n=w, trie=trie)
 
         def fast_1t(x, fast=fast):
             torch.set_num_threads(1)
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.set_num_threads(args.threads)
 
         def textbook(x, w=w):
-            return beam_search(model, x, beam_width=w, top_n=w, index=index, share_memory=False)
+            return beam_search(model, x, beam_width=w, top_n=w, trie=trie, share_memory=False)
 
         runners[w] = {"textbook": textbook, "reference": ref, "fast": fast, "fast-1t": fast_1t,
                       "onnx": lambda x, s=session: run_onnx(s, x),

@@ -1,4 +1,4 @@
-"""Reference beam search over semantic IDs, and the valid-prefix index for constrained decoding.
+"""Reference beam search over semantic IDs, constrained by the catalogue's trie.
 
 This is the plain, obviously-correct path that the fast generator (KV cache, shared
 cross-attention K/V, one exported graph) is checked against:
@@ -7,59 +7,21 @@ cross-attention K/V, one exported graph) is checked against:
   cross-attention keys and values are computed once per user and shared, not copied;
 - beams start from BOS and expand level by level (semantic IDs are only L tokens long), keeping
   the `beam_width` best cumulative log-probabilities per user;
-- with a `PrefixIndex`, codes that no real item continues are masked to -inf at every level,
+- with the catalogue's `ItemTrie` (onerec.trie, the one valid-prefix structure, shared with
+  the fast generator), codes that no real item continues are masked to -inf at every level,
   so every returned semantic ID is a real item (legality 1 by construction); without it the
   model may generate IDs that map to no video, which the evaluation reports as legality;
-- with a `PrefixIndex`, the last token (the disambiguation token among items sharing the L
+- with the trie, the last token (the disambiguation token among items sharing the L
   codes) is renormalised over its legal codes (`disambiguation_logp`): an ID that only one item
   has scores the log-probability of its codes, with nothing taken off for the tie-breaker.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
 from onerec.model import Batch, OneRec
-
-
-class PrefixIndex:
-    """For each level l, which codes may follow each length-l prefix of a real item's ID."""
-
-    def __init__(self, item_codes: torch.Tensor, vocab_sizes: list[int]) -> None:
-        codes = item_codes[1:].long()  # row 0 is padding
-        self.vocab_sizes = list(vocab_sizes)
-        self.radix = torch.tensor([1, *vocab_sizes[:-1]]).cumprod(0)  # mixed-radix weights
-        self.keys: list[torch.Tensor] = []
-        self.masks: list[torch.Tensor] = []
-        for lv, k in enumerate(vocab_sizes):
-            key = self.encode(codes[:, :lv])
-            uniq, inverse = torch.unique(key, return_inverse=True)
-            mask = torch.zeros(len(uniq), k, dtype=torch.bool)
-            mask[inverse, codes[:, lv]] = True
-            self.keys.append(uniq)
-            self.masks.append(mask)
-        self.items_by_sid: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, row in enumerate(codes.tolist(), start=1):
-            self.items_by_sid[tuple(row)].append(i)
-
-    def encode(self, prefix: torch.Tensor) -> torch.Tensor:
-        if prefix.shape[-1] == 0:
-            return torch.zeros(prefix.shape[:-1], dtype=torch.long, device=prefix.device)
-        return (prefix * self.radix[: prefix.shape[-1]].to(prefix.device)).sum(-1)
-
-    def allowed(self, prefix: torch.Tensor) -> torch.Tensor:
-        """(..., l) prefixes -> (..., K_l) bool mask of codes a real item continues with."""
-        lv = prefix.shape[-1]
-        keys, masks = self.keys[lv].to(prefix.device), self.masks[lv].to(prefix.device)
-        q = self.encode(prefix)
-        pos = torch.searchsorted(keys, q).clamp_max(len(keys) - 1)
-        found = keys[pos] == q
-        return masks[pos] & found.unsqueeze(-1)
-
-    def items(self, sid: tuple[int, ...]) -> list[int]:
-        return self.items_by_sid.get(tuple(sid), [])
+from onerec.trie import ItemTrie
 
 
 def disambiguation_logp(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
@@ -79,7 +41,7 @@ def disambiguation_logp(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tens
 
 @torch.no_grad()
 def beam_search(model: OneRec, batch: Batch, *, beam_width: int, top_n: int,
-                index: PrefixIndex | None = None,
+                trie: ItemTrie | None = None,
                 share_memory: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """-> codes (B, top_n, L) and their log-probabilities (B, top_n), best first.
 
@@ -104,12 +66,12 @@ def beam_search(model: OneRec, batch: Batch, *, beam_width: int, top_n: int,
             hidden, _ = model.decode(flat, memory.repeat_interleave(w, 0),
                                      mask.repeat_interleave(w, 0))
         logits = model.level_logits(hidden[:, -1], lv).view(b, w, -1)
-        if index is None:
+        if trie is None:
             logp = logits.log_softmax(-1)
         elif lv == model.levels - 1:
-            logp = disambiguation_logp(logits, index.allowed(prefixes))
+            logp = disambiguation_logp(logits, trie.allowed(prefixes))
         else:
-            logp = logits.log_softmax(-1).masked_fill(~index.allowed(prefixes), float("-inf"))
+            logp = logits.log_softmax(-1).masked_fill(~trie.allowed(prefixes), float("-inf"))
         total = (scores.unsqueeze(-1) + logp).view(b, -1)  # (B, W*K)
         k = model.vocab_sizes[lv]
         width = min(beam_width, total.shape[1])
@@ -121,7 +83,7 @@ def beam_search(model: OneRec, batch: Batch, *, beam_width: int, top_n: int,
     return prefixes[:, :n], scores[:, :n]
 
 
-def codes_to_items(codes: torch.Tensor, scores: torch.Tensor, index: PrefixIndex,
+def codes_to_items(codes: torch.Tensor, scores: torch.Tensor, trie: ItemTrie,
                    top_n: int) -> tuple[list[list[int]], list[float]]:
     """Map generated semantic IDs to item indices (best first, up to top_n per user).
 
@@ -136,7 +98,7 @@ def codes_to_items(codes: torch.Tensor, scores: torch.Tensor, index: PrefixIndex
             if s == float("-inf"):  # constrained beams with no legal continuation
                 continue
             n_generated += 1
-            hit = index.items(tuple(sid))
+            hit = trie.items(tuple(sid))
             n_legal += bool(hit)
             for i in hit:
                 if i not in items:

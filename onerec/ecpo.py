@@ -55,7 +55,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from onerec.beam_search import PrefixIndex
 from onerec.checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from onerec.config import AlignConfig, Config
 from onerec.items import ItemSpace
@@ -63,6 +62,7 @@ from onerec.model import Batch, OneRec
 from onerec.reward import RewardModel
 from onerec.rewards import IndustrialRules, format_advantage, preference_reward
 from onerec.stream import Requests, RequestStream, collate
+from onerec.trie import ItemTrie
 
 Log = Callable[[dict[str, Any]], None]
 
@@ -153,16 +153,13 @@ class AlignResult:
 class Rewarder:
     """Sampled codes -> items, legality, rewards and the combined advantage of one group."""
 
-    def __init__(self, cfg: AlignConfig, reward_model: RewardModel, index: PrefixIndex,
+    def __init__(self, cfg: AlignConfig, reward_model: RewardModel, trie: ItemTrie,
                  rules: IndustrialRules | None, generator: torch.Generator) -> None:
-        self.cfg, self.rm, self.index, self.rules, self.gen = cfg, reward_model, index, rules, generator
+        self.cfg, self.rm, self.trie, self.rules, self.gen = cfg, reward_model, trie, rules, generator
 
     def items(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, G, L) codes -> (B, G) item index (0 = names no video)."""
-        b, g, _ = codes.shape
-        out = [(hit[0] if (hit := self.index.items(tuple(sid))) else 0)
-               for sid in codes.reshape(b * g, -1).tolist()]
-        return torch.tensor(out, dtype=torch.long).view(b, g)
+        return self.trie.walk(codes)
 
     def __call__(self, batch: Batch, codes: torch.Tensor, now_ms: torch.Tensor,
                  ) -> dict[str, torch.Tensor]:
@@ -262,10 +259,10 @@ def align(cfg: Config, model: OneRec, reward_model: RewardModel, reqs: Requests,
     stream = RequestStream(reqs, ac.batch_size, seed=ac.seed, shuffle_window=len(reqs))
     gen = torch.Generator().manual_seed(ac.seed)
     torch.manual_seed(ac.seed)
-    index = PrefixIndex(space.codes, space.vocab_sizes)
+    trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
     rules = (IndustrialRules.from_config(ac, items_table, space.item_ids)
              if ac.demoted_authors or ac.fresh_days > 0 else None)
-    rewarder = Rewarder(ac, reward_model, index, rules, gen)
+    rewarder = Rewarder(ac, reward_model, trie, rules, gen)
     delta = ac.early_clip_delta if ac.early_clip else None
     meta = {"stage": "align", "algorithm": "ecpo" if ac.early_clip else "grpo",
             "reward_model_codebook": reward_model.codebook_fingerprint, **(extra_meta or {})}

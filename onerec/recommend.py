@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from onerec.beam_search import PrefixIndex, beam_search, codes_to_items
+from onerec.beam_search import beam_search, codes_to_items
 from onerec.items import ItemSpace
 from onerec.model import Batch, OneRec
+from onerec.trie import ItemTrie
 
 
 @dataclass
@@ -33,15 +34,16 @@ def _slice(batch: Batch, start: int, stop: int) -> Batch:
 
 @torch.no_grad()
 def recommend(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_width: int, top_n: int,
-              constrained: bool = True, index: PrefixIndex | None = None,
+              constrained: bool = True, trie: ItemTrie | None = None,
               chunk: int = 256, fast: bool = True,
               log: Callable[[dict[str, Any]], None] | None = None) -> Recommendations:
     """`log({"step": users done})` after each chunk (a progress reporter, `onerec.progress`)."""
     model.eval()
+    if trie is None:
+        trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
     if fast:
-        return _recommend_fast(model, space, contexts, beam_width=beam_width, top_n=top_n,
-                               constrained=constrained, chunk=chunk, log=log)
-    index = index or PrefixIndex(space.codes, space.vocab_sizes)
+        return _recommend_fast(model, space, contexts, trie, beam_width=beam_width,
+                               top_n=top_n, constrained=constrained, chunk=chunk, log=log)
     device = next(model.parameters()).device
     items: list[list[int]] = []
     legal: list[float] = []
@@ -49,9 +51,9 @@ def recommend(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_width: i
     for start in range(0, n, chunk):
         sub = _slice(contexts, start, min(n, start + chunk)).to(device)
         codes, scores = beam_search(model, sub, beam_width=beam_width, top_n=beam_width,
-                                    index=index if constrained else None)
-        codes, scores = _rank_reference(model, sub, codes, scores, index)
-        idx, lg = codes_to_items(codes.cpu(), scores.cpu(), index, top_n)
+                                    trie=trie if constrained else None)
+        codes, scores = _rank_reference(model, sub, codes, scores, trie)
+        idx, lg = codes_to_items(codes.cpu(), scores.cpu(), trie, top_n)
         items.extend(space.to_ids(idx))
         legal.extend(lg)
         if log is not None:
@@ -60,13 +62,12 @@ def recommend(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_width: i
 
 
 def _rank_reference(model: OneRec, sub: Batch, codes: torch.Tensor, scores: torch.Tensor,
-                    index: PrefixIndex) -> tuple[torch.Tensor, torch.Tensor]:
+                    trie: ItemTrie) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference beam, re-ordered by the model's item head as the fast generator does
     (the reference path encodes the context again rather than reach into `beam_search`)."""
     if model.item_query is None or model.cfg.item_score_weight == 0:
         return codes, scores
-    first = [[(index.items(tuple(sid)) or [0])[0] for sid in row] for row in codes.tolist()]
-    items = torch.tensor(first, dtype=torch.long, device=codes.device)
+    items = trie.walk(codes)  # 0 where a beam is no item (unconstrained)
     memory, _ = model.encode(sub)
     ranked = model.rank_beam(memory, sub.short, items, scores)
     if ranked is None:
@@ -75,13 +76,11 @@ def _rank_reference(model: OneRec, sub: Batch, codes: torch.Tensor, scores: torc
     return codes.gather(1, order.unsqueeze(-1).expand_as(codes)), new_scores
 
 
-def _recommend_fast(model: OneRec, space: ItemSpace, contexts: Batch, *, beam_width: int,
-                    top_n: int, constrained: bool, chunk: int,
+def _recommend_fast(model: OneRec, space: ItemSpace, contexts: Batch, trie: ItemTrie, *,
+                    beam_width: int, top_n: int, constrained: bool, chunk: int,
                     log: Callable[[dict[str, Any]], None] | None) -> Recommendations:
     from onerec.generate import generate
-    from onerec.trie import ItemTrie
 
-    trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
     items: list[list[int]] = []
     legal: list[float] = []
     n = contexts.short.shape[0]

@@ -1,11 +1,13 @@
-"""The catalogue as a flattened trie of semantic IDs: the valid-prefix constraint in dense tables.
+"""The catalogue as a flattened trie of semantic IDs: the one valid-prefix structure.
 
-`PrefixIndex` (onerec.beam_search) answers "which codes may follow this prefix" with a sorted
-key search; that is clear but not something an exported graph can carry. Here every distinct
-prefix of length l gets a node id at level l (the root is node 0 at level 0), and
+Every part that asks "which codes may follow this prefix" reads this class: the fast generator
+and the exported graph (one gather per level), the reference beam search (`allowed`), ECPO and
+the evaluation (`items`: a semantic ID to its item), and the codebook (`Codebook.valid_next`).
+Every distinct prefix of length l gets a node id at level l (the root is node 0 at level 0), and
 `child[l][node, code]` is the node id of prefix + code at level l + 1, or the *dead* node
-`n_{l+1}` (one past the last real node of level l + 1) when no item's ID continues that way. After the last level the node id names exactly one item (the codebook's
-disambiguation token makes IDs unique), so `leaf_item[node]` is that item's index.
+`n_{l+1}` (one past the last real node of level l + 1) when no item's ID continues that way.
+After the last level the node id names exactly one item (the codebook's disambiguation token
+makes IDs unique), so `leaf_item[node]` is that item's index.
 
 Why this shape:
 - one gather per level per beam (`child[l][node]`, a (W, K_l) row block) gives both the legal
@@ -83,9 +85,34 @@ class ItemTrie:
         return ItemTrie([t.to(device) for t in self.child], self.leaf_item.to(device),
                         self.vocab_sizes)
 
+    def node(self, prefix: torch.Tensor) -> torch.Tensor:
+        """(..., l) prefixes -> (...,) their node ids at level l (the dead node where no item's
+        ID starts with the prefix). l = 0 is the root."""
+        prefix = prefix.long()
+        if prefix.shape[-1] > self.levels:
+            raise ValueError(f"prefix length {prefix.shape[-1]} > {self.levels} levels")
+        node = torch.zeros(prefix.shape[:-1], dtype=torch.long, device=prefix.device)
+        for lv in range(prefix.shape[-1]):
+            node = self.child[lv].to(prefix.device)[node, prefix[..., lv]].long()
+        return node
+
+    def allowed(self, prefix: torch.Tensor) -> torch.Tensor:
+        """(..., l) prefixes, l < L -> (..., K_l) bool mask of the codes a real item continues
+        with (all False below a prefix no item has)."""
+        lv = prefix.shape[-1]
+        if lv >= self.levels:
+            raise ValueError(f"a prefix of length {lv} has no next code ({self.levels} levels)")
+        return self.child[lv].to(prefix.device)[self.node(prefix)] != self.dead(lv)
+
     def walk(self, codes: torch.Tensor) -> torch.Tensor:
         """(..., L) semantic IDs -> (...,) item index, 0 where no item has that ID."""
-        node = torch.zeros(codes.shape[:-1], dtype=torch.long, device=codes.device)
-        for lv, table in enumerate(self.child):
-            node = table[node, codes[..., lv]].long()
-        return self.leaf_item[node]
+        return self.leaf_item.to(codes.device)[self.node(codes)]
+
+    def items(self, sid: tuple[int, ...] | list[int]) -> list[int]:
+        """The item index with semantic ID `sid` as a list ([] where none has it): IDs are
+        unique, so at most one."""
+        if len(sid) != self.levels or any(not 0 <= c < k for c, k in
+                                           zip(sid, self.vocab_sizes, strict=True)):
+            return []
+        item = int(self.walk(torch.tensor(sid, dtype=torch.long)))
+        return [item] if item else []

@@ -32,6 +32,7 @@ from onerec.model import Batch
 from onerec.reward import build_reward_model
 from onerec.stream import requests_from_events
 from onerec.train import train
+from tests.test_generate import unique_codes
 
 EPS, DELTA = 0.2, 0.1
 
@@ -127,11 +128,8 @@ def aligned_setup():
                                       "align.demoted_authors=[1, 2]", "align.fresh_days=5"])
     ds = make_dataset(cfg.data)
     item_ids = ds.items["video_id"].to_numpy()
-    vocab = [4, 4, 3]
-    g = torch.Generator().manual_seed(0)
-    codes = torch.cat([torch.zeros(1, 3, dtype=torch.long),
-                       torch.stack([torch.randint(0, k, (len(item_ids),), generator=g)
-                                    for k in vocab], 1)])
+    vocab = [4, 4, 4]
+    codes = unique_codes(tuple(vocab), len(item_ids), seed=0)  # distinct, as a codebook's
     space = ItemSpace(item_ids=item_ids, codes=codes, vocab_sizes=vocab, fingerprint="cb-test")
     reqs = requests_from_events(ds.events, space.index, cfg.data)
     rm = build_reward_model(cfg, codes, vocab).eval()

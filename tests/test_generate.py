@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from onerec.beam_search import PrefixIndex, beam_search, disambiguation_logp
+from onerec.beam_search import beam_search, disambiguation_logp
 from onerec.config import Config
 from onerec.generate import Generator, generate, resolve_dtype
 from onerec.model import Batch, OneRec
@@ -63,18 +63,17 @@ def test_fast_generation_equals_reference_beam_search(beam, constrained):
     model = tiny_model()
     batch = ragged_batch(model)
     trie = ItemTrie.from_codes(model.item_codes, model.vocab_sizes)
-    lookup = PrefixIndex(model.item_codes, model.vocab_sizes)
-    index = lookup if constrained else None
     top_n = min(beam, 10)
-    ref_codes, ref_scores = beam_search(model, batch, beam_width=beam, top_n=beam, index=index)
+    ref_codes, ref_scores = beam_search(model, batch, beam_width=beam, top_n=beam,
+                                        trie=trie if constrained else None)
     out = generate(model, batch, beam_width=beam, trie=trie, constrained=constrained)
     assert out.codes.shape == ref_codes.shape and out.items.shape == out.scores.shape
     assert_same_top(out.codes, out.scores, ref_codes, ref_scores, top_n)
-    # items name the generated IDs: the trie's item where one exists, else 0
+    # items name the generated IDs: the catalogue's item where one exists, else 0
+    by_sid = {tuple(row): i for i, row in enumerate(model.item_codes.tolist()) if i > 0}
     for sid, item in zip(out.codes.view(-1, 3).tolist(), out.items.view(-1).tolist(),
                          strict=True):
-        hit = lookup.items(tuple(sid))
-        assert item == (hit[0] if hit else 0)
+        assert item == by_sid.get(tuple(sid), 0)
 
 
 @pytest.mark.parametrize(("arch", "causal"), [("lazy_decoder", False),
@@ -83,8 +82,7 @@ def test_fast_generation_equals_reference_for_other_architectures(arch, causal):
     model = tiny_model(arch=arch, causal=causal, seed=13)
     batch = ragged_batch(model, seed=14)
     trie = ItemTrie.from_codes(model.item_codes, model.vocab_sizes)
-    index = PrefixIndex(model.item_codes, model.vocab_sizes)
-    ref_codes, ref_scores = beam_search(model, batch, beam_width=16, top_n=16, index=index)
+    ref_codes, ref_scores = beam_search(model, batch, beam_width=16, top_n=16, trie=trie)
     out = generate(model, batch, beam_width=16, trie=trie)
     assert_same_top(out.codes, out.scores, ref_codes, ref_scores, 10)
 
@@ -93,8 +91,7 @@ def test_wide_beam_up_to_512_equals_reference_and_every_item_is_real():
     model = tiny_model(vocab=(16, 12, 8), n_items=700, seed=3)
     batch = ragged_batch(model, b=3, seed=4)
     trie = ItemTrie.from_codes(model.item_codes, model.vocab_sizes)
-    index = PrefixIndex(model.item_codes, model.vocab_sizes)
-    ref_codes, ref_scores = beam_search(model, batch, beam_width=512, top_n=50, index=index)
+    ref_codes, ref_scores = beam_search(model, batch, beam_width=512, top_n=50, trie=trie)
     out = generate(model, batch, beam_width=512, trie=trie)
     assert out.items.shape == (3, 512)
     assert_same_top(out.codes, out.scores, ref_codes, ref_scores, 50)
@@ -145,8 +142,7 @@ def test_last_decoder_step_runs_only_for_ids_that_several_items_share():
     assert any(shared[p] == 1 for p in prefixes) and any(shared[p] > 1 for p in prefixes)
     assert len(seen) == 1 and 0 < seen[0] < 3 * 20  # only the beams with a real choice
     # and the result is still the reference's (renormalised there too)
-    index = PrefixIndex(model.item_codes, model.vocab_sizes)
-    ref_codes, ref_scores = beam_search(model, batch, beam_width=20, top_n=20, index=index)
+    ref_codes, ref_scores = beam_search(model, batch, beam_width=20, top_n=20, trie=trie)
     assert_same_top(codes, scores, ref_codes, ref_scores, 20)
 
 
@@ -199,37 +195,6 @@ def test_dense_moe_generator_matches_sparse():
     a = generate(model, batch, beam_width=16, trie=trie, moe="sparse")
     b = generate(model, batch, beam_width=16, trie=trie, moe="dense")
     torch.testing.assert_close(a.scores, b.scores, rtol=1e-5, atol=1e-5)
-
-
-def test_trie_allows_exactly_the_prefixes_of_real_items():
-    model = tiny_model(vocab=(4, 3, 5), n_items=17, seed=11)
-    trie = ItemTrie.from_codes(model.item_codes, model.vocab_sizes)
-    index = PrefixIndex(model.item_codes, model.vocab_sizes)
-    frontier = {(): 0}  # every prefix of a real item -> its node
-    for lv in range(3):
-        nxt = {}
-        for prefix, node in frontier.items():
-            row = trie.child[lv][node]
-            allowed = index.allowed(torch.tensor(prefix, dtype=torch.long))
-            assert torch.equal(row != trie.dead(lv), allowed), prefix
-            nxt.update({(*prefix, c): int(row[c]) for c in allowed.nonzero().view(-1).tolist()})
-        frontier = nxt
-    assert sorted(int(trie.leaf_item[n]) for n in frontier.values()) == list(range(1, 18))
-    codes = model.item_codes[1:]
-    assert torch.equal(trie.walk(codes), torch.arange(1, 18))
-    missing = [c for c in itertools.product(range(4), range(3), range(5))
-               if list(c) not in codes.tolist()][:5]
-    assert trie.walk(torch.tensor(missing)).tolist() == [0] * len(missing)
-    dead = torch.tensor([trie.dead(lv) for lv in range(3)])
-    assert (dead == torch.tensor([t.shape[0] - 1 for t in [*trie.child[1:], trie.leaf_item]])).all()
-
-
-def test_trie_refuses_duplicate_semantic_ids():
-    codes = torch.tensor([[0, 0], [1, 2], [1, 2]])
-    with pytest.raises(ValueError, match="share a semantic ID"):
-        ItemTrie.from_codes(codes, [3, 3])
-    with pytest.raises(ValueError, match=r"level 1: codes must be in \[0, 2\)"):
-        ItemTrie.from_codes(torch.tensor([[0, 0], [1, 2]]), [3, 2])
 
 
 def test_generator_checks_its_arguments():

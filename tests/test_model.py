@@ -5,15 +5,17 @@ import itertools
 import pytest
 import torch
 
-from onerec.beam_search import PrefixIndex, beam_search, codes_to_items
+from onerec.beam_search import beam_search, codes_to_items
 from onerec.config import Config
 from onerec.model import Batch, OneRec
+from onerec.trie import ItemTrie
 
 
 def tiny_model(arch="encoder_decoder", vocab=(4, 3, 2), n_items=20, seed=0):
     torch.manual_seed(seed)
     cfg = Config.from_preset("tiny", [f"model.arch={arch}"]).model
-    codes = torch.stack([torch.randint(0, k, (n_items,)) for k in vocab], 1)
+    space = torch.tensor(list(itertools.product(*(range(k) for k in vocab))))
+    codes = space[torch.randperm(len(space))[:n_items]]  # distinct IDs, as a codebook's are
     codes = torch.cat([torch.zeros(1, len(vocab), dtype=torch.long), codes])
     return OneRec(cfg, item_codes=codes, vocab_sizes=list(vocab), n_user_buckets=5,
                   max_seq_len=8, max_pos_len=8)
@@ -118,32 +120,22 @@ def test_beam_search_with_a_full_beam_equals_exhaustive_search():
 @torch.no_grad()
 def test_constrained_decoding_never_emits_an_illegal_id():
     model = tiny_model(vocab=(5, 5, 5), n_items=12).eval()
-    index = PrefixIndex(model.item_codes, model.vocab_sizes)
+    trie = ItemTrie.from_codes(model.item_codes, model.vocab_sizes)
     legal = {tuple(r) for r in model.item_codes[1:].tolist()}
     batch = random_batch(model, b=4)
-    codes, scores = beam_search(model, batch, beam_width=16, top_n=16, index=index)
+    codes, scores = beam_search(model, batch, beam_width=16, top_n=16, trie=trie)
     finite = torch.isfinite(scores)
     assert finite.sum() > 0
     for sid, ok in zip(codes.view(-1, 3).tolist(), finite.view(-1).tolist(), strict=True):
         if ok:
             assert tuple(sid) in legal
-    items, legality = codes_to_items(codes, scores, index, top_n=10)
+    items, legality = codes_to_items(codes, scores, trie, top_n=10)
     assert legality == [1.0] * 4
     assert all(1 <= i < model.item_codes.shape[0] for row in items for i in row)
     # unconstrained: a random model generates some IDs no item has (legality < 1)
     codes, scores = beam_search(model, batch, beam_width=16, top_n=16)
-    _, free_legality = codes_to_items(codes, scores, index, top_n=10)
+    _, free_legality = codes_to_items(codes, scores, trie, top_n=10)
     assert min(free_legality) < 1.0
-
-
-def test_prefix_index_allows_exactly_the_prefixes_of_real_items():
-    codes = torch.tensor([[0, 0, 0], [1, 2, 0], [1, 2, 1], [3, 0, 1]])
-    index = PrefixIndex(codes, [4, 3, 2])  # row 0 is padding: items are rows 1..3
-    assert index.allowed(torch.zeros(0, dtype=torch.long)).tolist() == [False, True, False, True]
-    assert index.allowed(torch.tensor([1])).tolist() == [False, False, True]
-    assert index.allowed(torch.tensor([1, 2])).tolist() == [True, True]
-    assert index.allowed(torch.tensor([2])).tolist() == [False, False, False]
-    assert index.items((3, 0, 1)) == [3]
 
 
 def test_bad_item_codes_shape_is_rejected():
@@ -166,9 +158,10 @@ def test_beams_sharing_memory_equal_beams_with_copied_memory():
 def test_textbook_beam_search_with_copied_memory_returns_the_same_beams():
     model = tiny_model().eval()
     batch = random_batch(model, b=3)
-    index = PrefixIndex(model.item_codes, model.vocab_sizes)
-    shared = beam_search(model, batch, beam_width=6, top_n=6, index=index)
-    copied = beam_search(model, batch, beam_width=6, top_n=6, index=index, share_memory=False)
+    trie = ItemTrie.from_codes(model.item_codes, model.vocab_sizes)
+    shared = beam_search(model, batch, beam_width=6, top_n=6, trie=trie)
+    copied = beam_search(model, batch, beam_width=6, top_n=6, trie=trie,
+                         share_memory=False)
     assert torch.equal(shared[0], copied[0])
     torch.testing.assert_close(shared[1], copied[1], rtol=1e-5, atol=1e-5)
 
@@ -202,7 +195,8 @@ def test_encoder_dropout_regularises_the_encoder_only():
     base = Config.from_preset("tiny", ["model.dropout=0", "model.encoder_dropout=0.5"]).model
     assert base.encoder_rate == 0.5
     vocab, n_items = (4, 3, 2), 20
-    codes = torch.stack([torch.randint(0, k, (n_items,)) for k in vocab], 1)
+    space = torch.tensor(list(itertools.product(*(range(k) for k in vocab))))
+    codes = space[torch.randperm(len(space))[:n_items]]  # distinct IDs, as a codebook's are
     codes = torch.cat([torch.zeros(1, len(vocab), dtype=torch.long), codes])
     model = OneRec(base, item_codes=codes, vocab_sizes=list(vocab), n_user_buckets=5,
                    max_seq_len=8, max_pos_len=8).train()

@@ -1,4 +1,4 @@
-"""The codebook artifact: centroids, item <-> semantic ID tables, valid-prefix tables, identity.
+"""The codebook artifact: centroids, item <-> semantic ID tables, the valid-prefix trie, identity.
 
 A semantic ID has L + 1 tokens: the L RQ-Kmeans codes (coarse to fine) and a disambiguation
 token. Collision rule: items that share all L codes are ordered by their position in the
@@ -7,9 +7,9 @@ catalogue (fit order, then arrival order on refresh) and the disambiguation toke
 have a fixed length, and a refresh appends new items after the existing ones without renumbering
 them. The vocabulary of the last token is max(items per L-code ID).
 
-Valid-prefix tables (for constrained beam search): for each prefix length l = 0..L, the sorted
-distinct prefixes of length l of real items' IDs, and in CSR form (offsets, next) the codes that
-may follow each one. Exactly the prefixes of real items are allowed, nothing else.
+Valid prefixes (for constrained beam search): `trie` is the catalogue's `onerec.trie.ItemTrie`,
+the same structure the generators and the exported graph use, built on first use from the IDs
+(so it is derived, never stored). Exactly the prefixes of real items are allowed, nothing else.
 
 Identity:
 - `fingerprint`: sha256 over the centroids, the item ids and their semantic IDs (dtype, shape
@@ -20,7 +20,7 @@ Identity:
 - `settings` and `config_fingerprint`: the tokenizer settings and Config fingerprint of the fit.
 
 On disk (a folder, written with `atomic_dir`, so a failed save leaves the previous one intact):
-`codebook.npz` (centroids, item_ids, semantic_ids, prefix tables), `codebook.json` (identity,
+`codebook.npz` (centroids, item_ids, semantic_ids), `codebook.json` (identity,
 settings, metrics), `metrics.json`, `metrics.png`, and optionally `embedder.npz`/`embedder.json`
 (the fitted item-embedding transforms, so a refresh embeds new items in the same space) and
 `mapping.json` (old -> new IDs after a refit). `load` recomputes the fingerprint and refuses a
@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from onerec.io import atomic_dir
 from onerec.tokenizer import rq_kmeans
 from onerec.tokenizer.metrics import code_metrics, plot_metrics
+from onerec.trie import ItemTrie
 
 FORMAT = "onerec-codebook/1"
 
@@ -66,25 +68,6 @@ def assign_disambiguation(codes: np.ndarray, start: dict[tuple[int, ...], int] |
         out[i] = r
         seen[row] = r + 1
     return out
-
-
-def build_prefix_tables(sids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """For l = 0..T-1: (prefixes (P, l), offsets (P+1,), next codes (M,)) of the IDs (N, T)."""
-    tables = []
-    for length in range(sids.shape[1]):
-        uniq = np.unique(sids[:, : length + 1], axis=0)  # lexicographically sorted
-        if length == 0:
-            prefixes = np.zeros((1, 0), dtype=np.int32)
-            offsets = np.array([0, uniq.shape[0]], dtype=np.int64)
-        else:
-            head = uniq[:, :length]
-            change = np.ones(head.shape[0], dtype=bool)
-            change[1:] = (head[1:] != head[:-1]).any(axis=1)
-            starts = np.flatnonzero(change)
-            prefixes = head[starts]
-            offsets = np.append(starts, head.shape[0]).astype(np.int64)
-        tables.append((prefixes.astype(np.int32), offsets, uniq[:, length].astype(np.int32)))
-    return tables
 
 
 @dataclass
@@ -117,11 +100,7 @@ class Codebook:
                         zip(self.semantic_ids.tolist(), self.item_ids.tolist(), strict=True)}
         if len(self._by_sid) != self.item_ids.size:
             raise CodebookError("two items share a full semantic ID (collision rule violated)")
-        self._tables = build_prefix_tables(self.semantic_ids) if self.item_ids.size else []
-        self._next = [
-            {tuple(p): nxt[o0:o1] for p, o0, o1 in
-             zip(pre.tolist(), off[:-1].tolist(), off[1:].tolist(), strict=True)}
-            for pre, off, nxt in self._tables]
+        self._trie: ItemTrie | None = None
         self._fingerprint = self._compute_fingerprint()
 
     # -- construction ---------------------------------------------------------------------------
@@ -239,24 +218,30 @@ class Codebook:
 
     # -- constrained decoding -------------------------------------------------------------------
     @property
-    def prefix_tables(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per prefix length l: (prefixes (P, l), offsets (P + 1,), next codes (M,)), CSR."""
-        return self._tables
+    def trie(self) -> ItemTrie:
+        """The valid-prefix structure over the full semantic IDs (`onerec.trie`, the one the
+        generators use), built on first use; leaf k is the item in row k - 1."""
+        if self._trie is None:
+            codes = np.concatenate([np.zeros((1, self.levels + 1), np.int64), self.semantic_ids])
+            self._trie = ItemTrie.from_codes(torch.from_numpy(codes), self.vocab_sizes)
+        return self._trie
 
     def valid_next(self, prefix: tuple[int, ...] | list[int]) -> np.ndarray:
         """Sorted codes that may follow `prefix` (empty if no real item starts with it)."""
         prefix = tuple(int(v) for v in prefix)
-        if len(prefix) >= self.levels + 1:
+        if not self.n_items or len(prefix) >= self.levels + 1:
             return np.zeros(0, dtype=np.int32)
-        return self._next[len(prefix)].get(prefix, np.zeros(0, dtype=np.int32))
+        return np.flatnonzero(self.allowed_mask(np.array([prefix]))[0]).astype(np.int32)
 
     def allowed_mask(self, prefixes: np.ndarray) -> np.ndarray:
         """(B, l) prefixes -> (B, vocab_sizes[l]) bool mask of allowed next tokens."""
-        prefixes = np.asarray(prefixes).reshape(len(prefixes), -1)
-        length = prefixes.shape[1]
-        mask = np.zeros((prefixes.shape[0], self.vocab_sizes[length]), dtype=bool)
-        for b, p in enumerate(prefixes.tolist()):
-            mask[b, self._next[length].get(tuple(p), [])] = True
+        prefixes = np.asarray(prefixes, dtype=np.int64).reshape(len(prefixes), -1)
+        length, k = prefixes.shape[1], self.vocab_sizes[prefixes.shape[1]]
+        if not self.n_items:
+            return np.zeros((len(prefixes), k), dtype=bool)
+        known = np.all((prefixes >= 0) & (prefixes < np.array(self.vocab_sizes[:length])), 1)
+        mask = np.zeros((len(prefixes), k), dtype=bool)
+        mask[known] = self.trie.allowed(torch.from_numpy(prefixes[known])).numpy()
         return mask
 
     # -- geometry -------------------------------------------------------------------------------
@@ -287,10 +272,6 @@ class Codebook:
         with atomic_dir(path) as tmp:
             arrays = {"centroids": self.centroids, "item_ids": self.item_ids,
                       "semantic_ids": self.semantic_ids}
-            for length, (pre, off, nxt) in enumerate(self._tables):
-                arrays[f"prefix_{length}"] = pre
-                arrays[f"offsets_{length}"] = off
-                arrays[f"next_{length}"] = nxt
             np.savez(tmp / "codebook.npz", **arrays)
             (tmp / "codebook.json").write_text(json.dumps(self.manifest(), indent=2))
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2))
