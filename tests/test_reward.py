@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,11 +20,11 @@ from onerec.reward import (
     RewardModelError,
     build_reward_model,
     ece,
-    evaluate_reward_model,
     load_reward_model,
     loss_fn,
     predict,
     reward_data,
+    reward_metrics,
     rm_select,
     save_reward_model,
     train_reward_model,
@@ -113,7 +115,7 @@ def test_reward_model_loss_falls_on_tiny_data(tiny):
     after = full_loss()
     assert res.steps == cfg.reward.steps
     assert after < before - 0.05, (before, after)
-    metrics = evaluate_reward_model(rm, data, idx)
+    metrics = reward_metrics(predict(rm, data, idx), data.labels[idx])
     assert set(metrics) == {*TASKS, "pscore"}
     assert metrics["click"]["auc"] > 0.55  # synthetic clicks follow taste: learnable
     assert abs(metrics["click"]["mean_pred"] - metrics["click"]["mean_obs"]) < 0.1
@@ -155,6 +157,26 @@ def test_save_load_round_trip_and_codebook_refusal(tmp_path, tiny):
     with pytest.raises(RewardModelError, match="missing"):
         load_reward_model(tmp_path / "nowhere")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "codebook_fingerprint": None}))
+    with pytest.raises(RewardModelError, match="records no codebook fingerprint"):
+        load_reward_model(path, "cb-test")
+
+
+def test_the_package_exports_every_public_name_of_its_modules():
+    """`from onerec.reward import X` is the way in: each module's public names are there."""
+    import importlib
+
+    import onerec.reward as rw
+
+    for name in ("shaper", "model", "data", "train", "metrics", "io", "selection"):
+        mod = importlib.import_module(f"onerec.reward.{name}")
+        assert mod.__doc__, name
+        own = {k for k, v in vars(mod).items() if not k.startswith("_")
+               and getattr(v, "__module__", mod.__name__) == mod.__name__
+               and not isinstance(v, type(importlib))}
+        assert own <= set(rw.__all__), (name, own - set(rw.__all__))
+    assert all(getattr(rw, k) is not None for k in rw.__all__)
 
 
 def test_rm_select_returns_the_top_k_by_pscore(tiny):

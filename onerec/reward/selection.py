@@ -1,0 +1,48 @@
+"""RM selection: the reward model used at inference time, without changing the generator.
+
+"OneRec with RM selection" (OneRec, arXiv 2506.13695, section 4): generate N candidates with
+beam search, re-score them with the P-Score, keep the best k. It needs no training beyond the
+reward model's, so it is the baseline that aligning the generator with ECPO (`onerec.ecpo`)
+is compared with in `bench.alignment`; serving offers it as a reranker
+(`serving.rm_selection`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from onerec.model import Batch
+from onerec.reward.model import RewardModel
+
+
+@torch.no_grad()
+def rm_select(reward_model: RewardModel, contexts: Batch, candidate_items: list[list[int]],
+              k: int) -> list[list[int]]:
+    """OneRec with RM selection: re-rank each user's generated candidates by P-Score, keep k.
+
+    contexts: the users' Batch in the codebook's item-index space (as the generator got it);
+    candidate_items: per user, the generated video ids (beam order, best first). Duplicates
+    count once; videos the reward model does not know go last, in beam order. Returns per user
+    up to k video ids, best P-Score first (ties keep beam order).
+    """
+    if k <= 0:
+        raise ValueError(f"k must be > 0, got {k}")
+    if len(candidate_items) != contexts.short.shape[0]:
+        raise ValueError(f"{len(candidate_items)} candidate lists for "
+                         f"{contexts.short.shape[0]} contexts")
+    index = {int(v): i + 1 for i, v in enumerate(reward_model.item_ids.tolist())}
+    uniq = [list(dict.fromkeys(int(v) for v in row)) for row in candidate_items]
+    width = max((len(r) for r in uniq), default=0)
+    if width == 0:
+        return [[] for _ in uniq]
+    items = torch.zeros(len(uniq), width, dtype=torch.long)
+    for r, row in enumerate(uniq):
+        items[r, :len(row)] = torch.tensor([index.get(v, 0) for v in row], dtype=torch.long)
+    scores = reward_model.pscore(contexts, items)
+    out = []
+    for r, row in enumerate(uniq):
+        known = [(-float(scores[r, j]), j) for j in range(len(row)) if items[r, j] > 0]
+        unknown = [j for j in range(len(row)) if items[r, j] == 0]
+        order = [j for _, j in sorted(known)] + unknown
+        out.append([row[j] for j in order[:k]])
+    return out
