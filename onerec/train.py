@@ -7,7 +7,8 @@ A flat, readable loop (torchtune-style recipe) over `RequestStream` batches:
   stream position, RNG states, the Config and the codebook fingerprint, so a run killed with
   `kill -9` resumes with the same weights and the same next batch;
 - DDP under torchrun (gloo on CPU, nccl on CUDA): every rank reads the same global batch of
-  requests and keeps its strided share, so the global batch does not depend on world size;
+  requests and keeps its strided share, so the global batch does not depend on world size,
+  and weighs its loss by its share of the batch's targets, so a step equals one process's;
 - logs loss, samples/s, tokens/s and MFU. MFU = model FLOPs / peak, where on CPU the peak is a
   float32 matmul throughput measured in the same run (no datasheet number to trust there).
 """
@@ -190,8 +191,8 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
     loss_val = float("nan")
     model.train()
     while step < total_steps:
-        idx = stream.next_indices()
-        idx = idx[rank::world]
+        global_idx = stream.next_indices()
+        idx = global_idx[rank::world]
         batch = collate(reqs, idx, item_codes).to(device)
         # the time budget drives the schedule on one process (ranks' clocks would disagree),
         # and only once it binds, so a run whose steps fit gets the same model on any machine
@@ -207,7 +208,16 @@ def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: li
                 out = ddp_model(batch)
         else:
             out = ddp_model(batch)
-        out["loss"].backward()
+        loss = out["loss"]
+        if world > 1:  # DDP averages the ranks' gradients: weigh each rank's per-target mean
+            # by its share of the global batch's targets, so the step follows the mean over all
+            # of them, as one process on the global batch does, even when ranks hold unequal
+            # target counts (every rank reads the same global batch: no all-reduce needed).
+            # The MoE balance loss, a statistic of the rank's own tokens, is weighted alike.
+            off = reqs.target_offsets
+            n_global = int((off[global_idx + 1] - off[global_idx]).sum())
+            loss = loss * (world * batch.target_codes.shape[0] / n_global)
+        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
         step += 1
