@@ -93,7 +93,7 @@ def requests_from_events(events: pd.DataFrame, item_index: dict[int, int], cfg: 
     contexts they keep their place in the bounded windows (the last `max_seq_len` clicks, ...,
     of raw video ids) and are dropped when the window is read, as serving reads the same windows
     from the online store (`onerec.features.sequences`): a user's context is the same, id for id,
-    in training and online (tests/test_features.py). `history` (KuaiRand user_history: user_id, watch_seq, long_watch_seq, like_seq)
+    in training and online (tests/features/test_store.py). `history` (KuaiRand user_history: user_id, watch_seq, long_watch_seq, like_seq)
     seeds the lifelong and positive sequences. If `final_state` is a dict, it receives each
     user's (short, pos, long) context after the last event: the context of a request made
     right after the log ends (evaluation on a later test period, serving).

@@ -15,7 +15,7 @@ from onerec.model import Batch
 from onerec.pretrain import scorers_set
 from onerec.recommend import recommend
 from onerec.trie import ItemTrie
-from tests.test_export import (
+from tests.export.test_artifact import (
     OVERRIDES,
     assert_exported_graph_equals_pytorch,
     make_codebook,

@@ -120,41 +120,6 @@ def test_local_variant_has_no_cluster_settings(tmp_path):
     assert spec["root"]["inputDefinitions"]["parameters"]["launcher"]["defaultValue"] == "local"
 
 
-# -- stage lists and the gate rule ------------------------------------------------------------------
-def test_stage_list_is_checked():
-    assert stages.parse_stages("gate,pretrain,codebook,validate") == list(stages.CORE_STAGES)
-    with pytest.raises(stages.StageError, match="'gate' cannot be left out"):
-        stages.parse_stages("validate,codebook,pretrain")
-    with pytest.raises(stages.StageError, match="unknown stage 'serve'"):
-        stages.parse_stages(CORE + ",serve")
-    with pytest.raises(stages.StageError, match="align needs reward"):
-        stages.parse_stages(CORE + ",align")
-
-
-def test_gate_blocks_a_clearly_worse_candidate_but_not_noise():
-    rng = np.random.default_rng(0)
-    prod = rng.random(2000)
-    base = {"ndcg@10": float(prod.mean()), "recall@10": float(prod.mean()), "legality": 1.0}
-    worse = prod * 0.5
-    cand = {"ndcg@10": float(worse.mean()), "recall@10": float(worse.mean()), "legality": 1.0}
-    per = {"candidate": {"ndcg@10": worse, "recall@10": worse},
-           "production": {"ndcg@10": prod, "recall@10": prod}}
-    res = stages.gate(cand, base, tolerance=0.05, per_user=per, popularity_floor=False)
-    assert res.decision == "blocked" and len(res.reasons) == 2
-    assert "one-sided 5% upper bound" in res.reasons[0]
-    # 6% worse on the mean, but per-user values that disagree: within noise of 30 users
-    noisy = rng.random(30)
-    noisy *= 0.94 * prod[:30].mean() / noisy.mean()
-    per = {"candidate": {"ndcg@10": noisy, "recall@10": noisy},
-           "production": {"ndcg@10": prod[:30], "recall@10": prod[:30]}}
-    small = {k: float(prod[:30].mean()) for k in ("ndcg@10", "recall@10")}
-    res = stages.gate({k: float(noisy.mean()) for k in small}, small, per_user=per,
-                      popularity_floor=False)
-    assert res.decision == "promote"
-    assert stages.gate(cand, None, popularity_floor=False).decision == "promote"
-    assert stages.gate({**cand, "legality": 0.5}, None,
-                       popularity_floor=False).decision == "blocked"
-
 
 def test_transfer_weights_follow_video_ids_and_grow_code_tables():
     from onerec.checkpoint import build_model
@@ -338,19 +303,6 @@ def test_kfp_server_sends_recurring_run_to_kfp_client(tmp_path):
     assert srv.schedule(tmp_path / "p.yaml", "e1", "job", "0 0 2 * * *", {"a": 1}) == "r1"
     assert got["cron_expression"] == "0 0 2 * * *" and got["experiment_id"] == "e1"
     assert got["params"] == {"a": 1} and got["pipeline_package_path"].endswith("p.yaml")
-
-
-def test_cli_compile_writes_the_yaml(tmp_path):
-    from typer.testing import CliRunner
-
-    from onerec.app.cli import app
-
-    res = CliRunner().invoke(app, ["pipeline", "compile", str(tmp_path / "x.yaml")])
-    assert res.exit_code == 0, res.output
-    assert "cluster variant" in res.output
-    assert yaml.safe_load_all((tmp_path / "x.yaml").read_text())
-    res = CliRunner().invoke(app, ["pipeline", "run", "--local", "--stages", "validate"])
-    assert res.exit_code == 2 and "cannot be left out" in res.output
 
 
 # -- kfp.local end to end ----------------------------------------------------------------------------

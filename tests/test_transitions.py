@@ -16,7 +16,7 @@ from onerec.recommend import recommend
 from onerec.stream import requests_from_sequences
 from onerec.train import train
 from onerec.transitions import count_transitions, last_visible
-from tests.test_export import (
+from tests.export.test_artifact import (
     OVERRIDES,
     assert_exported_graph_equals_pytorch,
     make_codebook,

@@ -196,7 +196,7 @@ def pretrain(
     cfg = load_config(config, preset, set_)
     if dataset not in ("kuairand", "beauty", "microlens"):
         raise fail(f"--dataset: must be kuairand, beauty or microlens, got {dataset!r}")
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
     default_dir = {"kuairand": DEFAULT_DATA, "beauty": shared / "amazon-beauty",
                    "microlens": shared / "microlens"}[dataset]
     init_from_env()

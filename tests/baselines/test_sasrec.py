@@ -1,3 +1,5 @@
+"""SASRec: training windows, config checks, training, early stopping, recommend."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,17 +29,6 @@ def successor_sequences(n_users: int = 120, seed: int = 0) -> dict[int, list[int
 
 def tiny_cfg(**changes):
     return dataclasses.replace(Config.from_preset("tiny").sasrec, **changes)
-
-
-def test_popularity_ranks_items_by_training_frequency():
-    pop = fit_popularity({1: [3, 3, 2], 2: [3, 1, 2], 3: [5]})
-    assert pop.ranking == [3, 2, 1, 5]  # ties (1 and 5 once) broken by the smaller id
-    assert pop.recommend(n_users=2, k=2) == [[3, 2], [3, 2]]
-
-
-def test_popularity_does_not_exclude_history():
-    pop = fit_popularity([[1, 1, 2]])
-    assert pop.recommend(1, 1) == [[1]]  # the user already has item 1; it is still recommended
 
 
 def test_training_windows_use_every_pair_once():
@@ -122,53 +113,3 @@ def test_max_minutes_stops_training_early():
     model = train_sasrec(successor_sequences(n_users=40), N_ITEMS,
                          tiny_cfg(max_epochs=1000), max_minutes=0.0)
     assert len(model.history) == 1
-
-
-def test_transitions_recommend_the_last_items_followers_then_popularity():
-    from onerec.baselines import fit_transitions
-
-    model = fit_transitions({1: [1, 2, 3], 2: [1, 2, 4], 3: [1, 5, 5], 4: [6, 6, 6]})
-    # 1 was followed by 2 twice and by 5 once; the rest is filled by popularity (1 and 6 occur
-    # three times each: the smaller id first), without repeating 2 or 5
-    assert model.recommend([[9, 1]], 4) == [[2, 5, 1, 6]]
-    # an item nobody followed, and an empty history: popularity alone, k distinct items
-    assert model.recommend([[4], []], 3) == [[1, 6, 2], [1, 6, 2]]
-    with pytest.raises(ValueError, match="k must be > 0"):
-        model.recommend([[1]], 0)
-
-
-def test_split_by_transition_marks_pairs_seen_in_training():
-    from onerec.baselines import fit_transitions, split_by_transition
-
-    model = fit_transitions({1: [1, 2, 3]})
-    rows = [(1, [5, 1], 2), (2, [2], 3), (3, [3], 1), (4, [], 1)]
-    assert split_by_transition(model, rows) == [True, True, False, False]
-
-
-# -- item-kNN with recent popularity ---------------------------------------------------------------
-def test_itemknn_personal_score_follows_co_engagement_and_alpha_moves_to_popularity():
-    from onerec.baselines import fit_itemknn
-
-    # items 1 and 2 go together; 3 and 4 go together; 9 is the recent hit
-    hist = {0: [1, 2], 1: [1, 2], 2: [3, 4], 3: [3, 4, 1]}
-    knn = fit_itemknn(hist, recent=[9, 9, 9, 4], n_recent=5)
-    assert knn.similarity.shape == (5, 5) and np.allclose(np.diag(knn.similarity), 0)
-    personal = knn.recommend([[1], [3]], k=2, alpha=0.0)
-    assert personal[0][0] == 2 and personal[1][0] == 4  # the co-engaged item comes first
-    popular = knn.recommend([[1], [3]], k=1, alpha=10.0)
-    assert popular == [[9], [9]]  # a large alpha is popularity for everyone
-    assert knn.recommend([[]], k=1, alpha=0.5) == [[9]]  # no history: recent popularity
-
-
-def test_itemknn_rejects_bad_arguments():
-    from onerec.baselines import fit_itemknn
-
-    with pytest.raises(ValueError, match="n_recent"):
-        fit_itemknn({0: [1]}, recent=[1], n_recent=0)
-    with pytest.raises(ValueError, match="no items"):
-        fit_itemknn({0: []}, recent=[])
-    knn = fit_itemknn({0: [1, 2]}, recent=[1])
-    with pytest.raises(ValueError, match="k must be"):
-        knn.recommend([[1]], k=0, alpha=0.0)
-    with pytest.raises(ValueError, match="alpha"):
-        knn.recommend([[1]], k=1, alpha=-1.0)

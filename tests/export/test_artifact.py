@@ -1,5 +1,5 @@
-"""Export: one ONNX graph equal to the PyTorch generator, the version folder contract, Triton
-configs, the TensorRT builder, and the `onerec export` command."""
+"""Export: the version folder contract (an ONNX graph equal to the PyTorch generator, the
+manifest, fingerprints), several beam widths, and the `onerec export` command."""
 
 from __future__ import annotations
 
@@ -22,14 +22,11 @@ from onerec.export.artifact import (
     load_trained,
     next_version,
 )
-from onerec.export.onnx import export_onnx, graph_metadata, ort_session, run_onnx
+from onerec.export.onnx import graph_metadata, ort_session, run_onnx
 from onerec.export.tensorrt import (
-    TensorRTUnavailable,
-    build_engine,
     tensorrt_version,
-    trtexec_command,
 )
-from onerec.export.triton import onnxruntime_config, parse_config, tensorrt_config
+from onerec.export.triton import parse_config
 from onerec.generate import generate
 from onerec.items import ItemSpace
 from onerec.model import Batch
@@ -46,13 +43,19 @@ def make_codebook(n_items: int = 60, seed: int = 0) -> Codebook:
     return Codebook.from_codes(rng.normal(size=(3, 4, 2)), 1000 + 7 * np.arange(n_items), codes)
 
 
-@pytest.fixture(scope="module")
-def trained():
+def tiny_trained() -> tuple:
+    """(model, space, cfg, codebook): the tiny preset's model (initial weights, 5 user buckets)
+    over `make_codebook()`."""
     cfg = Config.from_preset("tiny", OVERRIDES)
     cb = make_codebook()
     space = ItemSpace.from_codebook(cb)
     model = build_model(cfg, space.codes, space.vocab_sizes, n_user_buckets=5).eval()
     return model, space, cfg, cb
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return tiny_trained()
 
 
 @pytest.fixture(scope="module")
@@ -218,93 +221,6 @@ def assert_exported_graph_equals_pytorch(model, space: ItemSpace, cfg: Config, f
                                                                         space.vocab_sizes))
     assert np.array_equal(items, ref.items.numpy())
     np.testing.assert_allclose(scores, ref.scores.numpy(), rtol=1e-4, atol=1e-5)
-
-
-def test_auto_exporter_takes_torchscript_unless_the_encoder_is_causal(trained, tmp_path):
-    from onerec.config import ConfigError
-    from onerec.export.onnx import resolve_exporter
-
-    model, space, cfg, _ = trained
-    assert cfg.serve.exporter == "auto"
-    assert resolve_exporter("auto", model) == "torchscript"
-    causal = build_model(Config.from_preset("tiny", [*OVERRIDES, "model.causal_encoder=true"]),
-                         space.codes, space.vocab_sizes, n_user_buckets=5)
-    assert resolve_exporter("auto", causal) == "dynamo"
-    assert resolve_exporter("dynamo", model) == "dynamo"
-    with pytest.raises(ValueError, match=r"serve\.exporter"):
-        resolve_exporter("onnxscript", model)
-    with pytest.raises(ConfigError, match=r"serve\.exporter"):
-        Config.from_preset("tiny", ["serve.exporter=onnxscript"])
-    v = export_version(model, space, cfg, tmp_path, beam_widths=[4])  # from the Config
-    assert load_manifest(v).exporter == "torchscript"
-
-
-def test_torchscript_exporter_refuses_a_causal_encoder(tmp_path):
-    cfg = Config.from_preset("tiny", [*OVERRIDES, "model.causal_encoder=true"])
-    space = ItemSpace.from_codebook(make_codebook(seed=2))
-    model = build_model(cfg, space.codes, space.vocab_sizes, n_user_buckets=5).eval()
-    trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
-    with pytest.raises(ValueError, match=r"causal_encoder.*dynamo"):
-        export_onnx(model, trie, cfg, tmp_path / "m.onnx", beam_width=4, exporter="torchscript")
-    assert not (tmp_path / "m.onnx").exists()
-
-
-SPECS = [{"name": "user", "dtype": "int64", "shape": ["batch"]},
-         {"name": "short", "dtype": "int64", "shape": ["batch", 50]},
-         {"name": "pos", "dtype": "int64", "shape": ["batch", 50]},
-         {"name": "long", "dtype": "int64", "shape": ["batch", 256]}]
-OUTS = [{"name": "items", "dtype": "int64", "shape": ["batch", 512]},
-        {"name": "scores", "dtype": "float32", "shape": ["batch", 512]}]
-
-
-@pytest.mark.parametrize("make", [onnxruntime_config, tensorrt_config])
-def test_triton_configs_parse_as_model_config(make):
-    pb = parse_config(make("onerec", SPECS, OUTS, max_batch_size=32))
-    platform, filename, kind = (("onnxruntime_onnx", "model.onnx", 2)  # KIND_CPU
-                                if make is onnxruntime_config else
-                                ("tensorrt_plan", "model.plan", 1))  # KIND_GPU
-    assert (pb.name, pb.platform, pb.default_model_filename) == ("onerec", platform, filename)
-    assert pb.max_batch_size == 32 and pb.HasField("dynamic_batching")
-    assert pb.instance_group[0].kind == kind
-    ins = {i.name: i for i in pb.input}
-    assert list(ins["user"].dims) == [1] and list(ins["user"].reshape.shape) == []
-    assert list(ins["long"].dims) == [256] and ins["long"].data_type == 9  # TYPE_INT64
-    outs = {o.name: o for o in pb.output}
-    assert list(outs["scores"].dims) == [512] and outs["scores"].data_type == 11  # TYPE_FP32
-    with pytest.raises(ValueError, match="max_batch_size"):
-        make("onerec", SPECS, OUTS, max_batch_size=0)
-
-
-def test_trtexec_command_has_fp16_and_a_batch_profile():
-    cmd = trtexec_command("v/model.onnx", "v/model.plan", SPECS, max_batch=64, opt_batch=16)
-    assert cmd[:3] == ["trtexec", "--onnx=v/model.onnx", "--saveEngine=v/model.plan"]
-    assert "--minShapes=user:1,short:1x50,pos:1x50,long:1x256" in cmd
-    assert "--optShapes=user:16,short:16x50,pos:16x50,long:16x256" in cmd
-    assert "--maxShapes=user:64,short:64x50,pos:64x50,long:64x256" in cmd
-    assert "--fp16" in cmd and "--memPoolSize=workspace:4096M" in cmd
-    assert "--fp16" not in trtexec_command("a", "b", SPECS, max_batch=8, fp16=False)
-    with pytest.raises(ValueError, match="max_batch"):
-        trtexec_command("a", "b", SPECS, max_batch=0)
-
-
-def test_without_tensorrt_the_builder_says_so(tmp_path, monkeypatch):
-    import importlib.util
-
-    if importlib.util.find_spec("tensorrt") is not None:
-        pytest.skip("tensorrt is installed here")
-    monkeypatch.setattr("shutil.which", lambda name: None)
-    with pytest.raises(TensorRTUnavailable, match="serve the ONNX graph"):
-        build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", SPECS, max_batch=4)
-    assert not (tmp_path / "m.plan").exists()
-
-
-def test_tensorrt_fp16_engine_builds(trained, tmp_path):
-    pytest.importorskip("tensorrt")
-    model, space, cfg, _ = trained
-    v = export_version(model, space, cfg, tmp_path, beam_widths=[8], moe="dense")
-    m = load_manifest(v)
-    plan = build_engine(m.graph_path(), v / "model.plan", m.inputs, max_batch=4)
-    assert plan.stat().st_size > 0
 
 
 def test_cli_export_writes_a_loadable_version(trained, tmp_path):

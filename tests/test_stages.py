@@ -1,19 +1,19 @@
-"""The evaluation gate's popularity floor and the users a comparison needs (issue #13).
+"""The evaluation gate (`stages.gate`): its popularity floor and the users each comparison needs
+(issue #13); `onerec.power` computes those counts (tests/test_power.py).
 
 The end-to-end check (an untrained candidate on a real held-out window, with and without a
 production model) is in tests/test_pipeline.py, which already runs those pipelines."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 from onerec import stages
-from onerec.power import paired_users_needed, users_needed, z_sum
+from onerec.power import paired_users_needed
 
 GATED = ("ndcg@10", "recall@10")
+CORE = "validate,codebook,pretrain,gate,publish"
 
 
 def _sparse(rng: np.random.Generator, n: int, hit: float) -> np.ndarray:
@@ -84,24 +84,6 @@ def test_gate_popularity_floor_needs_popularity_and_without_per_user_is_a_point_
                            "(point comparison, no per-user values)"]
 
 
-def test_users_needed_matches_a_hand_computation():
-    # d = a - b = [0.1, 0.3, -0.1, 0.2, 0.0]: mean 0.1, sd sqrt(0.1 / 4) = 0.158114;
-    # n = ((1.644854 + 0.841621) * 0.158114 / 0.1)^2 = 6.182557 * 2.5 = 15.456 -> 16 users
-    a = [0.3, 0.5, 0.1, 0.4, 0.2]
-    b = [0.2, 0.2, 0.2, 0.2, 0.2]
-    assert z_sum() == pytest.approx(1.644854 + 0.841621, abs=1e-6)
-    assert paired_users_needed(a, b) == 16
-    assert paired_users_needed(b, a) == 16  # the direction does not matter
-    # sd 0.2, a difference of 0.02: (2.486475 * 10)^2 = 618.26 -> 619
-    assert users_needed(0.2, 0.02) == 619 == math.ceil((z_sum() * 0.2 / 0.02) ** 2)
-    assert users_needed(0.2, 0.0) is None  # no difference: no sample size detects it
-    # a stricter test needs more users: one-sided 1%, 90% power
-    assert users_needed(0.2, 0.02, alpha=0.01, power=0.9) == math.ceil(
-        ((2.326348 + 1.281552) * 10) ** 2)
-    with pytest.raises(ValueError, match="same >= 2 users"):
-        paired_users_needed([0.1], [0.2, 0.3])
-
-
 def test_gate_records_users_needed_for_both_pairs():
     rng = np.random.default_rng(3)
     prod = _sparse(rng, 500, 0.3)
@@ -115,3 +97,46 @@ def test_gate_records_users_needed_for_both_pairs():
     assert row["vs_production"]["mean_diff"] == pytest.approx(cand.mean() - prod.mean())
     assert row["vs_production"]["diff_to_floor"] == pytest.approx(
         cand.mean() - 0.95 * prod.mean())
+
+
+def test_stage_list_is_checked():
+    assert stages.parse_stages("gate,pretrain,codebook,validate") == list(stages.CORE_STAGES)
+    with pytest.raises(stages.StageError, match="'gate' cannot be left out"):
+        stages.parse_stages("validate,codebook,pretrain")
+    with pytest.raises(stages.StageError, match="unknown stage 'serve'"):
+        stages.parse_stages(CORE + ",serve")
+    with pytest.raises(stages.StageError, match="align needs reward"):
+        stages.parse_stages(CORE + ",align")
+
+
+def test_gate_blocks_a_clearly_worse_candidate_but_not_noise():
+    rng = np.random.default_rng(0)
+    prod = rng.random(2000)
+    base = {"ndcg@10": float(prod.mean()), "recall@10": float(prod.mean()), "legality": 1.0}
+    worse = prod * 0.5
+    cand = {"ndcg@10": float(worse.mean()), "recall@10": float(worse.mean()), "legality": 1.0}
+    per = {"candidate": {"ndcg@10": worse, "recall@10": worse},
+           "production": {"ndcg@10": prod, "recall@10": prod}}
+    res = stages.gate(cand, base, tolerance=0.05, per_user=per, popularity_floor=False)
+    assert res.decision == "blocked" and len(res.reasons) == 2
+    assert "one-sided 5% upper bound" in res.reasons[0]
+    # 6% worse on the mean, but per-user values that disagree: within noise of 30 users
+    noisy = rng.random(30)
+    noisy *= 0.94 * prod[:30].mean() / noisy.mean()
+    per = {"candidate": {"ndcg@10": noisy, "recall@10": noisy},
+           "production": {"ndcg@10": prod[:30], "recall@10": prod[:30]}}
+    small = {k: float(prod[:30].mean()) for k in ("ndcg@10", "recall@10")}
+    res = stages.gate({k: float(noisy.mean()) for k in small}, small, per_user=per,
+                      popularity_floor=False)
+    assert res.decision == "promote"
+    assert stages.gate(cand, None, popularity_floor=False).decision == "promote"
+    assert stages.gate({**cand, "legality": 0.5}, None,
+                       popularity_floor=False).decision == "blocked"
+
+
+def test_day_ms_is_the_utc_midnight_and_a_bad_date_names_the_format():
+    assert stages.day_ms("1970-01-02") == stages.DAY_MS
+    assert stages.day_ms("2022-04-27") - stages.day_ms("2022-04-26") == stages.DAY_MS
+    assert stages.ms_to_iso(stages.day_ms("2022-04-26") + 61_000) == "2022-04-26 00:01:01"
+    with pytest.raises(stages.StageError, match="expected a date YYYY-MM-DD, got '26/04/2022'"):
+        stages.day_ms("26/04/2022")

@@ -13,8 +13,6 @@ from onerec import ab, gitops, registry
 from onerec.app.cli import app
 from onerec.app.demo import demo_requests
 from onerec.app.demo_ab import ABOptions
-from onerec.app.demo_report import summary_lines, to_markdown_report
-from onerec.app.demo_serving import Server, ServingError
 from onerec.config import Config
 
 runner = CliRunner()
@@ -178,23 +176,6 @@ def test_demo_requests_cover_known_history_only_and_unknown_users(shipped_dir):
     assert len(hist["histories"]["short_history"][0]) == 5
     assert "histories" not in unknown
     assert len({known["users"][0], hist["users"][0], unknown["users"][0]}) == 3
-
-
-def test_partial_report_says_where_it_stopped():
-    report = {"config": {"preset": "tiny", "fingerprint": "x"}, "wall_s": {"total": 1.0},
-              "error": "cycle-1 failed: validate: data validation failed"}
-    md = to_markdown_report(report)
-    assert "**failed**: cycle-1 failed" in md and "## Wall times" in md
-    assert "wall time: 1.0 s" in summary_lines(report)
-
-
-def test_server_that_cannot_start_is_reported_and_reaped(tmp_path):
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text("model:\n  depth: 3\n")  # an unknown key: the server exits 2 at once
-    server = Server(repo=tmp_path, config=cfg, log_path=tmp_path / "s.log")
-    with pytest.raises(ServingError, match="exited"), server:
-        server.wait_ready(timeout_s=120)
-    assert server.proc is not None and server.proc.poll() is not None
 
 
 @pytest.mark.parametrize("args, message", [(["--epochs", "0"], "--epochs: must be > 0"),
