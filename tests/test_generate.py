@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from onerec.beam_search import beam_search, disambiguation_logp
+from onerec.beam_search import beam_search
 from onerec.config import Config
 from onerec.generate import Generator, generate, resolve_dtype
 from onerec.model import Batch, OneRec
@@ -110,16 +110,6 @@ def test_batched_users_equal_one_user_at_a_time():
         alone = generate(model, one, beam_width=16, trie=trie)
         torch.testing.assert_close(together.scores[u:u + 1], alone.scores, rtol=1e-5, atol=1e-5)
         assert torch.equal(together.items[u:u + 1], alone.items)
-
-
-def test_disambiguation_level_is_renormalised_over_legal_codes():
-    logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.1, 9.0], [1.0, 1.0, 1.0]])
-    legal = torch.tensor([[True, True, False], [False, True, False], [False, False, False]])
-    logp = disambiguation_logp(logits, legal)
-    assert torch.allclose(logp[0, :2].exp().sum(), torch.tensor(1.0))  # a distribution
-    assert logp[0, 2] == float("-inf")
-    assert logp[1].tolist() == [float("-inf"), 0.0, float("-inf")]  # one legal code: log 1
-    assert (logp[2] == float("-inf")).all()  # a dead beam stays dead, no NaN
 
 
 def test_last_decoder_step_runs_only_for_ids_that_several_items_share():
@@ -229,32 +219,3 @@ def test_half_precision_on_cuda_keeps_the_top_items(dtype):
     overlap = [len(set(a[:5]) & set(b[:5])) for a, b in
                zip(half.items.tolist(), ref.items.tolist(), strict=True)]
     assert min(overlap) >= 3
-
-
-def test_recommend_fast_and_reference_paths_agree():
-    from onerec.config import Config
-    from onerec.items import ItemSpace
-    from onerec.model import Batch, OneRec
-    from onerec.recommend import recommend
-
-    torch.manual_seed(3)
-    vocab = [4, 3, 2]
-    n = 18
-    cfg = Config.from_preset("tiny").model
-    codes = torch.stack([torch.randint(0, k, (n,)) for k in vocab], 1)
-    codes = torch.unique(codes, dim=0)  # unique semantic IDs, like a real codebook
-    codes = torch.cat([torch.zeros(1, 3, dtype=torch.long), codes])
-    model = OneRec(cfg, item_codes=codes, vocab_sizes=vocab, max_seq_len=6, max_pos_len=1).eval()
-    import numpy as np
-
-    space = ItemSpace(item_ids=np.arange(500, 500 + len(codes) - 1), codes=codes,
-                      vocab_sizes=vocab, fingerprint="x")
-    ctx = Batch(user=torch.zeros(5, dtype=torch.long), short=torch.randint(0, len(codes), (5, 6)),
-                pos=torch.zeros(5, 1, dtype=torch.long), long=torch.zeros(5, 1, dtype=torch.long))
-    for constrained in (True, False):
-        fast = recommend(model, space, ctx, beam_width=8, top_n=5, constrained=constrained)
-        ref = recommend(model, space, ctx, beam_width=8, top_n=5, constrained=constrained,
-                        fast=False)
-        assert fast.items == ref.items
-        assert fast.legality == pytest.approx(ref.legality)
-        assert all(v >= 500 for row in fast.items for v in row)
