@@ -49,6 +49,16 @@ def test_overrides_do_not_leak_into_presets():
     ("train.lr=-1", "train.lr"),
     ("serve.ort_threads=-1", "serve.ort_threads"),
     ("validation.watch_ratio_quantiles=[1.5]", "validation.watch_ratio_quantiles"),
+    ("align.group_size=1", "align.group_size"),
+    ("align.format_k=9", "align.format_k"),
+    ("align.temperature=0", "align.temperature"),
+    ("align.early_clip=maybe", "align.early_clip"),
+    ("align.demoted_authors=[a]", "align.demoted_authors[0]"),
+    ("align.fresh_days=-1", "align.fresh_days"),
+    ("reward.d_model=15", "reward.d_model"),
+    ("reward.dropout=1.0", "reward.dropout"),
+    ("reward.duration_buckets=0", "reward.duration_buckets"),
+    ("reward.n_tasks=3", "reward.n_tasks"),
 ])
 def test_bad_overrides_are_rejected_with_the_key(override, key):
     with pytest.raises(ConfigError) as e:

@@ -6,11 +6,6 @@ import copy
 import itertools
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -242,111 +237,6 @@ def test_align_refuses_to_resume_a_checkpoint_it_cannot_continue(tmp_path, align
         run(tmp_path / "pre")
     with pytest.raises(ConfigError, match=r"align\.checkpoint_every: must be > 0"):
         Config.from_preset("tiny", ["align.checkpoint_every=0"])
-
-
-@pytest.fixture(scope="module")
-def kuairand_pretrained(tmp_path_factory):
-    """A tiny pretrained checkpoint and its codebook on a synthetic KuaiRand-layout folder."""
-    from onerec.data.synthetic import write_folder
-    from onerec.pretrain import run_kuairand
-
-    tmp = tmp_path_factory.mktemp("pretrained")
-    cfg = Config.from_preset("tiny", ["data.test_days=2", "train.max_steps=5",
-                                      "tokenizer.codebook_size=4"])
-    data = write_folder(make_dataset(cfg.data, n_events=2000), tmp / "data")
-    run_kuairand(cfg, data, tmp / "pre", beam_width=4, max_test_users=5)
-    return data, tmp / "pre"
-
-
-def test_onerec_align_cli_trains_the_reward_model_then_aligns(tmp_path, kuairand_pretrained):
-    from typer.testing import CliRunner
-
-    from onerec.app.cli import app
-
-    data, pre = kuairand_pretrained
-    args = ["align", "--checkpoint", str(pre / "train" / "checkpoint"),
-            "--codebook", str(pre / "codebook"), "--data-dir", str(data),
-            "--preset", "tiny", "--set", "data.test_days=2", "--steps", "2"]
-    runner = CliRunner()
-    r = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
-    assert r.exit_code == 0, r.output
-    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert metrics["algorithm"] == "ecpo" and metrics["align_steps"] == 2
-    assert "auc" in metrics["reward_model"]["heldout"]["click"]
-    load_checkpoint(tmp_path / "a" / "align" / "checkpoint")
-    # reuse the reward model, plain GRPO
-    r = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--grpo", "--reward-model",
-                            str(tmp_path / "a" / "reward_model")])
-    assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["algorithm"] == "grpo"
-    # errors a user can fix: one line, exit 2, nothing written
-    r = runner.invoke(app, [*args, "--out", str(tmp_path / "c"), "--set", "align.clip_eps=0"])
-    assert r.exit_code == 2 and "align.clip_eps" in r.output
-    r = runner.invoke(app, [*args[:2], str(tmp_path / "nowhere"), *args[3:],
-                            "--out", str(tmp_path / "c")])
-    assert r.exit_code == 2 and "--checkpoint" in r.output
-    assert not (tmp_path / "c").exists()
-
-
-ROOT = Path(__file__).resolve().parents[1]
-KILL_AT, ROUNDS = 10, 60  # checkpoints every 4 rounds: one at round 8 exists when 10 is logged
-
-
-def _align_cmd(data: Path, pre: Path, out: Path) -> list[str]:
-    sets = ["data.test_days=2", f"align.steps={ROUNDS}", "align.checkpoint_every=4",
-            "align.log_every=1"]
-    return [sys.executable, "-m", "onerec", "align", "--checkpoint",
-            str(pre / "train" / "checkpoint"), "--codebook", str(pre / "codebook"),
-            "--data-dir", str(data), "--out", str(out), "--preset", "tiny",
-            *[a for kv in sets for a in ("--set", kv)]]
-
-
-def test_kill_dash_9_during_onerec_align_then_rerun_resumes_exactly(tmp_path, kuairand_pretrained):
-    """`onerec align` killed with SIGKILL after a checkpoint, then run again with the same
-    command: it resumes (reward model reused, alignment from the checkpoint) and its final
-    checkpoint equals an uninterrupted run's bit for bit: weights, optimizer, RNG states, the
-    sampler, the stream position (the next batch) and the history."""
-    data, pre = kuairand_pretrained
-    path = [str(ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1",
-           "COLUMNS": "500", "OMP_NUM_THREADS": "1", "ONEREC_NO_TUNING": "1"}
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_align_cmd(data, pre, killed), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    seen, lines = 0, []
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("round"):
-            seen = int(line.split()[1])
-            if seen >= KILL_AT:
-                break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL and KILL_AT <= seen < ROUNDS, "".join(lines[-20:])
-    ck = killed / "align" / "checkpoint"
-    assert 4 <= json.loads((ck / "meta.json").read_text())["step"] < ROUNDS
-    assert not (killed / "metrics.json").exists()
-    resumed = subprocess.run(_align_cmd(data, pre, killed), capture_output=True, text=True,
-                             env=env, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "resuming: reusing the reward model this run trained" in resumed.stdout
-    assert f"resuming alignment from {ck} at round" in resumed.stdout
-    clean = tmp_path / "clean"
-    done = subprocess.run(_align_cmd(data, pre, clean), capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "resuming" not in done.stdout
-    a = load_checkpoint(killed / "align" / "checkpoint")["state"]
-    b = load_checkpoint(clean / "align" / "checkpoint")["state"]
-    assert a["step"] == b["step"] == ROUNDS
-    assert_same_state(a, b)
-    for run in (killed, clean):
-        assert json.loads((run / "metrics.json").read_text())["align_steps"] == ROUNDS
 
 
 def test_pipeline_reward_and_align_stages_run_on_the_shipped_sample(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -10,6 +11,7 @@ from onerec.data.synthetic import make_dataset
 from onerec.evaluate import (
     DAY_MS,
     EvalReport,
+    auc,
     coverage,
     dump_recs,
     rank_metrics,
@@ -19,6 +21,12 @@ from onerec.evaluate import (
     temporal_split,
     test_targets,
 )
+
+
+def test_auc_counts_ties_half_and_is_nan_with_one_class():
+    assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert auc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)
+    assert np.isnan(auc(np.array([0.1, 0.2]), np.array([1, 1])))
 
 
 def test_target_at_rank_zero_scores_one():

@@ -1,0 +1,23 @@
+"""OneRec with RM selection: the reward model reranks the generator's candidates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onerec.reward import rm_select
+from tests.reward.util import contexts, make_rm
+
+
+def test_rm_select_returns_the_top_k_by_pscore(tiny):
+    cfg, _ds, item_ids, codes, _shaper, data = tiny
+    rm = make_rm(cfg, codes, item_ids).eval()
+    ctx = contexts(data, 2)
+    cands = [[int(v) for v in item_ids[:8]] + [int(item_ids[0])], [int(item_ids[3]), 10**9]]
+    out = rm_select(rm, ctx, cands, k=3)
+    scores = rm.pscore(ctx, torch.arange(1, 9).unsqueeze(0).expand(2, -1))[0]
+    expect = [int(item_ids[j]) for j in scores.argsort(descending=True)[:3].tolist()]
+    assert out[0] == expect
+    assert out[1] == [int(item_ids[3]), 10**9]  # unknown video last, duplicates once
+    with pytest.raises(ValueError, match="k must be"):
+        rm_select(rm, ctx, cands, k=0)
