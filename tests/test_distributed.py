@@ -28,7 +28,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     torch.set_num_threads(1)
     from onerec.distributed import init_from_env, shutdown
-    from tests.test_ddp import train_tiny
+    from tests.test_distributed import train_tiny
     rank, world = init_from_env()
     assert world == 2, world
     state = train_tiny(sys.argv[1])
@@ -107,7 +107,7 @@ MOE_SCRIPT = textwrap.dedent("""
     import torch.distributed as dist
     sys.path.insert(0, {root!r})
     torch.set_num_threads(1)
-    from tests.test_ddp import moe_fixture, moe_steps
+    from tests.test_distributed import moe_fixture, moe_steps
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     moe, x = moe_fixture()
