@@ -254,6 +254,14 @@ class DecoderLayer(nn.Module):
         return x + self.moe.infer(self.norm3(x), moe), cache
 
 
+def check_item_codes(item_codes: torch.Tensor, vocab_sizes: list[int]) -> None:
+    """ValueError unless item_codes is (n_items + 1, L) for the L levels of `vocab_sizes` (the
+    item table every model over the semantic IDs holds: the generator and the P-Score model)."""
+    if item_codes.dim() != 2 or item_codes.shape[1] != len(vocab_sizes):
+        raise ValueError(f"item_codes must be (n_items + 1, L={len(vocab_sizes)}), "
+                         f"got {tuple(item_codes.shape)}")
+
+
 class OneRec(nn.Module):
     """Encoder-decoder generator of semantic IDs.
 
@@ -264,9 +272,7 @@ class OneRec(nn.Module):
     def __init__(self, cfg: ModelConfig, *, item_codes: torch.Tensor, vocab_sizes: list[int],
                  n_user_buckets: int = 1, max_seq_len: int = 50, max_pos_len: int = 50) -> None:
         super().__init__()
-        if item_codes.dim() != 2 or item_codes.shape[1] != len(vocab_sizes):
-            raise ValueError(f"item_codes must be (n_items + 1, L={len(vocab_sizes)}), "
-                             f"got {tuple(item_codes.shape)}")
+        check_item_codes(item_codes, vocab_sizes)
         self.cfg = cfg
         d = cfg.d_model
         self.levels = len(vocab_sizes)

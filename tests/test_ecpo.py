@@ -32,13 +32,7 @@ from tests.test_generate import unique_codes
 EPS, DELTA = 0.2, 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two fighting over a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grads(logp0: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onerec.config import Config, RewardConfig
-from onerec.model import Attention, Batch
+from onerec.model import Attention, Batch, check_item_codes
 from onerec.reward.shaper import ENGAGED_TASKS, TASKS
 
 
@@ -41,9 +41,7 @@ class RewardModel(nn.Module):
     def __init__(self, cfg: RewardConfig, *, item_codes: torch.Tensor, vocab_sizes: list[int],
                  n_user_buckets: int = 1, max_seq_len: int = 50, max_pos_len: int = 50) -> None:
         super().__init__()
-        if item_codes.dim() != 2 or item_codes.shape[1] != len(vocab_sizes):
-            raise ValueError(f"item_codes must be (n_items + 1, L={len(vocab_sizes)}), "
-                             f"got {tuple(item_codes.shape)}")
+        check_item_codes(item_codes, vocab_sizes)
         self.cfg = cfg
         d = cfg.d_model
         self.vocab_sizes = list(vocab_sizes)

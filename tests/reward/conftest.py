@@ -4,7 +4,6 @@ once per test file (module scope; `make test` distributes whole files)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from onerec.config import Config
 from onerec.data.synthetic import make_dataset
@@ -13,12 +12,9 @@ from tests.reward.util import random_codes
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two fighting over a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every reward test module runs its tiny models on one thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
