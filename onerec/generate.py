@@ -11,9 +11,10 @@ organised for speed and for export as one graph (`onerec.export.onnx`):
   renormalised over its legal codes, so a beam whose ID one item alone has scores log 1 = 0
   there and skips the last decoder step: about 40 % of the decoded tokens at beam 512, exact
   (`Generator.disambiguate`, the reference's `disambiguation_logp`);
-- the valid-prefix constraint is a flattened trie (`onerec.trie.ItemTrie`): each beam carries
-  its node id, one gather gives the legal mask and the next node ids, and the last node id *is*
-  the item, so the output is item indices (B, W) with scores, which is what serving needs;
+- the valid-prefix constraint is the catalogue's trie in CSR form (`onerec.trie.ItemTrie`):
+  each beam carries its node id, a gather of its F_l candidate codes gives the legal mask, the
+  chosen code's position among them gives the next node id, and the last node id *is* the
+  item, so the output is item indices (B, W) with scores, which is what serving needs;
 - batched over users; beam widths up to `serve.max_beam_width`; the width at level l is
   min(W, width_{l-1} x K_l), as in the reference;
 - precision: float32 on CPU; on CUDA fp16 (default) or bf16 autocast, with log-softmax and
@@ -34,7 +35,7 @@ from torch import nn
 
 from onerec.model import Batch, OneRec
 from onerec.moe import MoEMode
-from onerec.trie import ItemTrie
+from onerec.trie import ItemTrie, csr_candidates, csr_child, legal_mask
 
 __all__ = ["Generation", "Generator", "MoEMode", "generate", "level_widths", "resolve_dtype"]
 
@@ -82,8 +83,10 @@ class Generator(nn.Module):
             self.register_buffer(f"qkv_w{i}", w, persistent=False)
             self.register_buffer(f"qkv_b{i}", bias, persistent=False)
         self.dead = [trie.dead(lv) for lv in range(trie.levels)]
-        for lv, table in enumerate(trie.child):
-            self.register_buffer(f"child{lv}", table, persistent=False)
+        self.fanout = list(trie.fanout)
+        for lv in range(trie.levels):
+            self.register_buffer(f"offsets{lv}", trie.offsets[lv], persistent=False)
+            self.register_buffer(f"codes{lv}", trie.codes[lv], persistent=False)
         self.register_buffer("leaf_item", trie.leaf_item, persistent=False)
 
     def qkv(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,20 +110,22 @@ class Generator(nn.Module):
         users = torch.arange(b, device=memory.device).unsqueeze(1)
         parents: torch.Tensor | None = None  # the last level's cache rows (constrained)
         for lv, k in enumerate(m.vocab_sizes):
-            w = scores.shape[1]
-            nxt = getattr(self, f"child{lv}")[node]  # (B, w, K) next node id
+            w, fan = scores.shape[1], self.fanout[lv]
+            cand, first = csr_candidates(getattr(self, f"offsets{lv}"),
+                                         getattr(self, f"codes{lv}"), node, fan, k)  # (B, w, F)
             if self.constrained and lv == m.levels - 1:
-                logp = self.disambiguate(x, caches, parents, cross, nxt != self.dead[lv])
+                logp = self.disambiguate(x, caches, parents, cross, legal_mask(cand, k))
             else:
                 for i, layer in enumerate(m.decoder):
                     x, caches[i] = layer.step(x, caches[i], cross[i], w, self.qkv(i), self.moe)
                 logp = m.heads[lv](m.dec_norm(x)).float().log_softmax(-1).view(b, w, k)
                 if self.constrained:
-                    logp = logp.masked_fill(nxt == self.dead[lv], float("-inf"))
+                    logp = logp.masked_fill(~legal_mask(cand, k), float("-inf"))
             width = min(self.beam_width, w * k)
             scores, idx = (scores.unsqueeze(-1) + logp).view(b, w * k).topk(width, dim=-1)
             parent, code = idx // k, idx % k
-            node = nxt.view(b, w * k).gather(1, idx).long()
+            node = csr_child(cand.gather(1, parent.unsqueeze(-1).expand(-1, -1, fan)),
+                             first.gather(1, parent), code, self.dead[lv])
             codes = torch.cat([codes.gather(1, parent.unsqueeze(-1).expand(-1, -1, lv)),
                                code.unsqueeze(-1)], dim=-1)
             if lv + 1 < m.levels:  # feed the chosen codes; reorder the caches by parent beam
@@ -130,7 +135,7 @@ class Generator(nn.Module):
                 else:
                     caches = [c.index_select(0, rows) for c in caches if c is not None]
                 x = m.code_emb(code.reshape(-1) + m.code_offsets[lv]) + m.level_emb.weight[lv + 1]
-        items = self.leaf_item[node]
+        items = self.leaf_item[node].long()
         ranked = m.rank_beam(memory, short, items, scores)  # the item head, if the model has one
         if ranked is not None:
             scores, order = ranked

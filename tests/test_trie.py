@@ -54,19 +54,39 @@ def test_nodes_and_leaves_name_every_item_once():
     for lv in range(3):
         nxt = {}
         for prefix, node in frontier.items():
-            row = trie.child[lv][node]
-            assert torch.equal(row != trie.dead(lv), trie.allowed(torch.tensor(prefix)))
+            cand, first = trie.candidates(lv, torch.tensor(node))
+            real = [c for c in cand.tolist() if c < vocab[lv]]
+            assert real == sorted(real)  # a node's children: one run of node ids, by code
+            allowed = trie.allowed(torch.tensor(prefix, dtype=torch.long))
+            assert allowed.nonzero().view(-1).tolist() == real
             assert int(trie.node(torch.tensor(prefix, dtype=torch.long))) == node
-            nxt.update({(*prefix, c): int(row[c]) for c in
-                        (row != trie.dead(lv)).nonzero().view(-1).tolist()})
+            nxt.update({(*prefix, c): int(first) + i for i, c in enumerate(real)})
         frontier = nxt
     assert sorted(int(trie.leaf_item[n]) for n in frontier.values()) == list(range(1, 18))
     assert torch.equal(trie.walk(codes[1:]), torch.arange(1, 18))
     missing = [c for c in itertools.product(*(range(k) for k in vocab))
                if list(c) not in codes[1:].tolist()][:5]
     assert trie.walk(torch.tensor(missing)).tolist() == [0] * len(missing)
-    dead = torch.tensor([trie.dead(lv) for lv in range(3)])
-    assert (dead == torch.tensor([t.shape[0] - 1 for t in [*trie.child[1:], trie.leaf_item]])).all()
+    # out of range, the sentinel code K included, is no item either
+    assert trie.walk(torch.tensor([[4, 0, 0], [0, 3, 0], [-1, 0, 0]])).tolist() == [0, 0, 0]
+    dead = [trie.dead(lv) for lv in range(3)]
+    assert dead == [len(trie.offsets[1]) - 2, len(trie.offsets[2]) - 2, len(trie.leaf_item) - 1]
+    assert trie.fanout == [max(1, int(torch.diff(o[:-1]).max())) for o in trie.offsets]
+
+
+def test_the_tables_grow_with_the_items_not_with_items_times_codes():
+    # 20k items with 3 codes of K = 1024 (random, so the deep levels are nearly one item a
+    # node) and a disambiguation level: a dense (node, code) table would take 4 x 1024 bytes
+    # an item at the third level alone
+    rng = torch.Generator().manual_seed(0)
+    n, vocab = 20_000, [1024, 1024, 1024, 2]
+    base = torch.randint(0, 1024, (n, 3), generator=rng)
+    base = torch.unique(base, dim=0)
+    codes = torch.cat([torch.zeros(1, 4, dtype=torch.long),
+                       torch.cat([base, torch.zeros(len(base), 1, dtype=torch.long)], 1)])
+    trie = ItemTrie.from_codes(codes, vocab)
+    assert trie.nbytes / len(base) <= 40
+    assert torch.equal(trie.walk(codes[1:]), torch.arange(1, len(base) + 1))
 
 
 def test_trie_refuses_duplicate_semantic_ids_and_codes_out_of_range():
