@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
                            resume=False)
         wall = time.perf_counter() - t0
         loss = heldout_loss(model, held, space.codes)
-        emb = model.item_emb.weight.numel()
+        emb = 0 if model.item_emb is None else model.item_emb.weight.numel()
         row = {"size": name, "d_model": cfg.model.d_model,
                "layers": f"{cfg.model.n_encoder_layers}+{cfg.model.n_decoder_layers}",
                "params": model.num_params(), "non_embedding_params": model.num_params() - emb,

@@ -140,6 +140,10 @@ class ModelConfig:
     context_dropout: float = 0.0
     balance_loss_weight: float = 0.01  # weight of the MoE load-balancing loss
     causal_encoder: bool = False  # short sequence encoded causally: one pass serves every prefix
+    # each item's own learned vector beside the sum of its semantic-ID code embeddings; false:
+    # an item is its codes alone (as TIGER), so no parameter grows with the catalogue (at 10 M
+    # items and d 128 the id table alone is 5 GB, past what one ONNX file may hold)
+    item_id_embedding: bool = True
     # weight of the auxiliary next-item loss: a full softmax over every item, scored from the
     # encoder's user state against the (tied) item embeddings, as SASRec trains (0: off)
     item_loss_weight: float = 0.0

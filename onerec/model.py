@@ -282,7 +282,8 @@ class OneRec(nn.Module):
         self.register_buffer("code_offsets", offsets)
         n_codes = int(sum(vocab_sizes))
         # context embeddings
-        self.item_emb = nn.Embedding(item_codes.shape[0], d, padding_idx=0)
+        self.item_emb = (nn.Embedding(item_codes.shape[0], d, padding_idx=0)
+                         if cfg.item_id_embedding else None)
         self.code_emb = nn.Embedding(n_codes, d)  # shared by context and decoder tokens
         self.user_emb = nn.Embedding(max(1, n_user_buckets), d)
         self.segment_emb = nn.Embedding(4, d)  # user, short, positive, lifelong
@@ -340,7 +341,8 @@ class OneRec(nn.Module):
     # -- encoder ------------------------------------------------------------------------------
     def item_table(self) -> torch.Tensor:
         """(n_items + 1, d) every item's input embedding: item id + sum of its code embeddings."""
-        return self.item_emb.weight + self.code_emb(self.item_codes + self.code_offsets).sum(-2)
+        codes = self.code_emb(self.item_codes + self.code_offsets).sum(-2)
+        return codes if self.item_emb is None else self.item_emb.weight + codes
 
     def embed_items(self, items: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """(..., N) item indices -> (..., N, d): item id + sum of semantic-ID code embeddings.
@@ -353,7 +355,9 @@ class OneRec(nn.Module):
             e = table[items]
         else:
             codes = self.item_codes[items] + self.code_offsets  # (..., N, L)
-            e = self.item_emb(items) + self.code_emb(codes).sum(-2)
+            e = self.code_emb(codes).sum(-2)
+            if self.item_emb is not None:
+                e = e + self.item_emb(items)
         return e * (items > 0).unsqueeze(-1)
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,7 +72,8 @@ def model_flops(model: OneRec, n_requests: int, n_targets: int, context_len: int
     """Training FLOPs (forward + backward = 6 x params x tokens) of one step, active experts."""
     enc = sum(p.numel() for p in model.encoder.parameters())
     dec = model.num_params(active=True) - enc - sum(
-        p.numel() for m in (model.item_emb, model.code_emb, model.user_emb) for p in m.parameters())
+        p.numel() for m in (model.item_emb, model.code_emb, model.user_emb) if m is not None
+        for p in m.parameters())
     head = 0.0
     if model.item_query is not None:  # the item head: a full softmax over the catalogue
         head = float(n_targets) * (model.item_codes.shape[0] + model.cfg.d_model) * model.cfg.d_model

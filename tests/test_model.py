@@ -152,3 +152,33 @@ def test_encoder_dropout_regularises_the_encoder_only():
     torch.testing.assert_close(model.encode(batch)[0], model.encode(batch)[0])
     # null falls back to model.dropout
     assert Config.from_preset("tiny", ["model.dropout=0.2"]).model.encoder_rate == 0.2
+
+
+def test_without_item_id_embeddings_no_parameter_grows_with_the_catalogue():
+    cfg = Config.from_preset("tiny", ["model.item_id_embedding=false",
+                                      "model.item_loss_weight=1"]).model
+
+    def build(n_items: int) -> OneRec:
+        torch.manual_seed(0)
+        codes = torch.cat([torch.zeros(1, 3, dtype=torch.long),
+                           torch.tensor(list(itertools.product(range(8), range(8), range(4))))
+                           [:n_items]])
+        return OneRec(cfg, item_codes=codes, vocab_sizes=[8, 8, 4], n_user_buckets=5,
+                      max_seq_len=8, max_pos_len=8)
+
+    small, large = build(20), build(200)
+    assert small.item_emb is None
+    assert small.num_params() == large.num_params()  # the item head scores against codes too
+    # an item is the sum of its codes' embeddings: two items sharing codes share those terms
+    e = large.embed_items(torch.tensor([[5, 6]]))
+    codes = large.item_codes[torch.tensor([5, 6])] + large.code_offsets
+    assert torch.allclose(e[0], large.code_emb(codes).sum(-2))
+    with_ids = Config.from_preset("tiny").model
+    assert with_ids.item_id_embedding  # the default keeps each item's own vector
+    batch = random_batch(large, b=3, t=5)
+    batch.target_items = torch.randint(1, 201, (5,))
+    batch.target_codes = large.item_codes[batch.target_items]
+    out = large(batch)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert large.code_emb.weight.grad is not None
