@@ -6,8 +6,15 @@ semantic ID, and the sum of its centroids is its reconstruction.
 
 Design choices:
 - k-means is faiss-cpu (`faiss.Kmeans`): seconds for 10^4 items on 2 cores. Each level is seeded
-  with `seed + level`, and faiss never subsamples (max_points_per_centroid = N), so the same
-  inputs and seed give byte-identical centroids and codes.
+  with `seed + level`. It trains on at most `max_points_per_centroid` x K items (faiss's own
+  sampling, seeded: 256 x K by default, so every item of a catalogue under 65k items at
+  K = 256 trains, and 10 M items at K = 1024 train on 262k), and the same inputs and seed give
+  byte-identical centroids and codes.
+- Memory is bounded, not N x K: distances are computed in blocks of `BLOCK` rows, and the
+  balanced assignment keeps each item's `CANDIDATES` nearest codes where N x K would pass
+  `FULL_LIMIT` entries (a catalogue of 10 M items at K = 1024 would need 40 GB of distances);
+  the few items every candidate refuses get their full row afterwards. Under the limit the
+  assignment is the exact greedy one, as before.
 - Balanced option (OneRec uses balanced k-means so that codes are used evenly, which the
   beam search and the softmax over codes both like): after faiss k-means, `balance_iters` rounds
   of (assignment under a capacity, centroid = mean of its members). The capacity of a code is
@@ -52,6 +59,12 @@ def check_embeddings(x: np.ndarray, codebook_size: int | None = None) -> np.ndar
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+BLOCK = 65_536  # rows of x per distance block
+FULL_LIMIT = 1 << 26  # N x K distances kept whole up to this (256 MB of float32)
+CANDIDATES = 32  # nearest codes kept per item above it
+MAX_POINTS_PER_CENTROID = 256  # k-means trains on at most this x K items (faiss's default)
+
+
 def sq_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Squared L2 distances (N, K) between rows of x (N, d) and centroids c (K, d)."""
     d = (x * x).sum(1)[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
@@ -59,45 +72,91 @@ def sq_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid for each row (ties: lowest index)."""
-    return sq_distances(x, c).argmin(1).astype(np.int32)
+    """Index of the nearest centroid for each row (ties: lowest index), BLOCK rows at a time."""
+    out = np.empty(x.shape[0], dtype=np.int32)
+    for s in range(0, x.shape[0], BLOCK):
+        out[s:s + BLOCK] = sq_distances(x[s:s + BLOCK], c).argmin(1)
+    return out
 
 
-def balanced_assign(x: np.ndarray, c: np.ndarray, capacity: int) -> np.ndarray:
+def nearest_codes(x: np.ndarray, c: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's m nearest centroids, nearest first (ties: lowest index), and their distances:
+    (N, m) int32 and float32, computed BLOCK rows at a time."""
+    n, k = x.shape[0], c.shape[0]
+    order = np.empty((n, m), dtype=np.int32)
+    dist = np.empty((n, m), dtype=np.float32)
+    for s in range(0, n, BLOCK):
+        d = sq_distances(x[s:s + BLOCK], c)
+        if m < k:
+            part = np.argpartition(d, m - 1, axis=1)[:, :m]
+            part.sort(axis=1)  # by index first, so the stable sort below breaks ties by index
+            dp = np.take_along_axis(d, part, 1)
+            o = np.argsort(dp, axis=1, kind="stable")
+            order[s:s + BLOCK] = np.take_along_axis(part, o, 1)
+            dist[s:s + BLOCK] = np.take_along_axis(dp, o, 1)
+        else:
+            o = np.argsort(d, axis=1, kind="stable")
+            order[s:s + BLOCK] = o
+            dist[s:s + BLOCK] = np.take_along_axis(d, o, 1)
+    return order, dist
+
+
+def balanced_assign(x: np.ndarray, c: np.ndarray, capacity: int,
+                    candidates: int | None = None) -> np.ndarray:
     """Greedy-by-distance assignment with at most `capacity` items per centroid.
 
-    x: (N, d), c: (K, d); requires capacity * K >= N. Returns labels (N,) int32.
+    x: (N, d), c: (K, d); requires capacity * K >= N. Returns labels (N,) int32. Rounds of
+    proposals: every unassigned item proposes to its nearest code that has not refused it, and
+    each code keeps the closest proposals up to its remaining capacity. Each item's proposals
+    run down its `candidates` nearest codes (all K where N x K <= FULL_LIMIT, else
+    CANDIDATES); items that all of them refuse get their full row, and go on.
     """
     n, k = x.shape[0], c.shape[0]
     if capacity * k < n:
         raise TokenizerError(f"capacity {capacity} x {k} codes cannot hold {n} items")
-    dist = sq_distances(x, c)
-    order = np.argsort(dist, axis=1, kind="stable")
+    m = candidates or (k if n * k <= FULL_LIMIT else min(k, CANDIDATES))
+    order, dist = nearest_codes(x, c, min(m, k))
     labels = np.full(n, -1, dtype=np.int32)
-    remaining = np.full(k, capacity, dtype=np.int64)
-    ptr = np.zeros(n, dtype=np.int64)
-    todo = np.arange(n)
+    remaining = _proposal_rounds(np.arange(n), order, dist, labels,
+                                 np.full(k, capacity, dtype=np.int64))
+    left = np.flatnonzero(labels < 0)
+    if left.size:  # refused by every candidate (each such code is full): their full rows
+        order, dist = nearest_codes(x[left], c, k)
+        sub = np.full(left.size, -1, dtype=np.int32)
+        _proposal_rounds(np.arange(left.size), order, dist, sub, remaining)
+        labels[left] = sub
+    return labels
+
+
+def _proposal_rounds(todo: np.ndarray, order: np.ndarray, dist: np.ndarray,
+                     labels: np.ndarray, remaining: np.ndarray) -> np.ndarray:
+    """Proposal rounds over the candidate lists (order, dist: (N, m), nearest first) until
+    every item in `todo` is assigned or refused by all its m candidates (its label stays -1).
+    A refusal means the code is full, so it never takes another item. Returns the remaining
+    capacities."""
+    k, m = remaining.size, order.shape[1]
+    ptr = np.zeros(order.shape[0], dtype=np.int64)
     while todo.size:
         prop = order[todo, ptr[todo]]
-        d = dist[todo, prop]
+        d = dist[todo, ptr[todo]]
         srt = np.lexsort((todo, d, prop))  # by code, then distance, then item (determinism)
         todo_s, prop_s = todo[srt], prop[srt]
         first = np.searchsorted(prop_s, prop_s, side="left")
         rank = np.arange(prop_s.size) - first
         accept = rank < remaining[prop_s]
         labels[todo_s[accept]] = prop_s[accept]
-        remaining -= np.bincount(prop_s[accept], minlength=k)
+        remaining = remaining - np.bincount(prop_s[accept], minlength=k)
         rejected = todo_s[~accept]
         ptr[rejected] += 1
-        todo = np.sort(rejected)
-    return labels
+        todo = np.sort(rejected[ptr[rejected] < m])
+    return remaining
 
 
 def _kmeans(x: np.ndarray, k: int, iters: int, seed: int) -> np.ndarray:
     import faiss  # heavy import, only where k-means runs
 
     km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, verbose=False,
-                      max_points_per_centroid=max(x.shape[0], 1), min_points_per_centroid=1)
+                      max_points_per_centroid=MAX_POINTS_PER_CENTROID, min_points_per_centroid=1)
     km.train(x)
     return np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
 

@@ -148,3 +148,16 @@ def test_vocab_sizes_cover_every_token(cb):
     assert cb.vocab_sizes[: cb.levels] == [cb.codebook_size] * cb.levels
     assert cb.vocab_sizes[-1] == cb.metrics["items_per_id_max"]
     assert (cb.semantic_ids.max(0) < np.array(cb.vocab_sizes)).all()
+
+
+def test_disambiguation_ranks_equal_a_running_count_per_code_tuple():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 3, (2000, 3))
+    start = {(0, 0, 0): 5, (1, 2, 1): 2}
+    for given in (None, start):
+        seen, want = dict(given or {}), []
+        for row in map(tuple, codes.tolist()):
+            want.append(seen.get(row, 0))
+            seen[row] = want[-1] + 1
+        assert assign_disambiguation(codes, given).tolist() == want
+    assert assign_disambiguation(np.zeros((0, 3), dtype=np.int64)).shape == (0,)
