@@ -48,18 +48,20 @@ def test_balanced_assign_fills_nearest_codes_first():
     assert labels.tolist() == [0, 0, 1, 1]  # 0.2 is the farthest from code 0, so it moves
 
 
-def test_a_few_candidates_a_row_keep_the_capacity_and_here_the_greedy_assignment():
+def test_a_few_candidates_a_row_keep_the_capacity_and_most_of_the_greedy_assignment():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3000, 6)).astype(np.float32)
     c = rng.normal(size=(64, 6)).astype(np.float32)
     cap = math.ceil(3000 / 64)
     exact = balanced_assign(x, c, cap, candidates=64)  # every code a row: the greedy itself
     assert np.bincount(exact, minlength=64).max() <= cap
-    assert np.array_equal(balanced_assign(x, c, cap, candidates=16), exact)
-    # one candidate a row: most rows are refused by it and finish on their full rows
-    one = balanced_assign(x, c, cap, candidates=1)
-    assert (one >= 0).all() and np.bincount(one, minlength=64).max() <= cap
-    assert (one == exact).mean() > 0.5  # not the same rounds, so not always the same codes
+    for m in (16, 1):  # one candidate: most rows are refused and go on among codes with room
+        few = balanced_assign(x, c, cap, candidates=m)
+        assert (few >= 0).all() and np.bincount(few, minlength=64).max() <= cap
+        assert (few == exact).mean() > 0.5
+    # the rows' own nearest code wins wherever it has room, as in the greedy
+    near = rq_kmeans.nearest(x, c)
+    assert (balanced_assign(x, c, 3000, candidates=4) == near).all()
 
 
 def test_nearest_in_blocks_equals_one_block(monkeypatch):
@@ -69,6 +71,8 @@ def test_nearest_in_blocks_equals_one_block(monkeypatch):
     whole = rq_kmeans.sq_distances(x, c).argmin(1)
     monkeypatch.setattr(rq_kmeans, "BLOCK", 97)
     assert np.array_equal(rq_kmeans.nearest(x, c), whole)
-    order, dist = rq_kmeans.nearest_codes(x, c, 7)
-    assert np.array_equal(order[:, 0], whole)
+    order, dist = rq_kmeans.nearest_codes(x, c, 7)  # faiss's k-nearest search
+    full, full_d = rq_kmeans.nearest_codes(x, c, 40)  # every code: a sorted row
+    assert np.array_equal(order, full[:, :7]) and np.array_equal(full[:, 0], whole)
+    assert np.allclose(dist, full_d[:, :7], atol=1e-4)
     assert (np.diff(dist, axis=1) >= 0).all()  # nearest first
