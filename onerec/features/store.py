@@ -1,7 +1,8 @@
 """The Feast side: render a repo into a run folder, apply it, write, read online and offline.
 
 - `prepare_repo` renders `feature_repo/` (definitions, .feastignore, feature_store.yaml with
-  Config.features' project and paths) into a folder and writes the offline parquet there:
+  Config.features' project, paths and online store: the SQLite file, or Redis at
+  features.redis_connection) into a folder and writes the offline parquet there:
   profiles, video features, and the sequence history of the events given (one row per user per
   update). Built under a temporary name and swapped in, so a failed run leaves the old folder.
 - `apply_repo` registers the definitions (what `feast apply` does, in-process: the definitions

@@ -3,7 +3,8 @@
 One synthetic dataset (tiny preset: sequences cut at 8 / 8 / 16, so truncation is exercised):
 the first 600 events are backfilled and materialized, the rest streamed through the writer.
 Every expectation comes from `expected_context`, a plain-pandas rebuild of the contexts from
-the raw log, independent of the writer's code.
+the raw log, independent of the writer's code. The same repo also runs on Redis (a loopback
+redis-server, `local_redis`), where every user must read what SQLite gives.
 """
 
 from __future__ import annotations
