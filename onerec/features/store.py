@@ -211,15 +211,22 @@ def _definitions(repo: Path) -> list[Any]:
     return [v for v in vars(module).values() if isinstance(v, kinds)]
 
 
-def open_store(repo: str | Path) -> Any:
-    """A FeatureStore on a rendered repo folder."""
+def open_store(repo: str | Path, *, check: bool = True) -> Any:
+    """A FeatureStore on a rendered repo folder.
+
+    `check`: PING a Redis online store first (`check_online_store`), so the commands, pipeline
+    steps and benchmarks stop at once with the connection string in the error. The server
+    passes False: there a store that does not answer is an outage it reports and retries
+    (serving/online.py), not a start-up failure.
+    """
     from feast import FeatureStore
 
     repo = Path(repo)
     if not (repo / "feature_store.yaml").is_file():
         raise FeaturesError(f"{repo}: no feature_store.yaml (run `onerec features apply`)")
     store = FeatureStore(repo_path=str(repo))
-    check_online_store(store)
+    if check:
+        check_online_store(store)
     return store
 
 

@@ -30,6 +30,7 @@ from onerec.features import (
     apply_repo,
     materialize_all,
     online_user_context,
+    open_store,
     prepare_repo,
     serving_repo,
     training_features,
@@ -404,3 +405,7 @@ def test_an_unreachable_redis_is_an_error_naming_its_connection_string(tmp_path,
                         Dataset("synthetic", ds.events.iloc[:50], ds.items, ds.users))
     with pytest.raises(FeaturesError, match=re.escape(f"'{connection}' is unreachable")):
         apply_repo(repo)
+    with pytest.raises(FeaturesError, match=r"set features\.redis_connection"):
+        open_store(repo)
+    # the server's way in: no check, an unreachable store is its outage to report and retry
+    assert open_store(repo, check=False).config.online_store.connection_string == connection
