@@ -9,9 +9,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
 COPY constraints.txt /tmp/constraints.txt
-# redis/hiredis are not in constraints.txt (the laptop uses SQLite): pinned here, inside the
-# range feast 0.67's `redis` extra allows (redis<8)
-RUN pip install -c /tmp/constraints.txt "feast[redis]==0.67.0" redis==7.4.1 hiredis==3.5.0
+# redis/hiredis come from feast's `redis` extra, pinned in constraints.txt (redis 7.4.1: feast 0.67
+# wants <8) like the project's `features` extra, so this image and the tests run the same client
+RUN pip install -c /tmp/constraints.txt "feast[redis]==0.67.0"
 
 WORKDIR /feast
 COPY feature_repo/definitions.py definitions.py

@@ -415,6 +415,11 @@ class FeaturesConfig:
     project: str = "onerec"  # Feast project name
     registry_path: str = "data/registry.db"  # registry file, relative to repo_dir
     online_path: str = "data/online_store.db"  # SQLite online store, relative to repo_dir
+    # the online store of a rendered repo: the embedded SQLite file (laptop, demo, tests) or a
+    # Redis server (production's, k8s/base/feast/redis.yaml) at redis_connection
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    # Feast's connection_string: "host:port[,db=N][,password=...][,ssl=true]"
+    redis_connection: str = "localhost:6379"
     service_version: str = "v1"  # model version: serving reads FeatureService onerec_<this>
     seed_history: bool = True  # start sequences from KuaiRand's pre-log history (as stream.py)
     push_batch_events: int = 5000  # stream writer: events applied per online push
@@ -431,6 +436,9 @@ class FeaturesConfig:
         _check(self.service_version.startswith("v") and self.service_version[1:].isdigit(),
                f"{p}.service_version", "must look like v1, v2, ...")
         _check(self.push_batch_events > 0, f"{p}.push_batch_events", "must be > 0")
+        host = self.redis_connection.split(",")[0]
+        _check(self.online_store != "redis" or (":" in host and "=" not in host),
+               f"{p}.redis_connection", "must start with host:port (Feast's connection_string)")
         _check(self.backfill_events >= 0, f"{p}.backfill_events", "must be >= 0")
 
 

@@ -75,7 +75,7 @@ def reopen_store(store: Any) -> Callable[[], Any] | None:
     def reopen() -> Any:
         from onerec.features.store import open_store
 
-        return open_store(repo)
+        return open_store(repo, check=False)  # an unreachable store stays an outage
 
     return reopen
 

@@ -161,7 +161,7 @@ class OneRecTransformer(Model):
         if self.feature_repo is not None and self.store is None:
             from onerec.features.store import open_store
 
-            self.store = open_store(self.feature_repo)
+            self.store = open_store(self.feature_repo, check=False)
             assert self.online is not None  # nosec B101 # type narrowing: set by the setter
             self.online.warm_up()  # a store that cannot answer yet is an outage, not an error
 

@@ -1,7 +1,8 @@
 """The Feast side: render a repo into a run folder, apply it, write, read online and offline.
 
 - `prepare_repo` renders `feature_repo/` (definitions, .feastignore, feature_store.yaml with
-  Config.features' project and paths) into a folder and writes the offline parquet there:
+  Config.features' project, paths and online store: the SQLite file, or Redis at
+  features.redis_connection) into a folder and writes the offline parquet there:
   profiles, video features, and the sequence history of the events given (one row per user per
   update). Built under a temporary name and swapped in, so a failed run leaves the old folder.
 - `apply_repo` registers the definitions (what `feast apply` does, in-process: the definitions
@@ -133,12 +134,18 @@ def video_frame(items: pd.DataFrame, codebook: Any = None) -> pd.DataFrame:
 
 # -- the repo ------------------------------------------------------------------------------------
 def render_store_yaml(cfg: Config, template: Path) -> str:
-    """The template's feature_store.yaml with Config.features' project and paths."""
+    """The template's feature_store.yaml with Config.features' project, registry and online
+    store: features.online_store "sqlite" (the embedded file at online_path) or "redis" (a
+    server at redis_connection, as production's feature_repo/production/feature_store.yaml)."""
     d = yaml.safe_load(template.read_text())
     f = cfg.features
     d["project"] = f.project
     d["registry"] = f.registry_path
-    d["online_store"] = {**d.get("online_store", {}), "type": "sqlite", "path": f.online_path}
+    if f.online_store == "redis":
+        d["online_store"] = {"type": "redis", "connection_string": f.redis_connection}
+    else:
+        d["online_store"] = {**d.get("online_store", {}), "type": "sqlite",
+                             "path": f.online_path}
     header = "# Rendered by onerec.features.prepare_repo from Config.features; edit the config.\n"
     return header + yaml.safe_dump(d, sort_keys=False)
 
@@ -204,14 +211,57 @@ def _definitions(repo: Path) -> list[Any]:
     return [v for v in vars(module).values() if isinstance(v, kinds)]
 
 
-def open_store(repo: str | Path) -> Any:
-    """A FeatureStore on a rendered repo folder."""
+def open_store(repo: str | Path, *, check: bool = True) -> Any:
+    """A FeatureStore on a rendered repo folder.
+
+    `check`: PING a Redis online store first (`check_online_store`), so the commands, pipeline
+    steps and benchmarks stop at once with the connection string in the error. The server
+    passes False: there a store that does not answer is an outage it reports and retries
+    (serving/online.py), not a start-up failure.
+    """
     from feast import FeatureStore
 
     repo = Path(repo)
     if not (repo / "feature_store.yaml").is_file():
         raise FeaturesError(f"{repo}: no feature_store.yaml (run `onerec features apply`)")
-    return FeatureStore(repo_path=str(repo))
+    store = FeatureStore(repo_path=str(repo))
+    if check:
+        check_online_store(store)
+    return store
+
+
+def check_online_store(store: Any, timeout_s: float = 3.0) -> None:
+    """Fail early, naming the connection string, when a Redis online store does not answer.
+
+    Feast connects lazily, so an unreachable Redis would otherwise surface as a bare
+    ConnectionError from deep inside the first apply, write or read. Other online stores (the
+    SQLite file, a remote feature server) are not checked here.
+    """
+    online = store.config.online_store
+    # sentinel and cluster deployments are Feast's to reach; a single server is checked
+    if getattr(online, "type", None) != "redis" or online.redis_type != "redis":
+        return
+    import redis
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    nodes, params = RedisOnlineStore._parse_connection_string(online.connection_string)
+    if not nodes or "host" not in nodes[0] or "port" not in nodes[0]:
+        raise FeaturesError(f"{store.repo_path}: Redis connection_string "
+                            f"{online.connection_string!r} does not start with host:port")
+    # one retry at once: redis-py's default (3 with backoff) makes a refused port a 9 s wait
+    client = redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params,
+                         socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+                         retry=Retry(NoBackoff(), 1))
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        raise FeaturesError(f"{store.repo_path}: the Redis online store at "
+                            f"{online.connection_string!r} is unreachable ({e}); start Redis "
+                            "there or set features.redis_connection") from None
+    finally:
+        client.close()
 
 
 def apply_repo(repo: str | Path) -> Any:

@@ -3,11 +3,13 @@
 One synthetic dataset (tiny preset: sequences cut at 8 / 8 / 16, so truncation is exercised):
 the first 600 events are backfilled and materialized, the rest streamed through the writer.
 Every expectation comes from `expected_context`, a plain-pandas rebuild of the contexts from
-the raw log, independent of the writer's code.
+the raw log, independent of the writer's code. The same repo also runs on Redis (a loopback
+redis-server, `local_redis`), where every user must read what SQLite gives.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,7 @@ from onerec.features import (
     apply_repo,
     materialize_all,
     online_user_context,
+    open_store,
     prepare_repo,
     serving_repo,
     training_features,
@@ -185,14 +188,17 @@ def test_unknown_service_version_is_a_features_error(world):
         training_features(world["store"], pd.DataFrame({"user_id": [0], "time_ms": [0]}), "v9")
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("features.service_version=latest", "features.service_version"),
-    ("features.online_path=/abs/online.db", "features.online_path"),
-    ("features.push_batch_events=0", "features.push_batch_events"),
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["features.service_version=latest"], "features.service_version"),
+    (["features.online_path=/abs/online.db"], "features.online_path"),
+    (["features.push_batch_events=0"], "features.push_batch_events"),
+    (["features.online_store=memcached"], "features.online_store"),
+    (["features.online_store=redis", "features.redis_connection=db=1"],
+     "features.redis_connection"),
 ])
-def test_bad_features_config_names_the_key(override, key):
+def test_bad_features_config_names_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
-        Config.from_preset("tiny", [override])
+        Config.from_preset("tiny", overrides)
 
 
 def test_cli_group_reads_a_user(world):
@@ -292,3 +298,114 @@ def test_on_the_shipped_sample_every_user_trains_on_the_context_feast_serves(shi
     # every user of the sample (26,556) with 1.5 M context items between them
     assert len(users) > 25_000 and served_items > 1_000_000
     assert dropped > 0  # unknown videos were in the windows, and both sides dropped them
+
+
+# -- the same repo on Redis, production's online store ------------------------------------------
+# One loopback redis-server for the session (`local_redis`, tests/conftest.py); each repo here
+# takes its own numbered database, so the project's keys never meet.
+STORED = [f"{v}:{c}" for v in VIEWS for c in COLUMNS[v]] + [
+    "user_profile:user_active_degree", "user_profile:fans_user_num"]
+
+
+def redis_cfg(connection: str) -> Config:
+    return Config.from_preset("tiny", [f"features.repo_template={ROOT / 'feature_repo'}",
+                                       "features.online_store=redis",
+                                       f"features.redis_connection={connection}"])
+
+
+def online_rows(store, users: list[int]) -> dict:
+    return store.get_online_features(features=STORED, entity_rows={"user_id": users}).to_dict()
+
+
+def redis_keys(connection: str) -> int:
+    import redis
+
+    host, port, db = connection.replace(",db=", ":").split(":")
+    with redis.Redis(host=host, port=int(port), db=int(db)) as client:
+        return int(client.dbsize())
+
+
+@pytest.fixture(scope="module")
+def redis_world(tmp_path_factory: pytest.TempPathFactory, local_redis, ds: Dataset) -> dict:
+    """`world` on Redis: the same backfill applied and materialized, the same events streamed."""
+    connection = local_redis.connection_string(1)
+    cfg = redis_cfg(connection)
+    repo = tmp_path_factory.mktemp("features-redis") / "repo"
+    prepare_repo(repo, cfg, Dataset("synthetic", ds.events.iloc[:N_BACKFILL], ds.items, ds.users))
+    store = apply_repo(repo)
+    materialize_all(store)
+    users = sorted(ds.events["user_id"].unique().tolist())
+    materialized = online_user_context(store, users)
+    stats = StreamWriter(store, cfg).consume_all(ds.events.iloc[N_BACKFILL:], batch_events=150)
+    return {"repo": repo, "store": store, "cfg": cfg, "connection": connection, "users": users,
+            "materialized": materialized, "stream_stats": stats}
+
+
+def test_the_online_store_is_rendered_from_the_config(tmp_path):
+    import yaml
+
+    from onerec.features.store import render_store_yaml
+
+    template = ROOT / "feature_repo" / "feature_store.yaml"
+    sqlite = yaml.safe_load(render_store_yaml(Config.from_preset("tiny"), template))
+    assert sqlite["online_store"] == {"type": "sqlite", "path": "data/online_store.db"}
+    redis = yaml.safe_load(render_store_yaml(redis_cfg("10.0.0.7:6380,db=4"), template))
+    assert redis["online_store"] == {"type": "redis", "connection_string": "10.0.0.7:6380,db=4"}
+    assert redis["offline_store"] == sqlite["offline_store"] and redis["project"] == "onerec"
+
+
+def test_redis_reads_what_sqlite_reads_after_materialize_and_push(world, redis_world, cfg, ds):
+    """Parity: the same repo, backfill and stream on SQLite and on Redis give every user the
+    same online values, column for column, and both are the contexts of the raw log."""
+    users = redis_world["users"]
+    assert redis_world["materialized"] == world["materialized"]
+    assert redis_world["stream_stats"] == world["stream_stats"]
+    sqlite_rows = online_rows(world["store"], [*users, 10**9])
+    redis_rows = online_rows(redis_world["store"], [*users, 10**9])
+    assert redis_rows == sqlite_rows
+    assert redis_rows["long_video_ids"][-1] is None  # the unknown user, on both
+    ctx = online_user_context(redis_world["store"], users)
+    for u in users:
+        assert ctx[u] == expected_context(ds.events, u, np.inf, cfg), u
+    # it really is Redis: one hash per user and per video there, no SQLite file in the repo
+    assert redis_keys(redis_world["connection"]) == len(users) + len(ds.items)
+    assert not (redis_world["repo"] / "data" / "online_store.db").exists()
+
+
+def test_a_restarted_writer_on_redis_replays_nothing(redis_world, ds):
+    before = online_user_context(redis_world["store"], redis_world["users"])
+    replay = StreamWriter(redis_world["store"], redis_world["cfg"])  # state read from Redis
+    stats = replay.consume_all(ds.events)
+    assert (stats.applied, stats.skipped) == (0, len(ds.events))
+    assert online_user_context(redis_world["store"], redis_world["users"]) == before
+
+
+def test_serving_repo_on_redis_holds_the_rows_of_serving_repo_on_sqlite(tmp_path, local_redis,
+                                                                        cfg, ds):
+    """The demo server's load path (`write_sequences` + materialize of profiles and videos)
+    writes the same online rows to Redis as to SQLite, videos included."""
+    head = Dataset("synthetic", ds.events.iloc[:N_BACKFILL], ds.items, ds.users)
+    on_sqlite, _ = serving_repo(tmp_path / "sqlite", cfg, head)
+    on_redis, took = serving_repo(tmp_path / "redis", redis_cfg(local_redis.connection_string(2)),
+                                  head)
+    users = sorted(set(head.events["user_id"].tolist()))
+    assert took["users"] == len(users)
+    assert online_rows(on_redis, users) == online_rows(on_sqlite, users)
+    videos = {"video_id": ds.items["video_id"].tolist()}
+    feats = ["video_features:tag", "video_features:duration_ms", "video_features:author_id"]
+    assert (on_redis.get_online_features(features=feats, entity_rows=videos).to_dict()
+            == on_sqlite.get_online_features(features=feats, entity_rows=videos).to_dict())
+
+
+def test_an_unreachable_redis_is_an_error_naming_its_connection_string(tmp_path, ds):
+    from onerec.features.redis_server import free_port
+
+    connection = f"127.0.0.1:{free_port()},db=0"  # nothing listens there
+    repo = prepare_repo(tmp_path / "repo", redis_cfg(connection),
+                        Dataset("synthetic", ds.events.iloc[:50], ds.items, ds.users))
+    with pytest.raises(FeaturesError, match=re.escape(f"'{connection}' is unreachable")):
+        apply_repo(repo)
+    with pytest.raises(FeaturesError, match=r"set features\.redis_connection"):
+        open_store(repo)
+    # the server's way in: no check, an unreachable store is its outage to report and retry
+    assert open_store(repo, check=False).config.online_store.connection_string == connection
