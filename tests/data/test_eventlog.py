@@ -95,7 +95,7 @@ def test_write_log_splits_row_groups_and_leaves_no_temp_file(tmp_path):
     sizes = [pq.ParquetFile(path).metadata.row_group(i).num_rows for i in range(5)]
     assert sizes == [250, 250, 100, 250, 150]
     assert [p.name for p in tmp_path.iterdir()] == ["log_x.parquet"]
-    with pytest.raises(DataError, match="log_y.parquet: no rows to write"):
+    with pytest.raises(DataError, match=r"log_y\.parquet: no rows to write"):
         eventlog.write_log(iter([]), tmp_path / "log_y.parquet")
     assert [p.name for p in tmp_path.iterdir()] == ["log_x.parquet"]
 
