@@ -27,6 +27,9 @@ Design choices:
   limit (kept in the expectation's ``meta``). An expectation that raises inside GX (a missing
   column, a wrong dtype) is a failure carrying the exception message, never a crash.
 - Reports are plain JSON (numpy scalars converted) and Markdown, written atomically.
+- The pipeline's validate stage does not call `validate_tables` on the whole log: it streams
+  the log through `onerec.logscan`, which runs these suites (`SuiteRun`) on bounded chunks and
+  merges their results, so its memory does not grow with the log.
 """
 
 from __future__ import annotations

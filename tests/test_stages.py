@@ -173,5 +173,6 @@ def test_validate_streams_the_shipped_log_to_the_in_memory_snapshot(shipped_dir,
     assert {k: v for k, v in ref.items() if k not in ("created_at", "source")} == {
         k: v for k, v in want.items() if k not in ("created_at", "source")}
     report = json.loads((snap / "validation" / "report.json").read_text())
-    assert report["stats"]["events_rows"] == len(batch) and report["stats"]["events_chunks"] == 1
+    # more events than one chunk: the suite ran in pieces, the reference still exact
+    assert report["stats"]["events_rows"] == len(batch) and report["stats"]["events_chunks"] == 2
     assert (snap / "validation" / "data_docs" / "index.html").is_file()
