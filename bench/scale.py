@@ -19,7 +19,7 @@ sections). Sections:
   run on the smaller logs only by default (at 100x it needs tens of GB).
 
 The fitted exponent is the slope of log(peak RSS) against log(log rows): 0 is flat, 1 is
-linear. Peak RSS includes the interpreter and its imports (torch, pandas, GX: some 600 MB),
+linear. Peak RSS includes the interpreter and its imports (torch, pandas, GX: some 470 MB),
 so the growth per million rows (a linear fit) is printed beside it.
 """
 
