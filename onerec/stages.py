@@ -154,19 +154,18 @@ class Snapshot:
             ds, events=ds.events[ds.events["time_ms"] < self.until_ms].reset_index(drop=True))
 
 
-def _batch_fingerprint(events: pd.DataFrame) -> str:
-    keys = events[["user_id", "video_id", "time_ms"]].to_numpy(np.int64)
-    return hashlib.sha256(keys.tobytes()).hexdigest()[:16]
-
-
 def validate(cfg: Config, data_dir: str | Path, out: str | Path, *, until: str,
              holdout_days: int = 1, root: str | Path) -> dict[str, Any]:
     """Validate the events new since the production watermark (Great Expectations suites, drift
     against the last accepted batch) and write the cycle's snapshot. A failed suite writes its
     report and raises StageError: nothing trains on that batch, production keeps serving. A log
     file that cannot be read (truncated) or whose own schema drifted (a column renamed, dropped
-    or retyped) stops it the same way, before the batch is cut, naming the file and column."""
-    from onerec import validation
+    or retyped) stops it the same way, before the batch is cut, naming the file and column.
+
+    The log is streamed (`onerec.logscan.scan_log`: parquet batch by batch, the suites on
+    bounded chunks of the batch), so the stage's peak memory does not grow with the log."""
+    from onerec import logscan, validation
+    from onerec.data import eventlog
 
     if holdout_days < 1:
         raise StageError(f"holdout_days must be >= 1, got {holdout_days}")
@@ -174,8 +173,11 @@ def validate(cfg: Config, data_dir: str | Path, out: str | Path, *, until: str,
     holdout_ms = until_ms - holdout_days * DAY_MS
     prod = registry.read_production(root)
     watermark = prod.watermark_ms if prod is not None else -1
-    try:
-        raw = kuairand.read_tables(data_dir)
+    try:  # footers and the small tables only: the events are streamed below
+        files = kuairand.log_files(data_dir)
+        raw = kuairand.RawTables(events=pd.DataFrame(), items=kuairand.read_items(data_dir),
+                                 users=kuairand.read_users(data_dir), log_files=files,
+                                 log_schemas=eventlog.log_schemas(files))
     except DataError as e:  # a truncated or unreadable file: nothing can be validated
         _stop_validation(out, validation.failed_report(
             [validation.unreadable_failure(str(e))], data_dir=str(data_dir), until=until))
@@ -184,12 +186,6 @@ def validate(cfg: Config, data_dir: str | Path, out: str | Path, *, until: str,
         _stop_validation(out, validation.failed_report(
             schema_failures, data_dir=str(data_dir), until=until,
             log_files=[f.name for f in raw.log_files]))
-    t = raw.events["time_ms"]
-    events = raw.events[t < until_ms]
-    batch = events[events["time_ms"] > watermark].reset_index(drop=True)
-    if batch.empty:
-        raise StageError(f"no events after the production watermark {ms_to_iso(watermark)} "
-                         f"and before {until}: nothing new to train on")
     if prod is not None and holdout_ms <= watermark:
         raise StageError(f"the held-out window starts at {ms_to_iso(holdout_ms)}, before the "
                          f"production watermark {ms_to_iso(watermark)}: run a later `until`")
@@ -197,24 +193,31 @@ def validate(cfg: Config, data_dir: str | Path, out: str | Path, *, until: str,
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".data_docs-", dir=Path(out).parent,
                                      ignore_cleanup_errors=True) as docs:
-        report = validation.validate_tables(dataclasses.replace(raw, events=batch), cfg, ref,
-                                            now_ms=until_ms, docs_dir=docs)
+        try:
+            scan = logscan.scan_log(
+                files, raw.items, raw.users, cfg, ref, until_ms=until_ms, watermark_ms=watermark,
+                holdout_start_ms=holdout_ms, now_ms=until_ms, docs_dir=docs,
+                source=f"{data_dir} batch until {until}")
+        except DataError as e:  # a data page past a valid footer that cannot be read
+            _stop_validation(out, validation.failed_report(
+                [validation.unreadable_failure(str(e))], data_dir=str(data_dir), until=until))
+        if scan.n_batch_events == 0:
+            raise StageError(f"no events after the production watermark {ms_to_iso(watermark)} "
+                             f"and before {until}: nothing new to train on")
+        report = scan.report
         snap = Snapshot(
             data_dir=str(Path(data_dir).resolve()), until=until, until_ms=until_ms,
             holdout_start_ms=holdout_ms, watermark_ms=watermark,
-            production_version=prod.version if prod else None, n_batch_events=len(batch),
-            n_train_events=int((events["time_ms"] < holdout_ms).sum()),
-            n_holdout_events=int((events["time_ms"] >= holdout_ms).sum()),
-            fingerprint=_batch_fingerprint(batch))
+            production_version=prod.version if prod else None,
+            n_batch_events=scan.n_batch_events, n_train_events=scan.n_train_events,
+            n_holdout_events=scan.n_holdout_events, fingerprint=scan.fingerprint)
         summary = {**dataclasses.asdict(snap), "validation_success": report.success,
                    "drift_checked": ref is not None,
                    "failures": [f.message for f in report.failures]}
         with atomic_dir(out) as tmp:
             validation.write_report(report, tmp / "validation")
             shutil.move(docs, tmp / "validation" / "data_docs")  # GX Data Docs: index.html
-            validation.save_reference(validation.compute_reference(
-                batch, raw.items, cfg.validation, source=f"{data_dir} batch until {until}"),
-                tmp / "reference.json")
+            validation.save_reference(scan.reference, tmp / "reference.json")
             (tmp / "snapshot.json").write_text(json.dumps(summary, indent=2))
     if not report.success:
         raise StageError(f"data validation failed ({len(report.failures)} failure(s)): "

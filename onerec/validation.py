@@ -27,6 +27,9 @@ Design choices:
   limit (kept in the expectation's ``meta``). An expectation that raises inside GX (a missing
   column, a wrong dtype) is a failure carrying the exception message, never a crash.
 - Reports are plain JSON (numpy scalars converted) and Markdown, written atomically.
+- The pipeline's validate stage does not call `validate_tables` on the whole log: it streams
+  the log through `onerec.logscan`, which runs these suites (`SuiteRun`) on bounded chunks and
+  merges their results, so its memory does not grow with the log.
 """
 
 from __future__ import annotations
@@ -491,34 +494,75 @@ def _failure(suite: str, r, sample_n: int) -> Failure:
 DOCS_SITE = "onerec"  # the Data Docs site `validate_tables(docs_dir=...)` builds
 
 
+class SuiteRun:
+    """One suite registered once in a GX context and validated on one or more dataframes:
+    through a GX Checkpoint whose `actions` build the Data Docs pages (one page per validated
+    dataframe), or (no actions, or the drift suite) validated on its batch directly. GX 1.24's
+    results store cannot serialise the KL-divergence expectation's result (numpy booleans in
+    its details), so the drift suite is in report.json only, not in the Data Docs."""
+
+    def __init__(self, ctx, gx, source, name: str, expectations: list, sample_n: int,
+                 actions: list) -> None:
+        self.name = name
+        self._batch_def = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(
+            f"{name}_all")
+        self._suite = ctx.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        self._result_format = {"result_format": "SUMMARY",
+                               "partial_unexpected_count": max(sample_n, 1)}
+        self._checkpoint = None
+        if actions and name != "drift":
+            definition = ctx.validation_definitions.add(
+                gx.ValidationDefinition(name=name, data=self._batch_def, suite=self._suite))
+            self._checkpoint = ctx.checkpoints.add(gx.Checkpoint(
+                name=f"{name}_checkpoint", validation_definitions=[definition], actions=actions,
+                result_format=self._result_format))
+
+    def validate(self, df: pd.DataFrame) -> Any:
+        """The suite's GX validation result on `df`."""
+        if self._checkpoint is not None:
+            run = self._checkpoint.run(batch_parameters={"dataframe": df})
+            return next(iter(run.run_results.values()))
+        return self._batch_def.get_batch(batch_parameters={"dataframe": df}).validate(
+            self._suite, result_format=self._result_format)
+
+
+def suite_failures(name: str, results: list, sample_n: int) -> list[Failure]:
+    """The failed expectations of a suite's results, a missing column first: the errors of the
+    expectations on it follow from it."""
+    failures = [_failure(name, r, sample_n) for r in results if not r.success]
+    failures.sort(key=lambda f: f.expectation != "expect_column_to_exist")
+    return failures
+
+
 def _run_suite(ctx, gx, source, name: str, df: pd.DataFrame, expectations: list,
                sample_n: int, actions: list) -> tuple[dict[str, Any], list[Failure], Any]:
-    """One suite: through a GX Checkpoint whose `actions` build the Data Docs pages, or (no
-    actions, or the drift suite) validated on its batch directly. GX 1.24's results store
-    cannot serialise the KL-divergence expectation's result (numpy booleans in its details),
-    so the drift suite is in report.json only, not in the Data Docs."""
+    """One suite on one dataframe (`SuiteRun`): its summary, failures and GX result."""
     t0 = time.perf_counter()
-    asset = source.add_dataframe_asset(name=name)
-    batch_def = asset.add_batch_definition_whole_dataframe(f"{name}_all")
-    suite = ctx.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": max(sample_n, 1)}
-    if actions and name != "drift":
-        definition = ctx.validation_definitions.add(
-            gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
-        checkpoint = ctx.checkpoints.add(gx.Checkpoint(
-            name=f"{name}_checkpoint", validation_definitions=[definition], actions=actions,
-            result_format=result_format))
-        run = checkpoint.run(batch_parameters={"dataframe": df})
-        result = next(iter(run.run_results.values()))
-    else:
-        result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(
-            suite, result_format=result_format)
-    failures = [_failure(name, r, sample_n) for r in result.results if not r.success]
-    # a missing column first: the errors of the expectations on it follow from it
-    failures.sort(key=lambda f: f.expectation != "expect_column_to_exist")
+    result = SuiteRun(ctx, gx, source, name, expectations, sample_n, actions).validate(df)
+    failures = suite_failures(name, result.results, sample_n)
     summary = {"success": not failures, "evaluated": len(result.results),
                "failed": len(failures), "elapsed_s": round(time.perf_counter() - t0, 3)}
     return summary, failures, result
+
+
+def gx_context(docs_dir: str | Path | None) -> tuple[Any, Any, Any, list]:
+    """(gx, an ephemeral context, its pandas data source, the checkpoint actions): with
+    `docs_dir`, the actions build GX Data Docs there."""
+    gx = _gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = ctx.data_sources.add_pandas("onerec")
+    actions: list = []
+    if docs_dir is not None:
+        ctx.add_data_docs_site(DOCS_SITE, {
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(Path(docs_dir).resolve())}})
+        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])]
+    return gx, ctx, source, actions
 
 
 _DRIFT_STATS = {"expect_column_mean_to_be_between": "click_rate",
@@ -547,21 +591,7 @@ def validate_tables(raw: RawTables, cfg: Config, reference: dict | None = None, 
     t0 = time.perf_counter()
     vcfg = cfg.validation
     now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
-    gx = _gx()
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    source = ctx.data_sources.add_pandas("onerec")
-    actions: list = []
-    if docs_dir is not None:
-        ctx.add_data_docs_site(DOCS_SITE, {
-            "class_name": "SiteBuilder",
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(Path(docs_dir).resolve())}})
-        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])]
-
+    gx, ctx, source, actions = gx_context(docs_dir)
     sample_n = vcfg.sample_unexpected
 
     runs = {

@@ -2,15 +2,22 @@
 (issue #13); `onerec.power` computes those counts (tests/test_power.py).
 
 The end-to-end check (an untrained candidate on a real held-out window, with and without a
-production model) is in tests/test_pipeline.py, which already runs those pipelines."""
+production model) is in tests/test_pipeline.py, which already runs those pipelines. The validate
+stage's streamed log against the in-memory batch (issue #17) is at the end."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import numpy as np
 import pytest
 
 from onerec import stages
+from onerec.config import Config
+from onerec.data import kuairand
 from onerec.power import paired_users_needed
+from onerec.validation import compute_reference
 
 GATED = ("ndcg@10", "recall@10")
 CORE = "validate,codebook,pretrain,gate,publish"
@@ -140,3 +147,32 @@ def test_day_ms_is_the_utc_midnight_and_a_bad_date_names_the_format():
     assert stages.ms_to_iso(stages.day_ms("2022-04-26") + 61_000) == "2022-04-26 00:01:01"
     with pytest.raises(stages.StageError, match="expected a date YYYY-MM-DD, got '26/04/2022'"):
         stages.day_ms("26/04/2022")
+
+
+# -- the validate stage streams the log (issue #17) ------------------------------------------------
+def test_validate_streams_the_shipped_log_to_the_in_memory_snapshot(shipped_dir, tmp_path):
+    """The stage reads the log as a stream (`onerec.logscan`); its snapshot, report and
+    reference are those of the whole batch cut in memory, as the stage used to."""
+    cfg = Config.from_preset("tiny")
+    until = "2022-05-08"
+    out = stages.validate(cfg, shipped_dir, tmp_path / "snap", until=until, holdout_days=2,
+                          root=tmp_path / "root")
+    ev = kuairand.read_events(shipped_dir)
+    until_ms = stages.day_ms(until)
+    batch = ev[ev["time_ms"] < until_ms].reset_index(drop=True)
+    held = batch["time_ms"] >= until_ms - 2 * stages.DAY_MS
+    keys = batch[["user_id", "video_id", "time_ms"]].to_numpy(np.int64)
+    assert out["validation_success"] and out["failures"] == []
+    assert out["n_batch_events"] == len(batch) < len(ev)
+    assert (out["n_train_events"], out["n_holdout_events"]) == (int((~held).sum()),
+                                                                  int(held.sum()))
+    assert out["fingerprint"] == hashlib.sha256(keys.tobytes()).hexdigest()[:16]
+    snap = tmp_path / "snap"
+    ref = json.loads((snap / "reference.json").read_text())
+    want = compute_reference(batch, kuairand.read_items(shipped_dir), cfg.validation)
+    assert {k: v for k, v in ref.items() if k not in ("created_at", "source")} == {
+        k: v for k, v in want.items() if k not in ("created_at", "source")}
+    report = json.loads((snap / "validation" / "report.json").read_text())
+    # more events than one chunk: the suite ran in pieces, the reference still exact
+    assert report["stats"]["events_rows"] == len(batch) and report["stats"]["events_chunks"] == 2
+    assert (snap / "validation" / "data_docs" / "index.html").is_file()
