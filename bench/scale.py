@@ -1,6 +1,7 @@
 """Scale: what the pipeline needs as the data grows (issue #17, "Data at scale").
 
-    python -m bench.scale [--only data] [--factors 1,10,100] [--baseline-factors 1,10]
+    python -m bench.scale [--only data,catalogue] [--factors 1,10,100] [--baseline-factors 1,10]
+                          [--sizes 10000,100000,1000000,10000000] [--codebook-sizes 256,1024]
 
 One function per section, each returning table rows; `main` prints them (`--only` picks
 sections). Sections:
@@ -17,6 +18,11 @@ sections). Sections:
   The baseline is the stage as it was before #17, in the same run: the log read whole
   (`kuairand.read_tables`), the batch validated at once (`validation.validate_tables`); it is
   run on the smaller logs only by default (at 100x it needs tens of GB).
+
+- ``catalogue``: the catalogue's size, 10k to 10M items at K = 256 and 1024: the RQ-Kmeans
+  fit and its peak memory, a 1% refresh, the valid-prefix tables' bytes, the exported graph,
+  beam-512 latency in ONNX Runtime and the reference, the gate's evaluation per 1,000 users
+  (`bench.scale_catalogue`, whose docstring says how; each cell a fresh process too).
 
 The fitted exponent is the slope of log(peak RSS) against log(log rows): 0 is flat, 1 is
 linear. Peak RSS includes the interpreter and its imports (torch, pandas, GX: some 470 MB),
@@ -47,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "kuairand-pure"
 UNTIL = "2022-05-09"  # the day after the shipped log's last day: the whole log is the batch
 USER_OFFSET = 1_000_000  # replica r's user ids: r * USER_OFFSET + id (KuaiRand's are < 30,000)
-SECTIONS = ("data",)
+SECTIONS = ("data", "catalogue")
 MODES = ("streamed", "in-memory")
 
 
@@ -266,6 +272,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="data: log sizes, as multiples of the shipped sample")
     ap.add_argument("--baseline-factors", type=_ints, default=[1, 10],
                     help="data: sizes at which the in-memory baseline runs too ('' for none)")
+    ap.add_argument("--sizes", type=_ints, default=[10_000, 100_000, 1_000_000, 10_000_000],
+                    help="catalogue: numbers of items")
+    ap.add_argument("--codebook-sizes", type=_ints, default=[256, 1024],
+                    help="catalogue: K, codes per level")
+    ap.add_argument("--catalogue-plot", default=None,
+                    help="catalogue: also plot the growth curves here (PNG)")
     ap.add_argument("--work", default="runs/bench-scale", help="where the logs are built")
     ap.add_argument("--plot", default=None, help="data: also plot peak RSS here (PNG)")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -295,6 +307,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("\n" + data_table(rows) + "\n")
         if args.plot:
             print(f"plot: {plot(rows, Path(args.plot))}")
+    if "catalogue" in sections:
+        from bench import scale_catalogue
+
+        cat = ["--sizes", *map(str, args.sizes), "--codebook-sizes", *map(str, args.codebook_sizes)]
+        if args.catalogue_plot:
+            cat += ["--plot", args.catalogue_plot]
+        results["catalogue"] = {"rows": scale_catalogue.main(cat)}
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "argv": sys.argv, "load_before": load_before,
             "load_after": tuple(round(x, 2) for x in os.getloadavg()),
