@@ -29,6 +29,7 @@ cost ~ N^b per K (0 is flat, 1 is linear), and the 10M-vs-10k ratio of the graph
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -111,6 +112,7 @@ def cell(n: int, k: int, args: argparse.Namespace) -> dict[str, Any]:
     out["refresh_s"] = time.perf_counter() - t0
     out["refresh_refit"] = res.refit
     del x, new, x_all, res
+    gc.collect()
     space = ItemSpace.from_codebook(cb)
     t0 = time.perf_counter()
     trie = ItemTrie.from_codes(space.codes, space.vocab_sizes)
@@ -159,14 +161,17 @@ def growth(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def run_cell(n: int, k: int, argv: list[str]) -> dict[str, Any]:
-    """One cell in a fresh process (its own peak RSS), with the tuned runtime settings."""
-    from onerec.runtime import TUNED_ENV
-
+    """One cell in a fresh process (its own peak RSS). OpenMP's passive wait as everywhere, but
+    glibc's own malloc thresholds, not `onerec.runtime`'s: those keep freed memory for the next
+    training step, and here the fit's gigabytes would stay resident through the export (a 10M
+    cell was OOM-killed at 12 GB that way)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd = [sys.executable, "-m", "bench.scale_catalogue", *argv, "--cell", str(n), str(k),
            "--cell-json", str(out)]
-    subprocess.run(cmd, check=True, env={**os.environ, **TUNED_ENV})  # nosec B603: own module
+    env = {key: v for key, v in os.environ.items() if not key.startswith("MALLOC_")}
+    env.update(OMP_WAIT_POLICY="PASSIVE", ONEREC_NO_TUNING="1")
+    subprocess.run(cmd, check=True, env=env)  # nosec B603: this module, own arguments
     try:
         return json.loads(out.read_text())
     finally:
