@@ -6,8 +6,12 @@ exported graph, generation and the gate (issue #17).
                                     [--json FILE]
 
 Each (items, K) cell runs in its own process, so its peak RSS is its own:
-- embeddings: `--dim`-dimensional, clustered (`--clusters` Gaussian centres with unit noise),
-  seeded; items get ids 1..N;
+- embeddings: `--dim`-dimensional standard Gaussian by default, or clustered (`--clusters` C:
+  C Gaussian centres with unit noise), seeded; items get ids 1..N. Clustered catalogues are
+  the hard case for 3 levels: where RQ-Kmeans cannot split a cluster, items share all three
+  codes and the disambiguation level grows (1M items at K = 1024 and 1,000 clusters: up to
+  533 items on one ID), and with it every beam's last-level mask (B x W x that many codes);
+  at 10M items and K = 256 that ran out of memory (24 GB), so the default is the Gaussian;
 - the RQ-Kmeans fit of the real tokenizer (`onerec.tokenizer.build.fit_codebook`: 3 levels of
   K codes, balanced, faiss), its wall time and the process's peak RSS when it ends;
 - a refresh with 1% new items from the same distribution (`onerec.tokenizer.build.refresh`);
@@ -59,9 +63,12 @@ def peak_mb() -> float:
 
 
 def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
-    """(n, dim) float32: Gaussian clusters around `clusters` centres, made in blocks."""
+    """(n, dim) float32: Gaussian clusters around `clusters` centres (0: one, at the origin:
+    isotropic noise), made in blocks."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim)).astype(np.float32) * 4
+    centres = (rng.normal(size=(max(clusters, 1), dim)).astype(np.float32) * 4 if clusters > 0
+               else np.zeros((1, dim), dtype=np.float32))
+    clusters = max(clusters, 1)
     out = np.empty((n, dim), dtype=np.float32)
     for s in range(0, n, 1 << 20):
         e = min(n, s + (1 << 20))
@@ -106,6 +113,8 @@ def cell(n: int, k: int, args: argparse.Namespace) -> dict[str, Any]:
     out["fit_s"] = time.perf_counter() - t0
     out["fit_peak_mb"] = peak_mb()
     out["collision_rate"] = cb.metrics.get("collision_rate")
+    print(f"{n:,} items, K = {k}: fit {out['fit_s']:.0f} s, vocabulary {cb.vocab_sizes}",
+          flush=True)
     t0 = time.perf_counter()
     res = refresh(cb, np.arange(n + 1, n + 1 + len(new)), new, cfg.tokenizer,
                   refit_data=lambda ids=ids, x=x: (ids, x))
@@ -220,7 +229,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     default=[10_000, 100_000, 1_000_000, 10_000_000])
     ap.add_argument("--codebook-sizes", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--dim", type=int, default=32, help="embedding dimension")
-    ap.add_argument("--clusters", type=int, default=1000, help="Gaussian centres")
+    ap.add_argument("--clusters", type=int, default=0,
+                    help="Gaussian centres (0: one isotropic Gaussian)")
     ap.add_argument("--iters", type=int, default=20, help="k-means iterations per level")
     ap.add_argument("--beam", type=int, default=512)
     ap.add_argument("--users", type=int, default=30, help="B=1 users for the graph's latency")
