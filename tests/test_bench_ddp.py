@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -59,7 +61,7 @@ def test_train_timed_stamps_every_logged_step_and_replays_the_global_batches(tmp
     w = Workload("tiny", cfg, reqs, codes, VOCAB, 4096, {})
     r = train_timed(w, 6, tmp_path)
     assert [s for s, _ in r["stamps"]] == [0, 2, 4, 6]
-    assert all(t1 > t0 for (_, t0), (_, t1) in zip(r["stamps"], r["stamps"][1:]))
+    assert all(t1 > t0 for (_, t0), (_, t1) in itertools.pairwise(r["stamps"]))
     stream = RequestStream(reqs, cfg.train.batch_size, seed=cfg.train.seed, shuffle_window=4096)
     off = reqs.target_offsets
     want = [int((off[i + 1] - off[i]).sum()) for i in (stream.next_indices() for _ in range(6))]
