@@ -21,6 +21,14 @@ drifting machine load hits all three alike, each in a fresh process; the table s
     scaling efficiency = samples/s(2 ranks x 1 thread) / (2 x samples/s(1 proc x 1 thread))
     speedup vs 2 threads = samples/s(2 ranks x 1 thread) / samples/s(1 proc x 2 threads)
 
+On a shared machine the ranks may not get a core each, so the same windows are also timed in
+each process's CPU time (`time.process_time`, all its threads; rank 0 for the 2-rank run):
+
+    CPU-time efficiency = CPU s/step(1 proc x 1 thread) / (2 x CPU s/step(rank 0))
+
+the efficiency the 2 ranks would reach with a free core each (it counts what data parallelism
+adds: two half-size steps, the gradient all-reduce, gloo's threads; not waiting for a core).
+
 Parity: the final weights of the 2-rank run equal the one-process run's on the same global
 batch within float32 summation-order noise. The bench prints the largest absolute weight gap
 between the 2-rank run and the 1 proc x 2 threads run, and, as the noise floor, the gap between
@@ -93,6 +101,14 @@ def summarise(runs: dict[str, list[float]], ddp: str, single: str, threaded: str
             "speedup_vs_one_thread": med[ddp] / med[single]}
 
 
+def cpu_efficiency(single_cpu_s: float, rank_cpu_s: float, ranks: int = 2) -> float:
+    """CPU time a step takes one single-thread process / the CPU time `ranks` ranks spend on
+    it together: the scaling efficiency the ranks would reach with a free core each, whatever
+    else shares the machine (it counts the ranks' extra work: smaller matmuls, the gradient
+    all-reduce, gloo's polling; not their waiting for a core)."""
+    return single_cpu_s / (ranks * rank_cpu_s)
+
+
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, str]:
     """Largest absolute gap between two state dicts with the same keys -> (gap, tensor name)."""
     if a.keys() != b.keys():
@@ -112,23 +128,26 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tupl
 # -- one training run (a process, or a rank under torchrun) -------------------------------------
 def train_timed(w: Any, steps: int, out_dir: Path) -> dict[str, Any]:
     """`onerec.train.train` on workload `w` for `steps` steps (DDP when the process group is
-    up), stamping the wall clock at each logged step -> stamps, per-step global targets, the
-    model's weights and the last loss."""
+    up), stamping the wall clock and this process's CPU time (all its threads) at each logged
+    step -> both stamps, per-step global targets, the model's weights and the last loss."""
     from onerec.stream import RequestStream
     from onerec.train import train
 
     stamps: list[tuple[int, float]] = [(0, time.perf_counter())]
+    cpu_stamps: list[tuple[int, float]] = [(0, time.process_time())]
 
     def log(rec: dict[str, float]) -> None:
         if "loss" in rec:  # a training record, not an evaluation's
             stamps.append((int(rec["step"]), time.perf_counter()))
+            cpu_stamps.append((int(rec["step"]), time.process_time()))
 
     model, res = train(w.cfg, w.reqs, w.item_codes, w.vocab_sizes, out_dir, resume=False,
                        max_steps=steps, log=log, shuffle_window=w.shuffle_window)
     stream = RequestStream(w.reqs, w.cfg.train.batch_size, seed=w.cfg.train.seed,
                            shuffle_window=w.shuffle_window)
     targets = step_targets(w.reqs.target_offsets, [stream.next_indices() for _ in range(steps)])
-    return {"stamps": stamps, "targets": targets, "final_loss": res.final_loss,
+    return {"stamps": stamps, "cpu_stamps": cpu_stamps, "targets": targets,
+            "final_loss": res.final_loss,
             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
 
 
@@ -152,9 +171,10 @@ def worker(args: argparse.Namespace) -> None:
     if rank == 0:
         torch.save(r.pop("state"), out / "weights.pt")
         rate = window_rate(r["stamps"], r["targets"])
+        cpu = window_rate(r["cpu_stamps"], r["targets"])  # the same windows in CPU seconds
         (out / "result.json").write_text(json.dumps({
-            **rate, "world": world, "threads": torch.get_num_threads(), "prepare_s": prep_s,
-            "final_loss": r["final_loss"], "stamps": r["stamps"],
+            **rate, "cpu_ms_per_step": cpu["step_ms"], "world": world, "threads": torch.get_num_threads(), "prepare_s": prep_s,
+            "final_loss": r["final_loss"], "stamps": r["stamps"], "cpu_stamps": r["cpu_stamps"],
             "targets_per_step": statistics.mean(r["targets"]),
             "requests_per_step": cfg.train.batch_size,
             "params": sum(p.numel() for p in torch.load(out / "weights.pt").values()),
@@ -207,7 +227,8 @@ def report(summary: dict[str, Any], results: dict[str, list[dict[str, Any]]],
 
     console = Console(width=200)
     cols = ["layout", "processes x threads", "requests/step (per rank)", "step ms",
-            "samples/s (median)", "samples/s (runs)", "vs 1 proc x 1 thread"]
+            "CPU ms/step (per process)", "samples/s (median)", "samples/s (runs)",
+            "vs 1 proc x 1 thread"]
     base = summary["median"][LAYOUTS[1][0]]
     rows = []
     for name, ranks, threads in LAYOUTS:
@@ -215,7 +236,8 @@ def report(summary: dict[str, Any], results: dict[str, list[dict[str, Any]]],
         med = summary["median"][name]
         rows.append([name, f"{ranks} x {threads}",
                      f"{meta['batch_size']} ({meta['batch_size'] // ranks})",
-                     f"{statistics.median(r['step_ms'] for r in rs):.0f}", f"{med:.0f}",
+                     f"{statistics.median(r['step_ms'] for r in rs):.0f}",
+                     f"{statistics.median(r['cpu_ms_per_step'] for r in rs):.0f}", f"{med:.0f}",
                      ", ".join(f"{r['samples_per_s']:.0f}" for r in rs), f"{med / base:.2f}x"])
     print_table(console, f"bench.ddp ({meta['date']}): kuairand, {meta['preset']} preset, "
                 f"{meta['steps']} steps ({meta['timed_steps']} timed), medians of "
@@ -225,6 +247,8 @@ def report(summary: dict[str, Any], results: dict[str, list[dict[str, Any]]],
     print(f"scaling efficiency (2 ranks / (2 x 1 proc x 1 thread)): {summary['efficiency']:.1%}; "
           f"speedup of 2 ranks vs 1 proc x 2 threads: {summary['speedup_vs_threads']:.2f}x; "
           f"vs 1 proc x 1 thread: {summary['speedup_vs_one_thread']:.2f}x")
+    print(f"CPU-time efficiency (1 proc x 1 thread's CPU s/step / (2 ranks x rank 0's CPU s/step),"
+          f" what the 2 ranks would reach with a free core each): {meta['cpu_efficiency']:.1%}")
     print(f"parity after {meta['steps']} steps: max |w(2 ranks) - w(1 proc x 2 threads)| = "
           f"{parity['ddp_gap']:.2e} ({parity['ddp_tensor']}); noise floor max |w(1 thread) - "
           f"w(2 threads)| = {parity['thread_gap']:.2e} ({parity['thread_tensor']}); last step's loss "
@@ -286,7 +310,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parity = {"ddp_gap": ddp_gap, "ddp_tensor": ddp_tensor, "thread_gap": thread_gap,
               "thread_tensor": thread_tensor, "atol": args.atol, "ok": ddp_gap <= args.atol,
               "final_loss": {k: v[0]["final_loss"] for k, v in results.items()}}
+    cpu_ms = {k: statistics.median(r["cpu_ms_per_step"] for r in v) for k, v in results.items()}
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "cpu_ms_per_step": cpu_ms,
+            "cpu_efficiency": cpu_efficiency(cpu_ms[LAYOUTS[1][0]], cpu_ms[LAYOUTS[2][0]]),
             "load_before": load_before, "load_after": tuple(round(x, 2) for x in os.getloadavg()),
             "torch": torch.__version__, "python": platform.python_version(),
             "cpus": os.cpu_count(), "preset": args.preset, "steps": args.steps,

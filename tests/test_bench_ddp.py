@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench.ddp import max_abs_diff, step_targets, summarise, train_timed, window_rate
+from bench.ddp import (
+    cpu_efficiency,
+    max_abs_diff,
+    step_targets,
+    summarise,
+    train_timed,
+    window_rate,
+)
 from bench.training import Workload
 from onerec.config import Config
 from onerec.stream import RequestStream
@@ -42,6 +49,11 @@ def test_summarise_gives_medians_efficiency_and_speedups():
     assert s["speedup_vs_one_thread"] == pytest.approx(1.5)
 
 
+def test_cpu_efficiency_compares_the_ranks_cpu_time_with_one_process():
+    assert cpu_efficiency(0.36, 0.18) == pytest.approx(1.0)  # each rank does half the work
+    assert cpu_efficiency(0.36, 0.24) == pytest.approx(0.75)  # a third more work in all
+
+
 def test_max_abs_diff_names_the_tensor_with_the_largest_gap():
     a = {"w": torch.zeros(3), "b": torch.ones(2), "n": torch.tensor(4)}
     b = {"w": torch.tensor([0.0, 1e-3, -2e-3]), "b": torch.ones(2), "n": torch.tensor(4)}
@@ -62,6 +74,8 @@ def test_train_timed_stamps_every_logged_step_and_replays_the_global_batches(tmp
     r = train_timed(w, 6, tmp_path)
     assert [s for s, _ in r["stamps"]] == [0, 2, 4, 6]
     assert all(t1 > t0 for (_, t0), (_, t1) in itertools.pairwise(r["stamps"]))
+    assert [s for s, _ in r["cpu_stamps"]] == [0, 2, 4, 6]
+    assert all(t1 >= t0 for (_, t0), (_, t1) in itertools.pairwise(r["cpu_stamps"]))
     stream = RequestStream(reqs, cfg.train.batch_size, seed=cfg.train.seed, shuffle_window=4096)
     off = reqs.target_offsets
     want = [int((off[i + 1] - off[i]).sum()) for i in (stream.next_indices() for _ in range(6))]
