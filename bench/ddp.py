@@ -169,7 +169,8 @@ def worker(args: argparse.Namespace) -> None:
     prep_s = time.perf_counter() - t0
     r = train_timed(w, args.steps, out / "train")
     if rank == 0:
-        torch.save(r.pop("state"), out / "weights.pt")
+        state = r.pop("state")
+        torch.save(state, out / "weights.pt")
         rate = window_rate(r["stamps"], r["targets"])
         cpu = window_rate(r["cpu_stamps"], r["targets"])  # the same windows in CPU seconds
         (out / "result.json").write_text(json.dumps({
@@ -177,7 +178,7 @@ def worker(args: argparse.Namespace) -> None:
             "final_loss": r["final_loss"], "stamps": r["stamps"], "cpu_stamps": r["cpu_stamps"],
             "targets_per_step": statistics.mean(r["targets"]),
             "requests_per_step": cfg.train.batch_size,
-            "params": sum(p.numel() for p in torch.load(out / "weights.pt").values()),
+            "params": sum(v.numel() for v in state.values() if v.is_floating_point()),
             "config_fingerprint": cfg.fingerprint()}, indent=2))
     shutdown()
 
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 r = launch(args, ranks, threads, out)
                 results[name].append(r)
                 if rep == 0:
-                    weights[name] = torch.load(out / "weights.pt")
+                    weights[name] = torch.load(out / "weights.pt", weights_only=True)
                 print(f"run {rep + 1}/{args.repeats} {name}: {r['samples_per_s']:.0f} samples/s, "
                       f"{r['step_ms']:.0f} ms/step, loss {r['final_loss']:.4f} "
                       f"({r['process_s']:.0f} s with {r['prepare_s']:.0f} s preparing)",
