@@ -160,6 +160,61 @@ def cell(n: int, k: int, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def random_codes(n: int, k: int, seed: int = 0):
+    """(n + 1, 4) distinct semantic IDs (3 random levels of K codes, a disambiguation token),
+    row 0 padding, as `ItemSpace.codes`; and the vocabulary sizes."""
+    import torch
+
+    from onerec.tokenizer.codebook import assign_disambiguation
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, k, (n, 3))
+    dis = assign_disambiguation(base)
+    codes = np.concatenate([np.zeros((1, 4), np.int64), np.column_stack([base, dis])])
+    return torch.from_numpy(codes), [k, k, k, int(dis.max()) + 1]
+
+
+def interleaved(sizes: list[int], k: int, args: argparse.Namespace) -> list[list[str]]:
+    """Beam-`args.beam` latency of the smallest and the largest catalogue in one process, the
+    graphs taking turns (`args.runs` rounds of `args.users` B=1 users each): the same weights
+    (seeded; no parameter depends on the item count), random IDs. A ratio that the machine's
+    load cannot skew the way sequential cells can."""
+    import statistics
+
+    import torch
+
+    from bench.generation import make_users, measure
+    from onerec.checkpoint import build_model
+    from onerec.config import Config
+    from onerec.export.onnx import export_onnx, ort_session, run_onnx
+    from onerec.trie import ItemTrie
+
+    torch.set_num_threads(args.threads)
+    cfg = Config.from_preset("small", [f"tokenizer.codebook_size={k}", "tokenizer.levels=3",
+                                       "model.item_id_embedding=false"])
+    ends = [min(sizes), max(sizes)]
+    sessions, tmp = {}, tempfile.TemporaryDirectory(prefix="bench-scale-")
+    for n in ends:
+        codes, vocab = random_codes(n, k)
+        model = build_model(cfg, codes, vocab).eval()
+        path = export_onnx(model, ItemTrie.from_codes(codes, vocab), cfg,
+                           Path(tmp.name) / f"{n}.onnx", beam_width=args.beam,
+                           exporter="torchscript")
+        sessions[n] = ort_session(path, threads=args.threads)
+        del model
+    p50: dict[int, list[float]] = {n: [] for n in ends}
+    for r in range(args.runs):
+        for n in ends if r % 2 == 0 else ends[::-1]:
+            users = {1: [make_users(cfg, n, 1, 100 * r + i) for i in range(args.users)]}
+            p50[n].append(measure(lambda u, s=sessions[n]: run_onnx(s, u), users)["p50"])
+    tmp.cleanup()
+    ratio = statistics.median(b / a for a, b in zip(p50[ends[0]], p50[ends[1]], strict=True))
+    return [[str(k), f"{ends[0]:,}", f"{ends[1]:,}",
+             f"{statistics.median(p50[ends[0]]):.1f}", f"{statistics.median(p50[ends[1]]):.1f}",
+             f"{ratio:.2f}x", " ".join(f"{b / a:.2f}" for a, b in
+                                       zip(p50[ends[0]], p50[ends[1]], strict=True))]]
+
+
 def growth(rows: list[dict[str, Any]], key: str) -> float:
     """The exponent b of key ~ items^b, least squares in log-log (nan under two sizes)."""
     pts = [(r["items"], r[key]) for r in rows if r.get(key, 0) > 0]
@@ -237,6 +292,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--reference-users", type=int, default=5)
     ap.add_argument("--gate-users", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--interleaved", action="store_true",
+                    help="only the latency of the smallest and largest catalogue, taking turns "
+                         "in one process (random IDs, no fit)")
+    ap.add_argument("--runs", type=int, default=5, help="--interleaved: rounds")
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--plot", default=None, help="also draw the growth curves (PNG)")
     ap.add_argument("--cell", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
@@ -250,6 +309,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     console = Console(width=240)
     load_start = tuple(round(v, 2) for v in os.getloadavg())
+    if args.interleaved:
+        load_start = tuple(round(v, 2) for v in os.getloadavg())
+        rows_i = [r for k in args.codebook_sizes for r in interleaved(args.sizes, k, args)]
+        load_end = tuple(round(v, 2) for v in os.getloadavg())
+        print_table(console, f"beam-{args.beam} p50 ms at B=1, the graphs taking turns, median "
+                    f"of {args.runs} rounds (load average {load_start} -> {load_end})",
+                    ["K", "small", "large", "small p50", "large p50", "large / small",
+                     "per round"], rows_i)
+        return []
     passed = _without_outputs([a for a in raw if not a.startswith(("--json=", "--plot="))])
     rows = []
     for k in args.codebook_sizes:

@@ -43,3 +43,15 @@ def test_embeddings_are_seeded_clusters():
     a, b = clustered(500, 4, 5, seed=0), clustered(500, 4, 5, seed=0)
     assert a.dtype == np.float32 and np.array_equal(a, b)
     assert not np.array_equal(a, clustered(500, 4, 5, seed=1))
+
+
+def test_interleaved_latency_compares_two_catalogues_in_one_process(one_thread):
+    from bench.scale_catalogue import interleaved, random_codes
+
+    codes, vocab = random_codes(500, 8)
+    assert codes.shape == (501, 4) and vocab[:3] == [8, 8, 8]
+    assert len({tuple(r) for r in codes[1:].tolist()}) == 500  # distinct IDs, as a codebook's
+    args = argparse.Namespace(beam=16, runs=2, users=2, threads=1)
+    (row,) = interleaved([300, 3000], 8, args)
+    assert row[:3] == ["8", "300", "3,000"]
+    assert float(row[5].rstrip("x")) > 0 and len(row[6].split()) == 2
