@@ -35,7 +35,7 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
+import subprocess  # nosec B404 # argv lists only, no shell
 import sys
 import tempfile
 import time
@@ -138,7 +138,8 @@ def measure(mode: str, data_dir: Path, until: str = UNTIL,
             [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         t0 = time.perf_counter()
         with open(Path(tmp) / "log.txt", "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,  # nosec B603
+                                    cwd=ROOT)  # this interpreter with our own module
             deadline = t0 + timeout_s
             while True:  # os.wait4: this child's own rusage (its peak RSS), not all children's
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

@@ -37,7 +37,7 @@ import gc
 import json
 import os
 import resource
-import subprocess  # nosec B404: runs this module's own cells
+import subprocess  # nosec B404 # runs this module's own cells
 import sys
 import tempfile
 import time
@@ -235,7 +235,7 @@ def run_cell(n: int, k: int, argv: list[str]) -> dict[str, Any]:
            "--cell-json", str(out)]
     env = {key: v for key, v in os.environ.items() if not key.startswith("MALLOC_")}
     env.update(OMP_WAIT_POLICY="PASSIVE", ONEREC_NO_TUNING="1")
-    subprocess.run(cmd, check=True, env=env)  # nosec B603: this module, own arguments
+    subprocess.run(cmd, check=True, env=env)  # nosec B603 # this module, own arguments
     try:
         return json.loads(out.read_text())
     finally:
