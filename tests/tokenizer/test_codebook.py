@@ -161,3 +161,17 @@ def test_disambiguation_ranks_equal_a_running_count_per_code_tuple():
             seen[row] = want[-1] + 1
         assert assign_disambiguation(codes, given).tolist() == want
     assert assign_disambiguation(np.zeros((0, 3), dtype=np.int64)).shape == (0,)
+
+
+def test_holders_counts_the_existing_rows_of_each_wanted_id():
+    from onerec.tokenizer.codebook import holders
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 4, (3000, 3))
+    wanted = rng.integers(0, 5, (200, 3))  # some hold a code 4 that no existing row has
+    count: dict[tuple[int, ...], int] = {}
+    for row in map(tuple, codes.tolist()):
+        count[row] = count.get(row, 0) + 1
+    expect = {tuple(r): count[tuple(r)] for r in wanted.tolist() if tuple(r) in count}
+    assert holders(codes, wanted) == expect and expect
+    assert holders(codes[:0], wanted) == {} and holders(codes, wanted[:0]) == {}
