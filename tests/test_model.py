@@ -182,3 +182,16 @@ def test_without_item_id_embeddings_no_parameter_grows_with_the_catalogue():
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
     assert large.code_emb.weight.grad is not None
+
+
+def test_item_codes_are_kept_as_int32_and_old_int64_states_still_load():
+    model = tiny_model()
+    assert model.item_codes.dtype == torch.int32  # half the bytes in memory and in the graph
+    old = {k: (v.long() if k == "item_codes" else v) for k, v in model.state_dict().items()}
+    fresh = tiny_model(seed=1)
+    fresh.load_state_dict(old)  # a checkpoint written before: int64 codes
+    assert fresh.item_codes.dtype == torch.int32
+    assert torch.equal(fresh.item_codes, model.item_codes)
+    batch = random_batch(model, b=2, t=3)
+    batch.target_codes = batch.target_codes.to(torch.int32)  # any int type is accepted
+    assert torch.isfinite(model(batch)["loss"])
