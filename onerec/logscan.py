@@ -58,6 +58,7 @@ from onerec.validation import (
     _run_suite,
     _users_suite,
     gx_context,
+    reference_stats,
     suite_failures,
 )
 
@@ -327,12 +328,7 @@ def scan_log(files: Sequence[Path], items: pd.DataFrame, users: pd.DataFrame, cf
         stats["click_rate"] = round(clicks / click_n, 6) if click_n else None
     stats["events_chunks"] = chunks
     stats["drift_sample_rows"] = len(sample)
-    if reference is not None:
-        stats["reference_source"] = reference.get("source", "")
-        stats["reference_created_at"] = reference.get("created_at", "")
-        stats["reference_rows"] = reference.get("rows")
-        stats["reference_click_rate"] = round(float(reference["click_rate"]), 6)
-        stats["drift_observed"] = drift_observed
+    stats.update(reference_stats(reference, drift_observed))
     stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
     report = ValidationReport(success=not failures, suites=suites, failures=failures,
                               stats=_jsonable(stats))

@@ -582,6 +582,19 @@ def _drift_observed(result) -> dict[str, Any]:
     return out
 
 
+def reference_stats(reference: dict[str, Any] | None, drift_observed: Any) -> dict[str, Any]:
+    """The report's lines about the drift reference (none without one): one definition for the
+    in-memory and the streamed validation."""
+    if reference is None:
+        return {}
+    return {"reference_source": reference.get("source", ""),
+            "reference_created_at": reference.get("created_at", ""),
+            "reference_rows": reference.get("rows"),
+            "reference_click_rate": round(float(reference["click_rate"]), 6),
+            "drift_observed": drift_observed}
+
+
+
 def validate_tables(raw: RawTables, cfg: Config, reference: dict | None = None, *,
                     now_ms: int | None = None, docs_dir: str | Path | None = None,
                     ) -> ValidationReport:
@@ -637,12 +650,7 @@ def validate_tables(raw: RawTables, cfg: Config, reference: dict | None = None, 
         stats["newest_time_ms"] = ev["time_ms"].max()
     if "is_click" in ev.columns and len(ev):
         stats["click_rate"] = round(float(ev["is_click"].astype("float64").mean()), 6)
-    if reference is not None:
-        stats["reference_source"] = reference.get("source", "")
-        stats["reference_created_at"] = reference.get("created_at", "")
-        stats["reference_rows"] = reference.get("rows")
-        stats["reference_click_rate"] = round(float(reference["click_rate"]), 6)
-        stats["drift_observed"] = drift_observed
+    stats.update(reference_stats(reference, drift_observed))
     stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
     return ValidationReport(success=not failures, suites=suites, failures=failures,
                             stats=_jsonable(stats))
