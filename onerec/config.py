@@ -229,6 +229,9 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between atomic checkpoints
     log_every: int = 50  # steps between log lines
     seed: int = 0  # seed for init and data order
+    # bit-identical runs on several CPU threads, busy or idle (`onerec.determinism`); also read
+    # by the reward model's and ECPO's training loops
+    deterministic: bool = True
 
     def validate(self, p: str) -> None:
         for name in ("batch_size", "max_steps", "checkpoint_every", "log_every"):

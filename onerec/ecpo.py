@@ -57,6 +57,7 @@ import torch
 
 from onerec.checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from onerec.config import AlignConfig, Config
+from onerec.determinism import deterministic_training
 from onerec.items import ItemSpace
 from onerec.model import Batch, OneRec
 from onerec.reward import RewardModel
@@ -231,6 +232,7 @@ def load_align_state(ckpt: Path, cfg: Config, codebook_fingerprint: str, *,
     return state
 
 
+@deterministic_training
 def align(cfg: Config, model: OneRec, reward_model: RewardModel, reqs: Requests,
           space: ItemSpace, out_dir: str | Path, *, items_table: pd.DataFrame | None = None,
           n_user_buckets: int = 1, steps: int | None = None, time_budget_s: float | None = None,

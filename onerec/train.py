@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from onerec.checkpoint import CKPT_NAME, build_model, load_checkpoint, save_checkpoint
 from onerec.config import Config
+from onerec.determinism import deterministic_training
 from onerec.model import OneRec
 from onerec.stream import Requests, RequestStream, collate
 from onerec.transitions import count_transitions
@@ -128,6 +129,7 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+@deterministic_training
 def train(cfg: Config, reqs: Requests, item_codes: torch.Tensor, vocab_sizes: list[int],
           out_dir: str | Path, *, codebook_fingerprint: str = "", n_user_buckets: int = 1,
           resume: bool = True, max_steps: int | None = None, init_from: OneRec | None = None,

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from onerec.config import Config
+from onerec.determinism import deterministic_training
 from onerec.items import ItemSpace
 from onerec.reward.data import RewardData, impression_batch, reward_data
 from onerec.reward.io import save_reward_model
@@ -42,6 +43,7 @@ class RewardTrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@deterministic_training
 def train_reward_model(cfg: Config, data: RewardData, train_idx: np.ndarray,
                        model: RewardModel, *, time_budget_s: float | None = None,
                        log: Callable[[dict[str, Any]], None] | None = None,
