@@ -7,7 +7,9 @@ Popular items repeat in every batch, so the order of those adds, and the last bi
 gradient, depend on thread timing: two runs of the demo's pretraining on 2 threads already
 differed at step 6, and by the end of a cycle the drift moved the gate's metrics by a few per
 cent (docs/results.md, "The demo's models"). PyTorch's deterministic mode sorts the indices
-first; on this machine a step is no slower with it (measured in the same change).
+first. The mode also fills every new tensor with NaN (`fill_uninitialized_memory`), which
+makes reading uninitialised memory repeatable; no correct kernel reads it, and the fills were
+14% of a demo training step's CPU time, so the context turns them off.
 
 `train.deterministic` (default on) turns the mode on for the duration of a training loop
 (pretraining, the reward model, ECPO) and restores the caller's setting after it, so serving and
@@ -23,6 +25,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 import torch
+import torch.utils.deterministic
 
 if TYPE_CHECKING:
     from onerec.config import Config
@@ -39,11 +42,14 @@ def deterministic_kernels(enabled: bool = True) -> Iterator[None]:
         return
     before = torch.are_deterministic_algorithms_enabled()
     before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    before_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=before_warn)
+        torch.utils.deterministic.fill_uninitialized_memory = before_fill
 
 
 def deterministic_training(fn: Callable[Concatenate[Config, P], R]

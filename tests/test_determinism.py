@@ -66,10 +66,13 @@ def test_the_models_backward_repeats_bit_for_bit_on_two_threads(two_threads):
 
 def test_the_context_turns_the_mode_on_and_restores_the_callers_setting():
     assert not torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     with deterministic_kernels():
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory  # 14% of a step: off
     assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory == fill
     with pytest.raises(RuntimeError), deterministic_kernels():
         raise RuntimeError("a failed step")
     assert not torch.are_deterministic_algorithms_enabled()  # restored on the way out too
