@@ -303,7 +303,21 @@ def top_ops(prof: torch.profiler.profile, n: int = 8) -> list[tuple[str, float]]
 
 
 def measure(w: Workload, *, steps: int, windows: int, warmup: int, profile_steps: int,
-            peak: float, log: Callable[[str], None] = print) -> dict[str, Any]:
+            peak: float, log: Callable[[str], None] = print,
+            deterministic: bool | None = None) -> dict[str, Any]:
+    """Time `w`'s steps as `onerec.train.train` runs them: under PyTorch's deterministic mode
+    when `deterministic` (default: the workload's `train.deterministic`)."""
+    from onerec.determinism import deterministic_kernels
+
+    det = w.cfg.train.deterministic if deterministic is None else deterministic
+    with deterministic_kernels(det):
+        res = _measure(w, steps=steps, windows=windows, warmup=warmup,
+                       profile_steps=profile_steps, peak=peak, log=log)
+    return {**res, "deterministic": det}
+
+
+def _measure(w: Workload, *, steps: int, windows: int, warmup: int, profile_steps: int,
+             peak: float, log: Callable[[str], None]) -> dict[str, Any]:
     run = Run(w)
     for _ in range(warmup):
         run.step(Clock())
@@ -411,6 +425,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="config override for both configs, e.g. train.batch_size=64")
+    ap.add_argument("--deterministic-ablation", action="store_true",
+                    help="also time each config with train.deterministic=false (its cost)")
     ap.add_argument("--out", default="runs/bench-training", help="run folder (codebook cache)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -449,11 +465,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prep_s = time.perf_counter() - t0
         log(f"{name}: {len(w.reqs):,} requests, {w.reqs.n_targets:,} targets, prepared in "
             f"{prep_s:.0f} s")
-        res = measure(w, steps=args.steps, windows=args.windows, warmup=args.warmup,
-                      profile_steps=args.profile_steps, peak=peak, log=log)
-        res["prepare_s"] = prep_s
-        res["measure_s"] = time.perf_counter() - t0 - prep_s
-        results.append(res)
+        modes = [True, False] if args.deterministic_ablation else [cfg.train.deterministic]
+        for det in modes:
+            t1 = time.perf_counter()
+            res = measure(w, steps=args.steps, windows=args.windows, warmup=args.warmup,
+                          profile_steps=args.profile_steps, peak=peak, log=log,
+                          deterministic=det)
+            if len(modes) > 1:
+                res["config"] = f"{name} (deterministic {'on' if det else 'off'})"
+            res["prepare_s"] = prep_s
+            res["measure_s"] = time.perf_counter() - t1
+            results.append(res)
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "load_before": load_before,
             "load_after": tuple(round(x, 2) for x in os.getloadavg()),

@@ -72,3 +72,23 @@ def test_measure_reports_throughput_mfu_and_shares_that_sum_to_one(tiny):
         assert sum(sh.values()) == pytest.approx(1.0)
         assert 0.9 < named <= 1.0 + 1e-6, (key, sh)  # the regions cover (almost) the step
         assert all(sh[r] > 0 for g in GROUPS.values() for r in g), (key, sh)
+
+
+@pytest.mark.parametrize("det", [True, False])
+def test_measure_times_the_steps_under_the_training_loops_determinism(tiny, det, monkeypatch):
+    import bench.training as bt
+
+    cfg, space, reqs = tiny
+    seen: list[bool] = []
+    step = bt.Run.step
+
+    def probe(self, clock):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return step(self, clock)
+
+    monkeypatch.setattr(bt.Run, "step", probe)
+    w = Workload("tiny", cfg, reqs, space.codes, space.vocab_sizes, 4096, {})
+    res = measure(w, steps=2, windows=1, warmup=0, profile_steps=1, peak=1e9,
+                  log=lambda _m: None, deterministic=det)
+    assert res["deterministic"] is det and seen == [det] * 3
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after
