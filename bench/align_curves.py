@@ -60,6 +60,7 @@ SEARCH_GRID: dict[str, dict[str, Any]] = {
     "lr 1e-4, sync 16, 4 epochs, no grad clip": {"lr": 1e-4, "sync_every": 16,
                                                  "ppo_epochs": 4, "grad_clip": NO_CLIP},
 }
+KL_SPIKE = 50.0  # a round whose KL to the reference exceeds this counts as a spike
 # the series each table shows (history key -> column)
 FORMAT_COLS = {"legality": "legality (all)", "legality_chosen": "chosen filled",
                "legality_top_k": "legality top-k", "distinct": "distinct", "kl": "KL"}
@@ -120,15 +121,30 @@ def summary(h: list[dict]) -> dict[str, float]:
             "legality_min": min(r["legality"] for r in h),
             "reward_first": m("reward", h[:k]), "reward_last": m("reward", h[-k:]),
             "kl_last": h[-1]["kl"], "kl_max": max(r["kl"] for r in h),
+            "kl_median": float(np.median([r["kl"] for r in h])),
+            "kl_spikes": sum(r["kl"] > KL_SPIKE for r in h),
             "early_clip": m("early_clip_frac", h), "ratio_max": max(r["ratio_max"] for r in h)}
 
 
+SUMMARY_COLS = ["grad norm mean / max", f"KL median / max (rounds > {KL_SPIKE:g})",
+                "legality first -> last", "reward first -> last", "early clip", "max ratio"]
+
+
+def summary_cells(s: dict[str, float]) -> list[str]:
+    """A `summary` as the cells of SUMMARY_COLS."""
+    return [f"{s['grad_norm_mean']:.2f} / {s['grad_norm_max']:.2f}",
+            f"{s['kl_median']:.2f} / {s['kl_max']:.1f} ({s['kl_spikes']})",
+            f"{s['legality_first']:.3f} -> {s['legality_last']:.3f}",
+            f"{s['reward_first']:.3f} -> {s['reward_last']:.3f}", f"{s['early_clip']:.3f}",
+            f"{s['ratio_max']:.2f}"]
+
+
 def plot(histories: dict[str, list[dict]], panels: list[tuple[str, str]], title: str,
-         path: Path) -> None:
+         path: Path, logy: tuple[str, ...] = ()) -> None:
     from onerec.io import atomic_write_bytes
     from onerec.plots import line_panels
 
-    png = line_panels(histories, panels, xlabel="round", title=title)
+    png = line_panels(histories, panels, xlabel="round", title=title, logy=logy)
     if png is not None:
         atomic_write_bytes(path, png)
         print(f"wrote {path}")
@@ -220,16 +236,11 @@ def main(argv: list[str] | None = None) -> dict:
                               {"GRPO": {"early_clip": False}, "ECPO": {"early_clip": True}},
                               args.search_rounds, f"search {name}")
                 found[name] = {k: summary(h) for k, h in hs.items()}
-            rows = [[name, alg, f"{s['grad_norm_mean']:.2f} / {s['grad_norm_max']:.2f}",
-                     f"{s['kl_last']:.3f}", f"{s['legality_first']:.3f} -> "
-                     f"{s['legality_last']:.3f}", f"{s['reward_first']:.3f} -> "
-                     f"{s['reward_last']:.3f}", f"{s['early_clip']:.3f}", f"{s['ratio_max']:.2f}"]
-                    for name, algs in found.items() for alg, s in algs.items()]
+            rows = [[name, alg, *summary_cells(s)] for name, algs in found.items()
+                    for alg, s in algs.items()]
             print_table(console, f"stability search ({args.search_rounds} rounds each, KL and "
-                        f"NTP weights 0)", ["setting", "method", "grad norm mean / max",
-                                            "final KL", "legality first -> last",
-                                            "reward first -> last", "early clip", "max ratio"],
-                        rows, left=["setting", "method"])
+                        f"NTP weights 0)", ["setting", "method", *SUMMARY_COLS], rows,
+                        left=["setting", "method"])
             result["search"] = found
         sset = args.stability_set if args.stability_set is not None else STABILITY_DEFAULTS
         base = parse_overrides(sset)
@@ -241,7 +252,12 @@ def main(argv: list[str] | None = None) -> dict:
         plot(hs, [("grad_norm", "grad norm (before clipping)"), ("kl", "KL to pretrained"),
                   ("legality", "legality of the samples"), ("reward", "reward (legal samples)"),
                   ("early_clip_frac", "early-clip fraction"), ("ratio_max", "max ratio")],
-             f"GRPO vs ECPO ({' '.join(sset)})", img / "align-stability.png")
+             f"GRPO vs ECPO ({' '.join(sset)})", img / "align-stability.png",
+             logy=("kl", "ratio_max"))
+        sums = {k: summary(h) for k, h in hs.items()}
+        print_table(console, f"GRPO vs ECPO over {args.stability_rounds} rounds",
+                    ["method", *SUMMARY_COLS], [[k, *summary_cells(v)] for k, v in sums.items()],
+                    left=["method"])
         result["stability"] = {"overrides": sset, "history": hs,
                                "summary": {k: summary(h) for k, h in hs.items()}}
 
