@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +61,12 @@ SEARCH_GRID: dict[str, dict[str, Any]] = {
     "lr 1e-4, sync 16, 4 epochs, no grad clip": {"lr": 1e-4, "sync_every": 16,
                                                  "ppo_epochs": 4, "grad_clip": NO_CLIP},
 }
+FORMAT_PANELS = [("legality", "legality of all samples"),
+                 ("legality_top_k", "legality of the k most probable samples"),
+                 ("distinct", "distinct videos per group / G"), ("kl", "KL to pretrained")]
+STABILITY_PANELS = [("grad_norm", "grad norm (before clipping)"), ("kl", "KL to pretrained"),
+                    ("legality", "legality of the samples"), ("reward", "reward (legal samples)"),
+                    ("early_clip_frac", "early-clip fraction"), ("ratio_max", "max ratio")]
 KL_SPIKE = 50.0  # a round whose KL to the reference exceeds this counts as a spike
 # the series each table shows (history key -> column)
 FORMAT_COLS = {"legality": "legality (all)", "legality_chosen": "chosen filled",
@@ -144,10 +151,30 @@ def plot(histories: dict[str, list[dict]], panels: list[tuple[str, str]], title:
     from onerec.io import atomic_write_bytes
     from onerec.plots import line_panels
 
-    png = line_panels(histories, panels, xlabel="round", title=title, logy=logy)
+    png = line_panels(histories, panels, xlabel="round", title=textwrap.fill(title, 110),
+                      logy=logy)
     if png is not None:
         atomic_write_bytes(path, png)
         print(f"wrote {path}")
+
+
+def plot_format(hs: dict[str, list[dict]], overrides: list[str], img: Path) -> None:
+    plot(hs, FORMAT_PANELS, f"format reward: top-k vs random-k ({' '.join(overrides)})",
+         img / "align-format-select.png")
+
+
+def plot_stability(hs: dict[str, list[dict]], overrides: list[str], img: Path) -> None:
+    plot(hs, STABILITY_PANELS, f"GRPO vs ECPO ({' '.join(overrides)})",
+         img / "align-stability.png", logy=("kl", "ratio_max"))
+
+
+def replot(path: Path, img: Path) -> None:
+    """Redraw the plots of a JSON this bench wrote (no training)."""
+    d = json.loads(path.read_text())
+    if "format" in d:
+        plot_format(d["format"]["history"], d["format"]["overrides"], img)
+    if "stability" in d:
+        plot_stability(d["stability"]["history"], d["stability"]["overrides"], img)
 
 
 def run_pair(p: Any, args: argparse.Namespace, ckpt: Path, base: dict[str, Any],
@@ -190,7 +217,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default="runs/align-curves/curves.json")
     ap.add_argument("--img-dir", default=str(ROOT / "docs" / "img"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--replot", default=None, help="only redraw the plots of this JSON")
     args = ap.parse_args(argv)
+    if args.replot:
+        replot(Path(args.replot), Path(args.img_dir))
+        return {}
     reexec_with_tuned_env("bench.align_curves", argv)
     if bool(args.checkpoint) != bool(args.codebook):
         ap.error("--checkpoint and --codebook go together")
@@ -220,11 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         header, rows = sparse_rows(hs, FORMAT_COLS)
         print_table(console, f"format reward, top-k vs random-k selection ({' '.join(fset)})",
                     header, rows)
-        plot(hs, [("legality", "legality of all samples"),
-                  ("legality_top_k", "legality of the k most probable samples"),
-                  ("distinct", "distinct videos per group / G"), ("kl", "KL to pretrained")],
-             f"format reward: top-k vs random-k ({' '.join(fset)})",
-             img / "align-format-select.png")
+        plot_format(hs, fset, img)
         result["format"] = {"overrides": fset, "history": hs,
                             "summary": {k: summary(h) for k, h in hs.items()}}
 
@@ -249,11 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
                       args.stability_rounds, "stability")
         header, rows = sparse_rows(hs, STABILITY_COLS)
         print_table(console, f"GRPO vs ECPO ({' '.join(sset)})", header, rows)
-        plot(hs, [("grad_norm", "grad norm (before clipping)"), ("kl", "KL to pretrained"),
-                  ("legality", "legality of the samples"), ("reward", "reward (legal samples)"),
-                  ("early_clip_frac", "early-clip fraction"), ("ratio_max", "max ratio")],
-             f"GRPO vs ECPO ({' '.join(sset)})", img / "align-stability.png",
-             logy=("kl", "ratio_max"))
+        plot_stability(hs, sset, img)
         sums = {k: summary(h) for k, h in hs.items()}
         print_table(console, f"GRPO vs ECPO over {args.stability_rounds} rounds",
                     ["method", *SUMMARY_COLS], [[k, *summary_cells(v)] for k, v in sums.items()],

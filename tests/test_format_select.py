@@ -116,3 +116,20 @@ def test_bench_tables_are_sparse_and_summaries_read_the_history():
         "lr": 1e-3, "early_clip": False}
     with pytest.raises(SystemExit):
         parse_overrides(["train.lr=1"])
+
+
+def test_replot_redraws_both_pngs_from_the_json(tmp_path):
+    import json
+
+    from bench.align_curves import main
+
+    rec = {"legality": 0.5, "legality_top_k": 1.0, "distinct": 0.3, "kl": 0.1, "grad_norm": 1.0,
+           "reward": 0.4, "early_clip_frac": 0.0, "ratio_max": 1.2}
+    hist = [{"step": i, **rec} for i in range(1, 4)]
+    path = tmp_path / "curves.json"
+    path.write_text(json.dumps({
+        "format": {"overrides": ["align.lr=1e-4"], "history": {"top-k": hist, "random-k": hist}},
+        "stability": {"overrides": ["align.lr=1e-3"], "history": {"GRPO": hist, "ECPO": hist}}}))
+    assert main(["--replot", str(path), "--img-dir", str(tmp_path / "img")]) == {}
+    for name in ("align-format-select.png", "align-stability.png"):
+        assert (tmp_path / "img" / name).read_bytes()[:4] == b"\x89PNG"
