@@ -62,8 +62,10 @@ SEARCH_GRID: dict[str, dict[str, Any]] = {
                                                  "ppo_epochs": 4, "grad_clip": NO_CLIP},
 }
 FORMAT_PANELS = [("legality", "legality of all samples"),
+                 ("legality_chosen", "rewarded slots a chosen legal sample fills"),
                  ("legality_top_k", "legality of the k most probable samples"),
-                 ("distinct", "distinct videos per group / G"), ("kl", "KL to pretrained")]
+                 ("distinct", "distinct videos per group / G"), ("kl", "KL to pretrained"),
+                 ("reward", "reward (P-Score, legal samples)")]
 STABILITY_PANELS = [("grad_norm", "grad norm (before clipping)"), ("kl", "KL to pretrained"),
                     ("legality", "legality of the samples"), ("reward", "reward (legal samples)"),
                     ("early_clip_frac", "early-clip fraction"), ("ratio_max", "max ratio")]
