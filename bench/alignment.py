@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -104,21 +105,38 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> dict:
-    import numpy as np
-    import torch
+@dataclass
+class Prepared:
+    """What every alignment bench starts from: the pretrained generator, the data, the P-Score
+    reward model and the training requests (contexts as of each impression, before the cut)."""
+
+    policy: Any  # the pretrained OneRec
+    cfg: Any  # the generator's Config with the bench's reward and align sections
+    space: Any  # ItemSpace of the codebook
+    n_buckets: int
+    ds: Any  # the KuaiRand dataset
+    test_ev: Any  # held-out events (the last data.test_days)
+    rm: Any  # the P-Score reward model
+    rm_metrics: dict
+    rm_s: float
+    reqs: Any  # training Requests
+    state: dict  # user -> (short, pos, long) histories as of the cut
+
+
+def prepare(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path,
+            reward_model: str | None = None) -> Prepared:
+    """Load the generator and data, train the reward model (or load `reward_model`, a folder
+    `fit_p_score` wrote with this codebook) and build the training requests."""
     from rich.console import Console
 
     from bench.report import print_table
     from onerec.checkpoint import load_model
     from onerec.config import Config
     from onerec.data import kuairand
-    from onerec.ecpo import align
-    from onerec.evaluate import rank_metrics_multi, split_cut_ms, temporal_split
+    from onerec.evaluate import split_cut_ms, temporal_split
     from onerec.items import ItemSpace
-    from onerec.recommend import recommend
-    from onerec.reward import TASKS, fit_p_score, rm_select
-    from onerec.stream import contexts_from_histories, requests_from_events
+    from onerec.reward import fit_p_score, load_reward_model
+    from onerec.stream import requests_from_events
     from onerec.tokenizer.codebook import Codebook
 
     console = Console()
@@ -133,38 +151,74 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     history = kuairand.read_history(args.data_dir)
     cut = split_cut_ms(ds.events, cfg.data.test_days)
     train_ev, test_ev = temporal_split(ds.events, cfg.data.test_days)
-    index = space.index
 
     # -- reward model: the recipe of the pipeline's reward stage and `onerec align` --------------
     t0 = time.perf_counter()
-    rm, rm_summary = fit_p_score(cfg, ds.events, space, cut, out / "reward_model",
-                                 history=history, n_user_buckets=n_buckets,
-                                 time_budget_s=args.rm_minutes * 60, log=_log)
-    rm_metrics = rm_summary["metrics"]
+    if reward_model:
+        rm, _, _ = load_reward_model(reward_model, cb.fingerprint)
+        rm_metrics = json.loads((Path(reward_model) / "meta.json").read_text()).get("metrics", {})
+        print(f"reusing the reward model {reward_model}")
+    else:
+        rm, rm_summary = fit_p_score(cfg, ds.events, space, cut, out / "reward_model",
+                                     history=history, n_user_buckets=n_buckets,
+                                     time_budget_s=args.rm_minutes * 60, log=_log)
+        rm_metrics = rm_summary["metrics"]
+        rows = [[t, f"{m['auc']:.4f}", f"{m['ece']:.4f}", f"{m['mean_pred']:.4f}",
+                 f"{m['mean_obs']:.4f}", f"{int(m['positives'])}"]
+                for t, m in rm_metrics.items()]
+        print_table(console, f"P-Score reward model on the held-out days "
+                    f"({rm_summary['n_heldout_impressions']} impressions; {rm_summary['steps']} "
+                    f"steps, {rm_summary['train_s'] / 60:.1f} min)",
+                    ["task", "AUC", "ECE", "mean pred", "mean observed", "positives"], rows,
+                    left=["task"])
     rm_s = time.perf_counter() - t0
-    rows = [[t, f"{m['auc']:.4f}", f"{m['ece']:.4f}", f"{m['mean_pred']:.4f}",
-             f"{m['mean_obs']:.4f}", f"{int(m['positives'])}"]
-            for t, m in rm_metrics.items()]
-    print_table(console, f"P-Score reward model on the held-out days "
-                f"({rm_summary['n_heldout_impressions']} impressions; {rm_summary['steps']} "
-                f"steps, {rm_summary['train_s'] / 60:.1f} min)",
-                ["task", "AUC", "ECE", "mean pred", "mean observed", "positives"], rows,
-                left=["task"])
+    state: dict[int, tuple[list[int], list[int], list[int]]] = {}
+    reqs = requests_from_events(train_ev, space.index, cfg.data, history=history,
+                                n_user_buckets=n_buckets, final_state=state)
+    return Prepared(policy=policy, cfg=cfg, space=space, n_buckets=n_buckets, ds=ds,
+                    test_ev=test_ev, rm=rm, rm_metrics=rm_metrics, rm_s=rm_s, reqs=reqs,
+                    state=state)
+
+
+def align_variant(p: Prepared, name: str, align_overrides: dict[str, Any], out: Path,
+                  steps: int, ckpt: Path, log: Any = _log) -> tuple[Any, Any]:
+    """One alignment run from `p.policy` (copied) with `align_overrides` on top of `p.cfg`."""
+    from rich.console import Console
+
+    from onerec.config import Config
+    from onerec.ecpo import align
+
+    c = Config.from_dict({**p.cfg.to_dict(), "align": {**p.cfg.to_dict()["align"],
+                                                      **align_overrides}})
+    Console().rule(f"{name}: {steps} rounds")
+    return align(c, copy.deepcopy(p.policy), p.rm, p.reqs, p.space, out,
+                 items_table=p.ds.items, n_user_buckets=p.n_buckets, steps=steps, log=log,
+                 extra_meta={"init_checkpoint": str(ckpt)})
+
+
+def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> dict:
+    import numpy as np
+    import torch
+    from rich.console import Console
+
+    from bench.report import print_table
+    from onerec.evaluate import rank_metrics_multi
+    from onerec.recommend import recommend
+    from onerec.reward import TASKS, rm_select
+    from onerec.stream import contexts_from_histories
+
+    console = Console()
+    out = Path(args.out)
+    p = prepare(args, bench_cfg, ckpt, cb_dir)
+    policy, cfg, space, n_buckets, rm = p.policy, p.cfg, p.space, p.n_buckets, p.rm
+    rm_metrics, rm_s, reqs, state, test_ev = p.rm_metrics, p.rm_s, p.reqs, p.state, p.test_ev
+    index = space.index
 
     # -- alignment -------------------------------------------------------------------------------
-    state: dict[int, tuple[list[int], list[int], list[int]]] = {}
-    reqs = requests_from_events(train_ev, index, cfg.data, history=history,
-                                n_user_buckets=n_buckets, final_state=state)
     runs: dict[str, Any] = {}
     for name, early in (("GRPO", False), ("ECPO", True)):
-        c = Config.from_dict({**cfg.to_dict(), "align": {**cfg.to_dict()["align"],
-                                                        "early_clip": early}})
-        console.rule(f"{name}: {args.align_steps} rounds")
-        model, res = align(c, copy.deepcopy(policy), rm, reqs, space, out / name.lower(),
-                           items_table=ds.items, n_user_buckets=n_buckets,
-                           steps=args.align_steps, log=_log,
-                           extra_meta={"init_checkpoint": str(ckpt)})
-        runs[name] = (model, res)
+        runs[name] = align_variant(p, name, {"early_clip": early}, out / name.lower(),
+                                   args.align_steps, ckpt)
 
     # -- held-out evaluation ---------------------------------------------------------------------
     lv = test_ev[test_ev["long_view"] == 1].sort_values(["user_id", "time_ms"], kind="stable")

@@ -41,6 +41,9 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+FORMAT_SELECTS = ("random", "topk")  # align.format_select: how the format reward picks its k
+
+
 @dataclass
 class DataConfig:
     dataset: Literal["kuairand", "beauty", "microlens", "synthetic"] = "kuairand"  # which loader
@@ -299,6 +302,9 @@ class AlignConfig:
     grad_clip: float = 1.0  # max gradient norm
     format_weight: float = 1.0  # weight of the format (legal ID) advantage
     format_k: int = 2  # format reward: legal samples per group, drawn at random, rewarded
+    # which format_k legal samples keep the positive format advantage: "random" (the paper's
+    # rule) or "topk" (the most probable ones; squeezes mass onto them, bench.align_curves)
+    format_select: str = "random"
     industrial_weight: float = 1.0  # weight of the industrial rules beside the P-Score
     demoted_authors: list[int] = field(default_factory=list)  # industrial: authors demoted
     author_penalty: float = 0.2  # industrial: subtracted from a demoted author's video
@@ -323,6 +329,8 @@ class AlignConfig:
         _check(self.format_weight >= 0, f"{p}.format_weight", "must be >= 0")
         _check(1 <= self.format_k <= self.group_size, f"{p}.format_k",
                f"must be in [1, group_size={self.group_size}]")
+        _check(self.format_select in FORMAT_SELECTS, f"{p}.format_select",
+               f"must be one of {', '.join(FORMAT_SELECTS)}, got {self.format_select!r}")
         _check(self.industrial_weight >= 0, f"{p}.industrial_weight", "must be >= 0")
         _check(self.author_penalty >= 0, f"{p}.author_penalty", "must be >= 0")
         _check(self.fresh_days >= 0, f"{p}.fresh_days", "must be >= 0 (0 turns the rule off)")

@@ -61,7 +61,7 @@ from onerec.determinism import deterministic_training
 from onerec.items import ItemSpace
 from onerec.model import Batch, OneRec
 from onerec.reward import RewardModel
-from onerec.rewards import IndustrialRules, format_advantage, preference_reward
+from onerec.rewards import IndustrialRules, format_advantage, format_choice, preference_reward
 from onerec.stream import Requests, RequestStream, collate
 from onerec.trie import ItemTrie
 
@@ -163,7 +163,8 @@ class Rewarder:
         return self.trie.walk(codes)
 
     def __call__(self, batch: Batch, codes: torch.Tensor, now_ms: torch.Tensor,
-                 ) -> dict[str, torch.Tensor]:
+                 logp: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """logp: (B, G) log pi_old of the samples, which `align.format_select: topk` ranks by."""
         items = self.items(codes.cpu())
         legal = items > 0
         pscore = preference_reward(self.rm, batch.to("cpu"), items)
@@ -171,10 +172,26 @@ class Rewarder:
         if self.rules is not None:
             reward = reward + self.cfg.industrial_weight * self.rules(items, now_ms)
         adv = group_advantages(reward, legal)
+        lp = logp.detach().cpu() if logp is not None else None
+        chosen = torch.zeros_like(legal)
         if self.cfg.format_weight > 0:
+            chosen = format_choice(legal, self.cfg.format_k, select=self.cfg.format_select,
+                                   logp=lp, generator=self.gen)
             adv = adv + self.cfg.format_weight * format_advantage(legal, self.cfg.format_k,
-                                                                  self.gen)
-        return {"items": items, "legal": legal, "pscore": pscore, "reward": reward, "adv": adv}
+                                                                  chosen=chosen)
+        return {"items": items, "legal": legal, "pscore": pscore, "reward": reward, "adv": adv,
+                "chosen": chosen}
+
+
+def format_legality(legal: torch.Tensor, chosen: torch.Tensor, logp: torch.Tensor, k: int,
+                    ) -> dict[str, float]:
+    """Legality seen by the format reward, logged each round: `legality_chosen`, the share of
+    the k format-rewarded slots per group a legal sample fills (1 once every group has k legal
+    samples); `legality_top_k`, the legality of each group's k most probable samples (what the
+    policy's mode names, the set top-k selection rewards once it is all legal)."""
+    top = logp.topk(min(k, logp.shape[-1]), dim=-1).indices
+    return {"legality_chosen": float(chosen.float().sum()) / max(1, legal.shape[0] * k),
+            "legality_top_k": float(legal.gather(-1, top).float().mean())}
 
 
 ALIGN_STATE_KEY = "align"  # the alignment's resume state inside a checkpoint's state.pt
@@ -310,7 +327,7 @@ def align(cfg: Config, model: OneRec, reward_model: RewardModel, reqs: Requests,
         with torch.no_grad():
             logp_old, _ = sequence_logprob(sampler, ctx, codes)
             logp_ref, _ = sequence_logprob(ref, ctx, codes)
-        rw = rewarder(ctx, codes, torch.from_numpy(reqs.time_ms[idx]))
+        rw = rewarder(ctx, codes, torch.from_numpy(reqs.time_ms[idx]), logp_old)
         adv = rw["adv"].to(device)
         stats: dict[str, float] = {}
         for _ in range(ac.ppo_epochs):
@@ -336,6 +353,7 @@ def align(cfg: Config, model: OneRec, reward_model: RewardModel, reqs: Requests,
                "reward": float(rw["reward"][legal].mean()) if legal.any() else 0.0,
                "pscore": float(rw["pscore"][legal].mean()) if legal.any() else 0.0,
                "legality": float(legal.float().mean()), "grad_norm": float(grad_norm),
+               **format_legality(legal, rw["chosen"], logp_old.cpu(), ac.format_k),
                "distinct": float(np.mean([len(set(r.tolist()) - {0}) / ac.group_size
                                           for r in rw["items"]])),
                "wall_s": time.perf_counter() - t0, **stats}

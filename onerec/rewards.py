@@ -5,7 +5,9 @@ OneRec (arXiv 2506.13695, section 4.2) aligns the generator with three kinds of 
 - format: a generated semantic ID must name a real video. Rewarding every legal sample
   squeezes probability onto a few IDs the model already likes, so only `k` legal samples per
   group, drawn at random, carry the positive format advantage; illegal samples carry the
-  negative one (`format_advantage`). Legality is binary and would swamp a normalisation shared
+  negative one (`format_advantage`). `align.format_select: topk` picks the k most probable
+  legal samples instead, the rule the paper warns against, kept to show why
+  (`bench.align_curves`). Legality is binary and would swamp a normalisation shared
   with the P-Score, so the two advantages are normalised separately and added;
 - industrial: business rules the platform sets on top of user preference, from Config
   (`align.demoted_authors` lose `align.author_penalty`; videos uploaded within
@@ -36,22 +38,48 @@ def preference_reward(reward_model: RewardModel, contexts: Batch, items: torch.T
     return reward_model.pscore(contexts, items)
 
 
+def format_choice(legal: torch.Tensor, k: int, *, select: str = "random",
+                  logp: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                  ) -> torch.Tensor:
+    """(B, G) bool -> (B, G) bool: the (at most) `k` legal samples per row that keep the
+    positive format advantage.
+
+    select "random": drawn uniformly among the legal samples, independent of the policy (the
+    paper's rule). "topk": the `k` legal samples with the highest `logp` (B, G), the policy's
+    log-probability; ties go to the lower sample index. Rows with <= k legal samples choose
+    all of them under either rule.
+    """
+    if select == "random":
+        key = torch.rand(legal.shape, generator=generator).to(legal.device)
+    elif select == "topk":
+        if logp is None:
+            raise ValueError("format_choice(select='topk') needs the samples' logp")
+        # ascending key, first = chosen: the most probable first; a stable sort keeps index order
+        key = -logp.detach().double()
+    else:
+        raise ValueError(f"format select must be 'random' or 'topk', got {select!r}")
+    key = key.masked_fill(~legal, float("inf"))  # illegal last
+    rank = torch.argsort(key, dim=-1, stable=True).argsort(-1)  # 0 = first chosen
+    return legal & (rank < k)
+
+
 def format_advantage(legal: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                     ) -> torch.Tensor:
-    """(B, G) bool -> (B, G) advantage of the format reward, with the paper's random-k choice.
+                     *, select: str = "random", logp: torch.Tensor | None = None,
+                     chosen: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, G) bool -> (B, G) advantage of the format reward.
 
     The legality reward (1 legal, 0 illegal) is group-normalised; illegal samples keep their
-    (negative) advantage, `k` legal samples per row drawn at random keep their (positive) one,
-    the other legal samples get 0. A row with no illegal sample has nothing to learn: all 0.
+    (negative) advantage, the `k` legal samples `format_choice` picks (`select`: "random", the
+    paper's rule, or "topk" by `logp`) keep their (positive) one, the other legal samples get 0.
+    A row with no illegal sample has nothing to learn: all 0. `chosen`: a choice already made
+    by `format_choice` (a caller that also logs it draws once).
     """
     r = legal.float()
     mean = r.mean(-1, keepdim=True)
     std = r.std(-1, unbiased=False, keepdim=True)
     adv = (r - mean) / (std + 1e-6)
-    noise = torch.rand(legal.shape, generator=generator).to(legal.device)
-    noise = noise.masked_fill(~legal, 2.0)  # illegal last
-    rank = noise.argsort(-1).argsort(-1)  # 0 = first chosen
-    chosen = legal & (rank < k)
+    if chosen is None:
+        chosen = format_choice(legal, k, select=select, logp=logp, generator=generator)
     return torch.where(~legal | chosen, adv, torch.zeros_like(adv))
 
 
