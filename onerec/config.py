@@ -301,6 +301,10 @@ class AlignConfig:
     author_penalty: float = 0.2  # industrial: subtracted from a demoted author's video
     fresh_days: float = 0.0  # industrial: uploaded within this many days is fresh (0: off)
     fresh_bonus: float = 0.05  # industrial: added to a fresh video's reward
+    # industrial: subtracted, times the share of the group's other legal samples whose
+    # first-level semantic-ID code is the same (0: off); keeps aligned slates diverse
+    # (bench.alignment's trade-off, docs/alignment.md)
+    diversity_weight: float = 0.0
     checkpoint_every: int = 100  # rounds between atomic checkpoints
     log_every: int = 10  # rounds between log lines
     seed: int = 0  # seed for sampling and context order
@@ -324,6 +328,8 @@ class AlignConfig:
         _check(self.author_penalty >= 0, f"{p}.author_penalty", "must be >= 0")
         _check(self.fresh_days >= 0, f"{p}.fresh_days", "must be >= 0 (0 turns the rule off)")
         _check(self.fresh_bonus >= 0, f"{p}.fresh_bonus", "must be >= 0")
+        _check(self.diversity_weight >= 0, f"{p}.diversity_weight",
+               "must be >= 0 (0 turns the rule off)")
 
 
 @dataclass

@@ -60,7 +60,7 @@ from onerec.config import AlignConfig, Config
 from onerec.items import ItemSpace
 from onerec.model import Batch, OneRec
 from onerec.reward import RewardModel
-from onerec.rewards import IndustrialRules, format_advantage, preference_reward
+from onerec.rewards import IndustrialRules, format_advantage, preference_reward, redundancy
 from onerec.stream import Requests, RequestStream, collate
 from onerec.trie import ItemTrie
 
@@ -169,6 +169,8 @@ class Rewarder:
         reward = pscore.clone()
         if self.rules is not None:
             reward = reward + self.cfg.industrial_weight * self.rules(items, now_ms)
+        if self.cfg.diversity_weight > 0:  # first-level code: the cluster a slate fills up on
+            reward = reward - self.cfg.diversity_weight * redundancy(codes[..., 0].cpu(), legal)
         adv = group_advantages(reward, legal)
         if self.cfg.format_weight > 0:
             adv = adv + self.cfg.format_weight * format_advantage(legal, self.cfg.format_k,

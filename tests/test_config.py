@@ -55,6 +55,7 @@ def test_overrides_do_not_leak_into_presets():
     ("align.early_clip=maybe", "align.early_clip"),
     ("align.demoted_authors=[a]", "align.demoted_authors[0]"),
     ("align.fresh_days=-1", "align.fresh_days"),
+    ("align.diversity_weight=-0.1", "align.diversity_weight"),
     ("reward.d_model=15", "reward.d_model"),
     ("reward.dropout=1.0", "reward.dropout"),
     ("reward.duration_buckets=0", "reward.duration_buckets"),

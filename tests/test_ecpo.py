@@ -272,7 +272,8 @@ ALIGN_CHANGES = {
     "ntp_loss_weight": 0.0, "lr": 0.01, "steps": 2, "batch_size": 4, "ppo_epochs": 1,
     "sync_every": 2, "temperature": 0.5, "kl_weight": 1.0, "grad_clip": 1e-3,
     "format_weight": 0.0, "format_k": 1, "industrial_weight": 0.0, "demoted_authors": [3],
-    "author_penalty": 1.0, "fresh_days": 20.0, "fresh_bonus": 1.0, "checkpoint_every": 3,
+    "author_penalty": 1.0, "fresh_days": 20.0, "fresh_bonus": 1.0, "diversity_weight": 1.0,
+    "checkpoint_every": 3,
     "log_every": 2, "seed": 7}
 
 
