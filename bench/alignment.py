@@ -304,11 +304,10 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
                          constrained=False)
         beams[name] = recs.items
         evals[name] = metrics([r[:10] for r in recs.items], free.legality)
-        if name in ("pretrained", "ECPO"):
-            evals[f"{name} + RM selection"] = metrics(rm_select(rm, ctx, recs.items, 10),
-                                                      free.legality)
-            evals[f"{name} + RM selection top {top_m}"] = metrics(
-                rm_select(rm, ctx, [r[:top_m] for r in recs.items], 10), free.legality)
+        evals[f"{name} + RM selection"] = metrics(rm_select(rm, ctx, recs.items, 10),
+                                                  free.legality)
+        evals[f"{name} + RM selection top {top_m}"] = metrics(
+            rm_select(rm, ctx, recs.items, 10, top_m=top_m), free.legality)
     eval_s = time.perf_counter() - t1
 
     base = evals["pretrained"]
@@ -328,12 +327,12 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
         d = e["vs_pretrained"][t]
         return f"{d['diff']:+.4f} (p {d['p']:.2g})" if e is not base else "-"
 
-    main_rows = [n for n in evals if not n.startswith("ECPO, diversity")]
+    main_rows = [n for n in evals if not n.startswith(("ECPO, diversity", "GRPO + "))]
     print_table(console, f"bench.alignment: {len(users)} held-out users, beam {args.beam}, top 10 "
                 f"({args.align_steps} rounds of G={cfg.align.group_size} x "
                 f"{cfg.align.batch_size} users, sampler synced every {cfg.align.sync_every}, "
                 f"align.diversity_weight {default_w:g}); judge: behaviour model, 95% CI over "
-                "users, paired test vs pretrained; served default: ECPO (no RM selection)",
+                "users, paired test vs pretrained",
                 ["configuration", "click rate [95% CI]", "long-view rate [95% CI]",
                  "long view vs pretrained (p)", "Recall@10 long view", "ILD", "coverage@10",
                  "legality (free)", "mean P-Score"],
@@ -341,6 +340,18 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
                   f"{evals[n]['recall@10_long_view']:.4f}", f"{evals[n]['ild@10']:.4f}",
                   f"{evals[n]['coverage@10']:.4f}", f"{evals[n]['legality_free']:.4f}",
                   f"{evals[n]['pscore@10']:.4f}"] for n in main_rows], left=["configuration"])
+
+    ok = [n for n, e in evals.items() if e["ild@10"] >= 0.9 * base["ild@10"]
+          and e["legality_free"] == 1.0 and n != "pretrained"]
+    winner = max(ok, key=lambda n: evals[n]["long_view_rate"]["mean"]) if ok else None
+    if winner is not None:
+        w = evals[winner]
+        print(f"best on the behaviour model's long-view rate with ILD within 10% of the "
+              f"pretrained model's and legality 1.0: {winner} ({vs(w, 'long_view')}, ILD "
+              f"{w['ild@10']:.4f} vs {base['ild@10']:.4f}, Recall@10 long view "
+              f"{w['recall@10_long_view']:.4f} vs {base['recall@10_long_view']:.4f})")
+    else:
+        print("no configuration keeps ILD within 10% of the pretrained model's with legality 1.0")
 
     # -- why RM selection moves recall: what it picks from where in the beam --------------------
     bands = [(0, 10), (10, top_m), (top_m, args.beam)]
@@ -370,10 +381,12 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     tradeoff: dict[str, dict[str, Any]] = {}
     if sweep:
         for w in sweep:
-            tradeoff[f"{w:g}"] = evals["ECPO" if w == default_w else f"ECPO, diversity {w:g}"]
+            model_name = "ECPO" if w == default_w else f"ECPO, diversity {w:g}"
+            for sel in ("", " + RM selection", f" + RM selection top {top_m}"):
+                tradeoff[f"{w:g}{sel}"] = evals[model_name + sel]
         print_table(console, "ECPO at several align.diversity_weight values: behaviour-model "
                     f"reward against intra-list diversity (pretrained ILD {base['ild@10']:.4f})",
-                    ["diversity weight", "long-view rate [95% CI]",
+                    ["diversity weight (+ selection)", "long-view rate [95% CI]",
                      "long view vs pretrained (p)", "click rate", "ILD", "ILD / pretrained",
                      "Recall@10 long view", "coverage@10", "legality (free)", "mean P-Score"],
                     [[w, ci(e, "long_view"), vs(e, "long_view"),
@@ -381,7 +394,7 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
                       f"{e['ild@10'] / base['ild@10']:.3f}", f"{e['recall@10_long_view']:.4f}",
                       f"{e['coverage@10']:.4f}", f"{e['legality_free']:.4f}",
                       f"{e['pscore@10']:.4f}"] for w, e in tradeoff.items()],
-                    left=["diversity weight"])
+                    left=["diversity weight (+ selection)"])
 
     def stab(res: Any) -> list[str]:
         h = res.history
@@ -405,9 +418,8 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     scalar = {n: {k: v for k, v in e.items() if k not in ("click", "long_view")}
               for n, e in evals.items()}
     return {"reward_model": rm_metrics, "judge_check": check, "table": scalar,
-            "tradeoff": {w: scalar[n] for w, n in zip(
-                tradeoff, ["ECPO" if w == default_w else f"ECPO, diversity {w:g}"
-                           for w in sweep], strict=True)},
+            "tradeoff": {w: {k: v for k, v in e.items() if k not in ("click", "long_view")}
+                         for w, e in tradeoff.items()}, "winner": winner,
             "rm_selection_bands": diag_rows,
             "history": {k: r.history for k, (_, r) in runs.items()}}
 

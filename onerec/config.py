@@ -362,11 +362,17 @@ class ServeConfig:
     max_request_bytes: int = 1 << 20  # request body (REST) / message (gRPC) size
     max_json_depth: int = 32  # nesting of JSON arrays and objects
     max_json_elements: int = 100_000  # JSON values (numbers, strings, arrays, objects) a body holds
+    # RM selection (--rm_selection): the P-Score re-ranks only each beam's first M videos (0: the
+    # whole beam). The whole beam pulled low-probability tail videos into the top 10 and cost
+    # long-view recall (bench.alignment, docs/alignment.md "RM selection")
+    rm_selection_top_m: int = 16
 
     def validate(self, p: str) -> None:
         for name in ("beam_width", "max_beam_width", "top_n", "max_top_n", "max_request_seq_len",
                      "max_request_bytes", "max_json_depth", "max_json_elements"):
             _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
+        _check(self.rm_selection_top_m >= 0, f"{p}.rm_selection_top_m",
+               "must be >= 0 (0: the whole beam)")
         _check(self.max_request_bytes < 2**31, f"{p}.max_request_bytes",
                "must be < 2 GiB (gRPC's message size is a 32-bit integer)")
         _check(self.max_json_depth >= 5, f"{p}.max_json_depth",

@@ -48,6 +48,7 @@ def test_overrides_do_not_leak_into_presets():
     ("serve.beam_width=100000", "serve.beam_width"),
     ("train.lr=-1", "train.lr"),
     ("serve.ort_threads=-1", "serve.ort_threads"),
+    ("serve.rm_selection_top_m=-1", "serve.rm_selection_top_m"),
     ("validation.watch_ratio_quantiles=[1.5]", "validation.watch_ratio_quantiles"),
     ("align.group_size=1", "align.group_size"),
     ("align.format_k=9", "align.format_k"),
