@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
                          "1 (on-policy) early clipping never binds and ECPO equals GRPO")
     ap.add_argument("--test-users", type=int, default=1000, help="held-out users evaluated")
     ap.add_argument("--beam", type=int, default=32, help="beam width (RM selection's N)")
-    ap.add_argument("--rm-top-m", type=int, default=16,
-                    help="the restricted RM selection re-ranks only the beam's first M")
+    ap.add_argument("--rm-top-m", default="16",
+                    help="comma-separated M: the restricted RM selection re-ranks only the "
+                         "beam's first M (one row per M; the first also splits the diagnosis)")
     ap.add_argument("--reward-model", default=None,
                     help="a reward-model folder to reuse instead of training one")
     ap.add_argument("--diversity-weights", default="",
@@ -297,7 +298,8 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     t1 = time.perf_counter()
     beams: dict[str, list[list[int]]] = {}
     evals: dict[str, dict[str, Any]] = {}
-    top_m = min(args.rm_top_m, args.beam)
+    tops = [min(int(m), args.beam) for m in args.rm_top_m.split(",")]
+    top_m = tops[0]
     for name, model in [("pretrained", policy), *((k, r[0]) for k, r in runs.items())]:
         recs = recommend(model, space, ctx, beam_width=args.beam, top_n=args.beam)
         free = recommend(model, space, ctx, beam_width=args.beam, top_n=args.beam,
@@ -306,8 +308,9 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
         evals[name] = metrics([r[:10] for r in recs.items], free.legality)
         evals[f"{name} + RM selection"] = metrics(rm_select(rm, ctx, recs.items, 10),
                                                   free.legality)
-        evals[f"{name} + RM selection top {top_m}"] = metrics(
-            rm_select(rm, ctx, recs.items, 10, top_m=top_m), free.legality)
+        for m in tops:
+            evals[f"{name} + RM selection top {m}"] = metrics(
+                rm_select(rm, ctx, recs.items, 10, top_m=m), free.legality)
     eval_s = time.perf_counter() - t1
 
     base = evals["pretrained"]
@@ -382,7 +385,7 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     if sweep:
         for w in sweep:
             model_name = "ECPO" if w == default_w else f"ECPO, diversity {w:g}"
-            for sel in ("", " + RM selection", f" + RM selection top {top_m}"):
+            for sel in ("", " + RM selection", *(f" + RM selection top {m}" for m in tops)):
                 tradeoff[f"{w:g}{sel}"] = evals[model_name + sel]
         print_table(console, "ECPO at several align.diversity_weight values: behaviour-model "
                     f"reward against intra-list diversity (pretrained ILD {base['ild@10']:.4f})",
