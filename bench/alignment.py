@@ -1,21 +1,38 @@
-"""Preference alignment on KuaiRand held-out days: pretrained vs GRPO vs ECPO vs ECPO + RM selection.
+"""Preference alignment on KuaiRand held-out days, judged by a behaviour model it never saw.
 
     python -m bench.alignment [--checkpoint CKPT --codebook CB] [--quick]
+    python -m bench.alignment ... --diversity-weights 0,0.1,0.3,1     # + the trade-off table
 
 1. the pretrained generator: `--checkpoint/--codebook`, or a short `onerec.pretrain.run_kuairand`
    (`--pretrain-minutes`) on the days before the cut;
 2. the P-Score reward model trained on the same days (`onerec.reward.fit_p_score`, the
-   pipeline's recipe); per-task AUC and calibration on the held-out days (the last
-   `data.test_days`);
+   pipeline's recipe), or `--reward-model` (one saved by an earlier run, so two runs compare
+   generators against the same reward); per-task AUC and calibration on the held-out days;
 3. GRPO and ECPO (the same code, early clip off / on) from the same start, same seed, same
-   number of rounds, with a sampler that lags the trainer by `--sync-every` rounds (OneRec's
-   sampling service; on-policy, early clipping never binds and the two are identical);
-4. each generator on the held-out users (contexts as of the cut), constrained beam search,
-   top 10: mean P-Score of the recommended videos, legality with constraints off, diversity
-   (distinct videos across users, intra-list diversity of first-level codes), Recall@10 of
-   the users' real long-view events; "+ RM selection" re-ranks the whole beam by P-Score;
-5. stability over the alignment rounds: gradient norm, sampled legality first -> last, KL to
+   number of rounds, with a sampler that lags the trainer by `--sync-every` rounds, with the
+   Config's `align.*` (its `diversity_weight` included);
+4. each configuration's served slate (constrained beam, top 10) for held-out users (contexts as
+   of the cut, users with a real long view on the held-out days), judged by **the behaviour
+   model** (`onerec.app.simusers.BehaviourModel`, the world the demo's A/B trusts): per user,
+   the mean P(click) and P(long view) over the slate; the mean over users with a 95% t interval,
+   and a paired test against the pretrained slate (users are the unit: the same user gets both
+   slates). Also Recall@10 of the users' real long views on the held-out days, intra-list
+   diversity (first-level codes), coverage@10, legality with the constraint off and the mean
+   P-Score, which is still reported but is not the judge (alignment optimised it: circular);
+5. why RM selection moves recall and the judge: per beam position band, the mean P-Score, the
+   judge's P(long view), the real long views found, and where RM selection's picks come from;
+   "RM selection top M" re-ranks only the beam's first M (the rest never compete);
+6. `--diversity-weights`: ECPO at each `align.diversity_weight`, the judge's long-view rate
+   against ILD, each against the pretrained model;
+7. stability over the alignment rounds: gradient norm, sampled legality first -> last, KL to
    the pretrained model, clip fractions.
+
+Why the behaviour model is not circular: it is a different model family (logistic, user and
+video biases on video features), never used in training; the generator and the P-Score model
+see only the days before the cut, while the judge is fitted on every logged day as the A/B's
+world is (including the held-out days makes it a better estimate of how those users behave on
+those days, and no judged model saw them). Its own held-out check (fitted without the last
+days) is printed first.
 """
 
 from __future__ import annotations
@@ -69,6 +86,15 @@ def main(argv: list[str] | None = None) -> dict:
                          "1 (on-policy) early clipping never binds and ECPO equals GRPO")
     ap.add_argument("--test-users", type=int, default=1000, help="held-out users evaluated")
     ap.add_argument("--beam", type=int, default=32, help="beam width (RM selection's N)")
+    ap.add_argument("--rm-top-m", default="16",
+                    help="comma-separated M: the restricted RM selection re-ranks only the "
+                         "beam's first M (one row per M; the first also splits the diagnosis)")
+    ap.add_argument("--reward-model", default=None,
+                    help="a reward-model folder to reuse instead of training one")
+    ap.add_argument("--diversity-weights", default="",
+                    help="comma-separated align.diversity_weight values: ECPO at each, the "
+                         "judge's long-view rate against ILD (the trade-off table)")
+    ap.add_argument("--no-grpo", action="store_true", help="skip the GRPO run")
     ap.add_argument("--quick", action="store_true", help="a smoke run: minutes, fewer users")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
@@ -90,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    load0 = os.getloadavg()
+    print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
     from onerec.config import Config
 
     cfg = Config.from_preset(args.preset, [f"align.sync_every={args.sync_every}",
@@ -97,12 +125,36 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt, cb_dir = pretrained(args, cfg)
     result = run(args, cfg, ckpt, cb_dir)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load1 = os.getloadavg()
+    result["load_average"] = {"start": load0, "end": load1}
+    print(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     print(f"total wall time {(time.perf_counter() - t_start) / 60:.1f} min; {stamp}; "
           f"argv: {' '.join(sys.argv[1:])}")
     if args.json:
         Path(args.json).write_text(json.dumps({**result, "date": stamp, "argv": sys.argv},
                                               default=str, indent=1))
     return result
+
+
+def paired_vs(a: Any, b: Any) -> dict[str, float]:
+    """Two-sided paired t test of per-user values a_u - b_u (users the unit), from the evaluation
+    gate's `onerec.stages.paired_test`: the mean difference, its 95% interval and p."""
+    from scipy import stats
+
+    from onerec.stages import paired_test
+
+    t = paired_test(a, b)
+    n, d, se = t["n_users"], t["mean_diff"], t["se"]
+    if se == 0 or n < 2:
+        return {"diff": d, "low": d, "high": d, "p": 1.0 if d == 0 else 0.0}
+    half = float(stats.t.ppf(0.975, n - 1)) * se
+    return {"diff": d, "low": d - half, "high": d + half,
+            "p": float(2 * stats.t.sf(abs(d / se), n - 1))}
+
+
+def diversity_weights(text: str) -> list[float]:
+    """'0,0.1,0.3' -> [0.0, 0.1, 0.3]; '' -> []."""
+    return [float(w) for w in text.split(",") if w.strip()]
 
 
 @dataclass
@@ -139,7 +191,7 @@ def prepare(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path,
     from onerec.stream import requests_from_events
     from onerec.tokenizer.codebook import Codebook
 
-    console = Console()
+    console = Console(width=200)
     out = Path(args.out)
     cb = Codebook.load(cb_dir)
     space = ItemSpace.from_codebook(cb)
@@ -157,21 +209,21 @@ def prepare(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path,
     if reward_model:
         rm, _, _ = load_reward_model(reward_model, cb.fingerprint)
         rm_metrics = json.loads((Path(reward_model) / "meta.json").read_text()).get("metrics", {})
-        print(f"reusing the reward model {reward_model}")
+        rm_title = f"P-Score reward model {reward_model} (reused) on the held-out days"
     else:
         rm, rm_summary = fit_p_score(cfg, ds.events, space, cut, out / "reward_model",
                                      history=history, n_user_buckets=n_buckets,
                                      time_budget_s=args.rm_minutes * 60, log=_log)
         rm_metrics = rm_summary["metrics"]
-        rows = [[t, f"{m['auc']:.4f}", f"{m['ece']:.4f}", f"{m['mean_pred']:.4f}",
-                 f"{m['mean_obs']:.4f}", f"{int(m['positives'])}"]
-                for t, m in rm_metrics.items()]
-        print_table(console, f"P-Score reward model on the held-out days "
-                    f"({rm_summary['n_heldout_impressions']} impressions; {rm_summary['steps']} "
-                    f"steps, {rm_summary['train_s'] / 60:.1f} min)",
-                    ["task", "AUC", "ECE", "mean pred", "mean observed", "positives"], rows,
-                    left=["task"])
+        rm_title = (f"P-Score reward model on the held-out days "
+                    f"({rm_summary['n_heldout_impressions']} impressions; "
+                    f"{rm_summary['steps']} steps, {rm_summary['train_s'] / 60:.1f} min)")
     rm_s = time.perf_counter() - t0
+    rows = [[t, f"{r['auc']:.4f}", f"{r['ece']:.4f}", f"{r['mean_pred']:.4f}",
+             f"{r['mean_obs']:.4f}", f"{int(r['positives'])}"] for t, r in rm_metrics.items()]
+    print_table(console, rm_title,
+                ["task", "AUC", "ECE", "mean pred", "mean observed", "positives"], rows,
+                left=["task"])
     state: dict[int, tuple[list[int], list[int], list[int]]] = {}
     reqs = requests_from_events(train_ev, space.index, cfg.data, history=history,
                                 n_user_buckets=n_buckets, final_state=state)
@@ -198,45 +250,81 @@ def align_variant(p: Prepared, name: str, align_overrides: dict[str, Any], out: 
 
 def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> dict:
     import numpy as np
+    import pandas as pd
     import torch
     from rich.console import Console
 
     from bench.report import print_table
-    from onerec.evaluate import rank_metrics_multi
+    from onerec.ab import arm_intervals
+    from onerec.app import simusers
+    from onerec.data import kuairand
+    from onerec.evaluate import coverage, rank_metrics_multi
     from onerec.recommend import recommend
     from onerec.reward import TASKS, rm_select
     from onerec.stream import contexts_from_histories
 
-    console = Console()
-    out = Path(args.out)
-    p = prepare(args, bench_cfg, ckpt, cb_dir)
+    console = Console(width=200)
+    p = prepare(args, bench_cfg, ckpt, cb_dir, reward_model=args.reward_model)
     policy, cfg, space, n_buckets, rm = p.policy, p.cfg, p.space, p.n_buckets, p.rm
     rm_metrics, rm_s, reqs, state, test_ev = p.rm_metrics, p.rm_s, p.reqs, p.state, p.test_ev
     index = space.index
 
+    # -- the judge: the A/B's behaviour model of KuaiRand users ---------------------------------
+    t0 = time.perf_counter()
+    events, items = kuairand.read_events(args.data_dir), kuairand.read_items(args.data_dir)
+    check = simusers.holdout(events, items, days=cfg.data.test_days)
+    world = simusers.BehaviourModel.fit(events, items)
+    m = check["metrics"]
+    print(f"judge: behaviour model fitted on all {len(events):,} logged impressions in "
+          f"{time.perf_counter() - t0:.1f} s; its check fitted without the last "
+          f"{check['test_days']} days ({check['test_rows']:,} impressions): click AUC "
+          f"{m['click']['model']['auc']:.3f} (per-user rate {m['click']['user']['auc']:.3f}), "
+          f"long-view AUC {m['long_view']['model']['auc']:.3f} (per-user rate "
+          f"{m['long_view']['user']['auc']:.3f})", flush=True)
+
     # -- alignment -------------------------------------------------------------------------------
+    default_w = cfg.align.diversity_weight
+    plan = [] if args.no_grpo else [("GRPO", False, default_w)]
+    plan.append(("ECPO", True, default_w))
+    sweep = diversity_weights(args.diversity_weights)
+    plan += [(f"ECPO, diversity {w:g}", True, w) for w in sweep if w != default_w]
     runs: dict[str, Any] = {}
-    for name, early in (("GRPO", False), ("ECPO", True)):
-        runs[name] = align_variant(p, name, {"early_clip": early}, out / name.lower(),
-                                   args.align_steps, ckpt)
+    for name, early, weight in plan:
+        runs[name] = align_variant(
+            p, f"{name}, align.diversity_weight {weight:g}",
+            {"early_clip": early, "diversity_weight": weight},
+            Path(args.out) / name.lower().replace(", ", "-").replace(" ", "-"),
+            args.align_steps, ckpt)
 
     # -- held-out evaluation ---------------------------------------------------------------------
     lv = test_ev[test_ev["long_view"] == 1].sort_values(["user_id", "time_ms"], kind="stable")
     lv = lv.drop_duplicates(["user_id", "video_id"])
     targets = {int(u): [int(v) for v in g] for u, g in lv.groupby("user_id")["video_id"]}
     users = sorted(u for u in targets if u in state)[:args.test_users]
+    user_arr = np.asarray(users, np.int64)
     ctx = contexts_from_histories([state[u][0] for u in users], cfg.data, users=users,
                                   n_user_buckets=n_buckets, pos=[state[u][1] for u in users],
                                   long=[state[u][2] for u in users])
     first_code = {int(v): int(space.codes[i, 0]) for v, i in index.items()}
 
-    def mean_pscore(lists: list[list[int]]) -> float:
+    def pscores(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(users, width) P-Scores of the listed videos and the mask of filled slots."""
         width = max(len(r) for r in lists)
-        items = torch.zeros(len(lists), width, dtype=torch.long)
+        idx = torch.zeros(len(lists), width, dtype=torch.long)
         for r, row in enumerate(lists):
-            items[r, :len(row)] = torch.tensor([index[v] for v in row], dtype=torch.long)
-        s = rm.pscore(ctx, items)
-        return float(s[items > 0].mean())
+            idx[r, :len(row)] = torch.tensor([index[v] for v in row], dtype=torch.long)
+        with torch.no_grad():
+            s = rm.pscore(ctx, idx)
+        return s.numpy(), (idx > 0).numpy()
+
+    def judged(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The behaviour model on each listed slot: (P(click), P(long view), mask), (users, width)."""
+        width = max(len(r) for r in lists)
+        grid = np.full((len(lists), width), -1, np.int64)
+        for r, row in enumerate(lists):
+            grid[r, :len(row)] = row
+        pc, pl = world.predict(user_arr[:, None], grid)
+        return pc, pl, grid >= 0
 
     def ild(lists: list[list[int]]) -> float:
         vals = []
@@ -247,34 +335,119 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
                 vals.append(sum(a != b for a, b in pairs) / len(pairs))
         return float(np.mean(vals)) if vals else 0.0
 
-    def evaluate(model: Any) -> tuple[dict[str, float], dict[str, float]]:
-        """-> metrics of the beam's top 10, and of the beam re-ranked by P-Score (top 10)."""
+    def metrics(lists: list[list[int]], legality_free: float) -> dict[str, Any]:
+        ps, pmask = pscores(lists)
+        pc, pl, mask = judged(lists)
+        shown = mask.sum(1).clip(min=1)
+        return {"click": (pc * mask).sum(1) / shown, "long_view": (pl * mask).sum(1) / shown,
+                "pscore@10": float(ps[pmask].mean()), "legality_free": legality_free,
+                "ild@10": ild(lists), "coverage@10": coverage(lists, len(space), 10),
+                "recall@10_long_view": rank_metrics_multi(
+                    lists, [targets[u] for u in users], ks=(10,))["recall@10"]}
+
+    t1 = time.perf_counter()
+    beams: dict[str, list[list[int]]] = {}
+    evals: dict[str, dict[str, Any]] = {}
+    tops = [min(int(m), args.beam) for m in args.rm_top_m.split(",")]
+    top_m = tops[0]
+    for name, model in [("pretrained", policy), *((k, r[0]) for k, r in runs.items())]:
         recs = recommend(model, space, ctx, beam_width=args.beam, top_n=args.beam)
         free = recommend(model, space, ctx, beam_width=args.beam, top_n=args.beam,
                          constrained=False)
-        out = []
-        for lists in ([r[:10] for r in recs.items], rm_select(rm, ctx, recs.items, 10)):
-            distinct = len({v for r in lists for v in r}) / max(1, sum(len(r) for r in lists))
-            out.append({"pscore@10": mean_pscore(lists), "legality_free": free.legality,
-                        "distinct@10": distinct, "ild@10": ild(lists),
-                        "recall@10_long_view": rank_metrics_multi(
-                            lists, [targets[u] for u in users], ks=(10,))["recall@10"]})
-        return out[0], out[1]
-
-    t1 = time.perf_counter()
-    table: dict[str, dict[str, float]] = {}
-    table["pretrained"], table["pretrained + RM selection"] = evaluate(policy)
-    table["GRPO"], _ = evaluate(runs["GRPO"][0])
-    table["ECPO"], table["ECPO + RM selection"] = evaluate(runs["ECPO"][0])
+        beams[name] = recs.items
+        evals[name] = metrics([r[:10] for r in recs.items], free.legality)
+        evals[f"{name} + RM selection"] = metrics(rm_select(rm, ctx, recs.items, 10),
+                                                  free.legality)
+        for m in tops:
+            evals[f"{name} + RM selection top {m}"] = metrics(
+                rm_select(rm, ctx, recs.items, 10, top_m=m), free.legality)
     eval_s = time.perf_counter() - t1
-    cols = ["pscore@10", "legality_free", "distinct@10", "ild@10", "recall@10_long_view"]
-    print_table(console, f"bench.alignment: {len(users)} held-out users, beam {args.beam}, "
-                f"top 10 ({args.align_steps} rounds of G={cfg.align.group_size} x "
-                f"{cfg.align.batch_size} users, sampler synced every {cfg.align.sync_every})",
-                ["model", "mean P-Score", "legality (free)", "distinct", "ILD",
-                 "Recall@10 long view"],
-                [[name, *(f"{m[c]:.4f}" for c in cols)] for name, m in table.items()],
-                left=["model"])
+
+    base = evals["pretrained"]
+    ints = {t: arm_intervals(pd.DataFrame({
+        "user_id": np.tile(user_arr, len(evals)), "variant": np.repeat(list(evals), len(users)),
+        t: np.concatenate([e[t] for e in evals.values()])}), t) for t in ("click", "long_view")}
+    for name, e in evals.items():
+        e["vs_pretrained"] = {t: paired_vs(e[t], base[t]) for t in ("click", "long_view")}
+        for t in ("click", "long_view"):
+            e[f"{t}_rate"] = {k: ints[t][name][k] for k in ("mean", "low", "high")}
+
+    def ci(e: dict[str, Any], t: str) -> str:
+        r = e[f"{t}_rate"]
+        return f"{r['mean']:.4f} [{r['low']:.4f}, {r['high']:.4f}]"
+
+    def vs(e: dict[str, Any], t: str) -> str:
+        d = e["vs_pretrained"][t]
+        return f"{d['diff']:+.4f} (p {d['p']:.2g})" if e is not base else "-"
+
+    main_rows = [n for n in evals if not n.startswith(("ECPO, diversity", "GRPO + "))]
+    print_table(console, f"bench.alignment: {len(users)} held-out users, beam {args.beam}, top 10 "
+                f"({args.align_steps} rounds of G={cfg.align.group_size} x "
+                f"{cfg.align.batch_size} users, sampler synced every {cfg.align.sync_every}, "
+                f"align.diversity_weight {default_w:g}); judge: behaviour model, 95% CI over "
+                "users, paired test vs pretrained",
+                ["configuration", "click rate [95% CI]", "long-view rate [95% CI]",
+                 "long view vs pretrained (p)", "Recall@10 long view", "ILD", "coverage@10",
+                 "legality (free)", "mean P-Score"],
+                [[n, ci(evals[n], "click"), ci(evals[n], "long_view"), vs(evals[n], "long_view"),
+                  f"{evals[n]['recall@10_long_view']:.4f}", f"{evals[n]['ild@10']:.4f}",
+                  f"{evals[n]['coverage@10']:.4f}", f"{evals[n]['legality_free']:.4f}",
+                  f"{evals[n]['pscore@10']:.4f}"] for n in main_rows], left=["configuration"])
+
+    ok = [n for n, e in evals.items() if e["ild@10"] >= 0.9 * base["ild@10"]
+          and e["legality_free"] == 1.0 and n != "pretrained"]
+    winner = max(ok, key=lambda n: evals[n]["long_view_rate"]["mean"]) if ok else None
+    if winner is not None:
+        w = evals[winner]
+        print(f"best on the behaviour model's long-view rate with ILD within 10% of the "
+              f"pretrained model's and legality 1.0: {winner} ({vs(w, 'long_view')}, ILD "
+              f"{w['ild@10']:.4f} vs {base['ild@10']:.4f}, Recall@10 long view "
+              f"{w['recall@10_long_view']:.4f} vs {base['recall@10_long_view']:.4f})")
+    else:
+        print("no configuration keeps ILD within 10% of the pretrained model's with legality 1.0")
+
+    # -- why RM selection moves recall: what it picks from where in the beam --------------------
+    bands = [(0, 10), (10, top_m), (top_m, args.beam)]
+    diag_rows = []
+    for name in ("pretrained", "ECPO"):
+        beam = beams[name]
+        ps, _ = pscores(beam)
+        pl = judged(beam)[1]
+        picks = [set(r) for r in rm_select(rm, ctx, beam, 10)]
+        for lo, hi in bands:
+            slots = [(r, j) for r, row in enumerate(beam) for j in range(lo, min(hi, len(row)))]
+            if not slots:
+                continue
+            hits = sum(beam[r][j] in set(targets[users[r]]) for r, j in slots)
+            picked = sum(beam[r][j] in picks[r] for r, j in slots)
+            rr, jj = np.array([s[0] for s in slots]), np.array([s[1] for s in slots])
+            diag_rows.append([name, f"{lo + 1}-{hi}", f"{float(ps[rr, jj].mean()):.4f}",
+                              f"{float(pl[rr, jj].mean()):.4f}",
+                              f"{1000 * hits / len(slots):.2f}",
+                              f"{picked / max(1, sum(len(p) for p in picks)):.3f}"])
+    print_table(console, "RM selection: what the P-Score re-ranks, by beam position band",
+                ["model", "beam positions", "mean P-Score", "judge P(long view)",
+                 "real long views per 1000 slots", "share of RM selection's top 10"],
+                diag_rows, left=["model", "beam positions"])
+
+    # -- the diversity trade-off -----------------------------------------------------------------
+    tradeoff: dict[str, dict[str, Any]] = {}
+    if sweep:
+        for w in sweep:
+            model_name = "ECPO" if w == default_w else f"ECPO, diversity {w:g}"
+            for sel in ("", " + RM selection", *(f" + RM selection top {m}" for m in tops)):
+                tradeoff[f"{w:g}{sel}"] = evals[model_name + sel]
+        print_table(console, "ECPO at several align.diversity_weight values: behaviour-model "
+                    f"reward against intra-list diversity (pretrained ILD {base['ild@10']:.4f})",
+                    ["diversity weight (+ selection)", "long-view rate [95% CI]",
+                     "long view vs pretrained (p)", "click rate", "ILD", "ILD / pretrained",
+                     "Recall@10 long view", "coverage@10", "legality (free)", "mean P-Score"],
+                    [[w, ci(e, "long_view"), vs(e, "long_view"),
+                      f"{e['click_rate']['mean']:.4f}", f"{e['ild@10']:.4f}",
+                      f"{e['ild@10'] / base['ild@10']:.3f}", f"{e['recall@10_long_view']:.4f}",
+                      f"{e['coverage@10']:.4f}", f"{e['legality_free']:.4f}",
+                      f"{e['pscore@10']:.4f}"] for w, e in tradeoff.items()],
+                    left=["diversity weight (+ selection)"])
 
     def stab(res: Any) -> list[str]:
         h = res.history
@@ -295,7 +468,12 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     print(json.dumps({"reward_model_s": round(rm_s, 1), "eval_s": round(eval_s, 1),
                       "n_train_requests": len(reqs), "n_test_users": len(users),
                       "tasks": list(TASKS)}))
-    return {"reward_model": rm_metrics, "table": table,
+    scalar = {n: {k: v for k, v in e.items() if k not in ("click", "long_view")}
+              for n, e in evals.items()}
+    return {"reward_model": rm_metrics, "judge_check": check, "table": scalar,
+            "tradeoff": {w: {k: v for k, v in e.items() if k not in ("click", "long_view")}
+                         for w, e in tradeoff.items()}, "winner": winner,
+            "rm_selection_bands": diag_rows,
             "history": {k: r.history for k, (_, r) in runs.items()}}
 
 

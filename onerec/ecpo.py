@@ -61,7 +61,13 @@ from onerec.determinism import deterministic_training
 from onerec.items import ItemSpace
 from onerec.model import Batch, OneRec
 from onerec.reward import RewardModel
-from onerec.rewards import IndustrialRules, format_advantage, format_choice, preference_reward
+from onerec.rewards import (
+    IndustrialRules,
+    format_advantage,
+    format_choice,
+    preference_reward,
+    redundancy,
+)
 from onerec.stream import Requests, RequestStream, collate
 from onerec.trie import ItemTrie
 
@@ -171,6 +177,8 @@ class Rewarder:
         reward = pscore.clone()
         if self.rules is not None:
             reward = reward + self.cfg.industrial_weight * self.rules(items, now_ms)
+        if self.cfg.diversity_weight > 0:  # first-level code: the cluster a slate fills up on
+            reward = reward - self.cfg.diversity_weight * redundancy(codes[..., 0].cpu(), legal)
         adv = group_advantages(reward, legal)
         lp = logp.detach().cpu() if logp is not None else None
         chosen = torch.zeros_like(legal)

@@ -8,6 +8,10 @@ model was trained in: its codebook fingerprint is checked at load). Videos come 
 P-Score; each keeps its generator log-probability in `scores`, so a client still sees how
 likely the generator found it. The reward model runs on CPU in the transformer process: a
 few hundred candidates per user are one small batched forward.
+
+`top_m` (`serve.rm_selection_top_m`): only each beam's first M videos are re-ranked, the rest
+follow in the generator's order. Re-ranking the whole beam pulled low-probability tail videos
+into the top 10 and lowered long-view recall (docs/alignment.md, "RM selection").
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ class RMSelection:
 
     wants_contexts = True
 
-    def __init__(self, reward_model: RewardModel) -> None:
-        self.reward_model = reward_model
+    def __init__(self, reward_model: RewardModel, top_m: int | None = None) -> None:
+        self.reward_model, self.top_m = reward_model, top_m
 
     @classmethod
-    def load(cls, path: str | Path, codebook_fingerprint: str | None = None) -> RMSelection:
+    def load(cls, path: str | Path, codebook_fingerprint: str | None = None,
+             top_m: int | None = None) -> RMSelection:
         model, _, _ = load_reward_model(path, codebook_fingerprint)
-        return cls(model)
+        return cls(model, top_m)
 
     def __call__(self, user_ids: np.ndarray, video_ids: np.ndarray, scores: np.ndarray,
                  contexts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +49,9 @@ class RMSelection:
                         for n in ("user", "short", "pos", "long")))
         batch.user = batch.user.reshape(-1)
         beams = [[int(v) for v in row if v >= 0] for row in video_ids]
-        picked = rm_select(self.reward_model, batch, beams, k=video_ids.shape[1])
+        picked = rm_select(self.reward_model, batch, beams, k=video_ids.shape[1], top_m=self.top_m)
+        picked = [p + [v for v in dict.fromkeys(b) if v not in set(p)]  # the rest, beam order
+                  for p, b in zip(picked, beams, strict=True)]
         out_v = np.full_like(video_ids, -1)
         out_s = np.zeros_like(scores)
         for r, row in enumerate(picked):

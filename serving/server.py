@@ -124,8 +124,9 @@ def cold_start_table(args: argparse.Namespace, cfg: Config) -> Any:
     return np.asarray(ids, dtype=np.int64)
 
 
-def reranker_of(args: argparse.Namespace, codebook_fp: str | None) -> Any:
-    """--rm_selection (the reward model) or --reranker (module:function), not both."""
+def reranker_of(args: argparse.Namespace, codebook_fp: str | None, top_m: int = 0) -> Any:
+    """--rm_selection (the reward model; it re-ranks each beam's first `top_m`, 0: all) or
+    --reranker (module:function), not both."""
     from serving.transformer import load_reranker
 
     if args.rm_selection is not None:
@@ -133,7 +134,7 @@ def reranker_of(args: argparse.Namespace, codebook_fp: str | None) -> Any:
             raise SystemExit("--rm_selection and --reranker are exclusive: pass one")
         from serving.rm_selection import RMSelection
 
-        return RMSelection.load(args.rm_selection, codebook_fp)
+        return RMSelection.load(args.rm_selection, codebook_fp, top_m=top_m or None)
     return load_reranker(args.reranker)
 
 
@@ -180,7 +181,8 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any, BodyLimits]:
     transformer = OneRecTransformer(
         name, manager, limits, feature_repo=args.feature_repo,
         cold_start=cold_start_table(args, cfg),
-        reranker=reranker_of(args, codebook_fp), graph_name=graph_name,
+        reranker=reranker_of(args, codebook_fp, cfg.serve.rm_selection_top_m),
+        graph_name=graph_name,
         feast_timeout_s=args.feast_timeout, feast_retry_s=args.feast_retry)
     models.append(transformer)
     if not remote:

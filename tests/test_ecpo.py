@@ -273,6 +273,7 @@ ALIGN_CHANGES = {
     "sync_every": 2, "temperature": 0.5, "kl_weight": 1.0, "grad_clip": 1e-3,
     "format_weight": 0.0, "format_k": 1, "format_select": "topk", "industrial_weight": 0.0,
     "demoted_authors": [3], "author_penalty": 1.0, "fresh_days": 20.0, "fresh_bonus": 1.0,
+    "diversity_weight": 1.0,
     "checkpoint_every": 3,
     "log_every": 2, "seed": 7}
 
@@ -322,3 +323,37 @@ def _same_align(a: tuple, b: tuple) -> bool:
         a[0][k].shape == b[0][k].shape and torch.equal(a[0][k], b[0][k]) for k in a[0])
     return same_w and json.dumps(a[1:], sort_keys=True, default=str) == json.dumps(
         b[1:], sort_keys=True, default=str)
+
+
+def _first_level_entropy(model, reqs, space) -> float:
+    """Mean entropy (nats) of the policy's first-level code over 16 users' contexts."""
+    from onerec.stream import collate
+
+    batch = collate(reqs, np.arange(16), space.codes)
+    ctx = Batch(batch.user, batch.short, batch.pos, batch.long)
+    with torch.no_grad():
+        memory, mask = model.encode(ctx)
+        hidden, _ = model.decode(torch.zeros(16, 0, dtype=torch.long), memory, mask, group=1)
+        p = model.level_logits(hidden[:, -1], 0).float().softmax(-1)
+    return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+
+
+def test_the_diversity_reward_keeps_the_aligned_policy_spread_over_first_level_clusters(
+        tmp_path, aligned_setup):
+    """With the P-Score alone, alignment concentrates the policy on the first-level clusters the
+    reward model likes; align.diversity_weight penalises crowded clusters within each group, so
+    the same run ends with a flatter first-level distribution."""
+    _, ds, space, reqs, rm = aligned_setup
+    ent = {}
+    for w in (0.0, 2.0):
+        cfg = Config.from_preset("tiny", ["align.steps=12", "align.lr=0.02", "align.kl_weight=0",
+                                          "align.ntp_loss_weight=0", "align.format_weight=0",
+                                          f"align.diversity_weight={w}", "align.checkpoint_every=100"])
+        torch.manual_seed(0)
+        policy = build_model(cfg, space.codes, space.vocab_sizes)
+        if w == 0.0:
+            ent["start"] = _first_level_entropy(policy, reqs, space)
+        model, _ = align(cfg, policy, rm, reqs, space, tmp_path / f"w{w}", items_table=ds.items)
+        ent[w] = _first_level_entropy(model, reqs, space)
+    assert ent[0.0] < ent["start"] - 0.5  # the P-Score alone narrows the first level
+    assert ent[2.0] > ent[0.0] + 0.5, ent  # the diversity reward keeps it spread

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from onerec.config import Config
+from onerec.ecpo import Rewarder
 from onerec.model import Batch
 from onerec.reward import build_reward_model
-from onerec.rewards import IndustrialRules, format_advantage, preference_reward
+from onerec.rewards import IndustrialRules, format_advantage, preference_reward, redundancy
+from onerec.trie import ItemTrie
 from tests.reward.util import VOCAB, random_codes
 
 
@@ -52,3 +55,38 @@ def test_industrial_rules_demote_authors_and_boost_fresh_uploads():
     r = rules(torch.tensor([[1, 2, 3, 4, 0]]), now)
     # item 10: fresh (1 day); 11: demoted, 12 days old; 12: 2 days; 99 unknown; 0 no video
     torch.testing.assert_close(r, torch.tensor([[0.1, -0.5, 0.1, 0.0, 0.0]]))
+
+
+def test_redundancy_is_the_share_of_the_other_legal_samples_in_the_same_cluster():
+    keys = torch.tensor([[3, 3, 3, 3], [1, 2, 3, 4], [5, 5, 6, 5]])
+    valid = torch.tensor([[True] * 4, [True] * 4, [True, True, True, False]])
+    torch.testing.assert_close(redundancy(keys, valid), torch.tensor(
+        [[1.0, 1.0, 1.0, 1.0],  # one cluster: every sample duplicated by all the others
+         [0.0, 0.0, 0.0, 0.0],  # all distinct: nothing to penalise
+         [0.5, 0.5, 0.0, 0.0]]))  # the illegal 4th sample neither counts nor is penalised
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_the_diversity_reward_subtracts_exactly_the_weight_times_the_redundancy(weight):
+    """align.diversity_weight reaches the reward ECPO normalises: 0 leaves it the P-Score,
+    w > 0 lowers a sample by w x the share of its group in the same first-level cluster, so
+    the advantage moves from crowded clusters to rare ones."""
+    torch.manual_seed(0)
+    # row 0 pads; items 1-3 in first-level cluster 0, items 4, 5, 6 alone in clusters 1-3
+    codes = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 2, 2], [1, 0, 0], [2, 0, 0],
+                          [3, 1, 1]])
+    rm = build_reward_model(Config.from_preset("tiny"), codes, VOCAB).eval()
+    cfg = Config.from_preset("tiny", [f"align.diversity_weight={weight}",
+                                      "align.format_weight=0"]).align
+    rewarder = Rewarder(cfg, rm, ItemTrie.from_codes(codes, VOCAB), None,
+                        torch.Generator().manual_seed(0))
+    ctx = Batch(user=torch.tensor([0]), short=torch.tensor([[0, 3, 4]]),
+                pos=torch.tensor([[0, 2]]), long=torch.zeros(1, 1, dtype=torch.long))
+    sampled = codes[[1, 2, 3, 4, 5]].unsqueeze(0)  # three samples in cluster 0, two alone
+    out = rewarder(ctx, sampled, torch.zeros(1))
+    share = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0]]) / 2  # 2 of the 4 others share cluster 0
+    torch.testing.assert_close(out["reward"], out["pscore"] - weight * share)
+    crowded, alone = out["adv"][0, :3].mean(), out["adv"][0, 3:].mean()
+    pscore_gap = float(out["pscore"][0, :3].mean() - out["pscore"][0, 3:].mean())
+    if weight >= 1.0:  # a large weight outweighs any P-Score gap: the rare clusters gain
+        assert pscore_gap < weight / 2 and alone > crowded

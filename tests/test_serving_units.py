@@ -298,3 +298,8 @@ def test_rm_selection_orders_each_beam_by_pscore_and_keeps_generator_scores(
         for v, s in zip(out_v[r, :len(real)], out_s[r, :len(real)], strict=True):
             assert s == logp[r, list(videos[r]).index(v)]  # each keeps its generator score
     assert out_v[0, 3] == -1  # padding stays padding
+    # serve.rm_selection_top_m: only the first M compete, the rest follow in beam order
+    head = RMSelection(select.reward_model, top_m=2)(np.array([7, 8]), videos, logp, contexts=ctx)[0]
+    for r in range(2):
+        first = [v for v in out_v[r].tolist() if v in videos[r, :2].tolist()]
+        assert head[r].tolist() == first + videos[r, 2:].tolist()

@@ -5,6 +5,14 @@ beam search, re-score them with the P-Score, keep the best k. It needs no traini
 reward model's, so it is the baseline that aligning the generator with ECPO (`onerec.ecpo`)
 is compared with in `bench.alignment`; serving offers it as a reranker
 (`serving.rm_selection`).
+
+`top_m` restricts the re-ranking to the beam's first M candidates. Re-ranking the whole beam
+lowered the aligned model's long-view Recall@10 (bench.alignment, docs/alignment.md): the
+P-Score barely separates the beam's head from its tail, so a large share of its top 10 came
+from the beam's last half, where the users' real long views are markedly rarer than in the
+first 10. The generator's order carries the
+user's own taste; the P-Score carries what KuaiRand users engage with in general. Letting the
+P-Score choose only among the first M keeps the first and adds some of the second.
 """
 
 from __future__ import annotations
@@ -17,21 +25,24 @@ from onerec.reward.model import RewardModel
 
 @torch.no_grad()
 def rm_select(reward_model: RewardModel, contexts: Batch, candidate_items: list[list[int]],
-              k: int) -> list[list[int]]:
+              k: int, top_m: int | None = None) -> list[list[int]]:
     """OneRec with RM selection: re-rank each user's generated candidates by P-Score, keep k.
 
     contexts: the users' Batch in the codebook's item-index space (as the generator got it);
     candidate_items: per user, the generated video ids (beam order, best first). Duplicates
     count once; videos the reward model does not know go last, in beam order. Returns per user
-    up to k video ids, best P-Score first (ties keep beam order).
+    up to k video ids, best P-Score first (ties keep beam order). `top_m`: only each beam's
+    first M distinct candidates compete (None: all of them).
     """
     if k <= 0:
         raise ValueError(f"k must be > 0, got {k}")
+    if top_m is not None and top_m <= 0:
+        raise ValueError(f"top_m must be > 0 or None, got {top_m}")
     if len(candidate_items) != contexts.short.shape[0]:
         raise ValueError(f"{len(candidate_items)} candidate lists for "
                          f"{contexts.short.shape[0]} contexts")
     index = {int(v): i + 1 for i, v in enumerate(reward_model.item_ids.tolist())}
-    uniq = [list(dict.fromkeys(int(v) for v in row)) for row in candidate_items]
+    uniq = [list(dict.fromkeys(int(v) for v in row))[:top_m] for row in candidate_items]
     width = max((len(r) for r in uniq), default=0)
     if width == 0:
         return [[] for _ in uniq]

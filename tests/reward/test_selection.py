@@ -21,3 +21,17 @@ def test_rm_select_returns_the_top_k_by_pscore(tiny):
     assert out[1] == [int(item_ids[3]), 10**9]  # unknown video last, duplicates once
     with pytest.raises(ValueError, match="k must be"):
         rm_select(rm, ctx, cands, k=0)
+
+
+def test_rm_select_top_m_lets_only_the_beams_first_m_compete(tiny):
+    cfg, _ds, item_ids, codes, _shaper, data = tiny
+    rm = make_rm(cfg, codes, item_ids).eval()
+    ctx = contexts(data, 1)
+    beam = [int(v) for v in item_ids[:8]]
+    whole = rm_select(rm, ctx, [beam], k=8)[0]
+    head = rm_select(rm, ctx, [beam + beam[:2]], k=3, top_m=4)[0]  # duplicates don't count
+    assert set(head) <= set(beam[:4]) and len(head) == 3
+    assert head == [v for v in whole if v in beam[:4]][:3]  # the same order among the first M
+    assert rm_select(rm, ctx, [beam], k=8, top_m=100)[0] == whole
+    with pytest.raises(ValueError, match="top_m must be"):
+        rm_select(rm, ctx, [beam], k=3, top_m=0)

@@ -1,0 +1,24 @@
+"""bench.alignment's judge statistics: the paired test users are the unit of, and its options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.alignment import diversity_weights, paired_vs
+
+
+def test_paired_test_finds_a_small_shift_the_users_share_and_not_noise():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.5, 400)  # users differ far more than the models do
+    better = base + 0.01 + rng.normal(0, 0.005, 400)
+    d = paired_vs(better, base)
+    assert d["p"] < 1e-6 and d["low"] < 0.01 < d["high"] and d["diff"] == pytest.approx(0.01, 0.1)
+    noise = paired_vs(base + rng.normal(0, 0.005, 400), base)
+    assert noise["p"] > 0.01 and noise["low"] < 0 < noise["high"]
+    assert paired_vs(base, base) == {"diff": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
+
+
+def test_diversity_weights_parse_a_comma_list():
+    assert diversity_weights("0, 0.1,1") == [0.0, 0.1, 1.0]
+    assert diversity_weights("") == []
