@@ -9,9 +9,10 @@ P-Score; each keeps its generator log-probability in `scores`, so a client still
 likely the generator found it. The reward model runs on CPU in the transformer process: a
 few hundred candidates per user are one small batched forward.
 
-`top_m` (`serve.rm_selection_top_m`): only each beam's first M videos are re-ranked, the rest
-follow in the generator's order. Re-ranking the whole beam pulled low-probability tail videos
-into the top 10 and lowered long-view recall (docs/alignment.md, "RM selection").
+`top_m` (`serve.rm_selection_top_m`, 0 -> None: the whole beam): only each beam's first M videos
+are re-ranked, the rest follow in the generator's order. The whole beam wins on the behaviour
+model; it also pulls low-probability tail videos into the top 10, which costs long-view recall
+that a small M keeps (docs/alignment.md, "RM selection").
 """
 
 from __future__ import annotations

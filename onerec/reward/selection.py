@@ -7,12 +7,13 @@ is compared with in `bench.alignment`; serving offers it as a reranker
 (`serving.rm_selection`).
 
 `top_m` restricts the re-ranking to the beam's first M candidates. Re-ranking the whole beam
-lowered the aligned model's long-view Recall@10 (bench.alignment, docs/alignment.md): the
+lowers the aligned model's long-view Recall@10 (bench.alignment, docs/alignment.md): the
 P-Score barely separates the beam's head from its tail, so a large share of its top 10 came
 from the beam's last half, where the users' real long views are markedly rarer than in the
 first 10. The generator's order carries the
 user's own taste; the P-Score carries what KuaiRand users engage with in general. Letting the
-P-Score choose only among the first M keeps the first and adds some of the second.
+P-Score choose only among the first M keeps the first and adds some of the second; the whole
+beam gains more on the behaviour model that judges alignment (serving's default).
 """
 
 from __future__ import annotations
