@@ -26,7 +26,9 @@ The reward model's folder (`onerec.reward.io`) has the same three files; `write_
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -105,6 +107,17 @@ def check_codebook(path: str | Path, meta: dict[str, Any], codebook_fingerprint:
     if recorded != codebook_fingerprint:
         raise error(f"{what} {path} was trained with codebook {recorded}, "
                     f"refusing codebook {codebook_fingerprint}")
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 (hex) of a state dict's names and tensor bytes: the weights alone, so two runs that
+    trained the same weights get the same digest whatever else their checkpoints record (the
+    alignment's per-round history keeps wall times)."""
+    h = hashlib.sha256()
+    for name, t in tensors.items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ differs, since continuing those would silently mix two runs.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -55,7 +54,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from onerec.checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from onerec.checkpoint import (
+    CKPT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    tensors_digest,
+)
 from onerec.config import AlignConfig, Config
 from onerec.determinism import deterministic_training
 from onerec.items import ItemSpace
@@ -209,11 +214,7 @@ ALIGN_STATE_VERSION = 1
 def weights_digest(module: torch.nn.Module) -> str:
     """sha256 of every tensor of `module` (names and bytes): identifies the frozen reference and
     the reward model a resumed alignment must keep optimising against."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return tensors_digest(module.state_dict())[:16]
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

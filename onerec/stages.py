@@ -47,11 +47,11 @@ import pandas as pd
 import torch
 
 from onerec import registry
-from onerec.checkpoint import CKPT_NAME, build_model, load_model
+from onerec.checkpoint import CKPT_NAME, build_model, load_model, tensors_digest
 from onerec.config import Config, TokenizerConfig
 from onerec.data import kuairand
 from onerec.data.schema import DAY_MS, DataError, Dataset
-from onerec.io import atomic_dir
+from onerec.io import atomic_dir, load_torch_state
 from onerec.items import ItemSpace
 from onerec.model import OneRec
 from onerec.progress import Reporter
@@ -785,9 +785,16 @@ def export(cfg: Config, model_dir: str | Path, codebook_dir: str | Path, out: st
 
 
 def model_version(model_dir: str | Path, until: str) -> str:
-    """A version label: the cycle's day and the checkpoint's content hash."""
-    h = hashlib.sha256((Path(model_dir) / CKPT_NAME / "state.pt").read_bytes()).hexdigest()
-    return f"{until}-{h[:8]}"
+    """A version label: the cycle's day and a hash of the model's weights (not of the whole
+    checkpoint, whose alignment history keeps wall times: the same weights trained on a busy
+    machine and an idle one get the same label, so the A/B splits their users the same way).
+    A state file that holds no model weights (a test's stand-in) is labelled by its bytes."""
+    path = Path(model_dir) / CKPT_NAME / "state.pt"
+    try:
+        weights = load_torch_state(path)["model"]
+    except Exception:  # not a torch state holding "model": label the bytes
+        return f"{until}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+    return f"{until}-{tensors_digest(weights)[:8]}"
 
 
 def publish(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,

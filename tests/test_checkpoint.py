@@ -169,3 +169,24 @@ def test_a_checkpoint_that_would_run_code_is_refused_not_run(tmp_path, monkeypat
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(ckpt)
     assert not (tmp_path / "PWNED").exists()  # weights_only: the pickle's code never ran
+
+
+def test_the_version_label_follows_the_weights_not_what_else_the_checkpoint_records(
+        setup, tmp_path):
+    from onerec.stages import model_version
+
+    cfg, codes, reqs = setup
+    model, opt, stream = _trained(cfg, codes, reqs)
+    for name, wall_s in (("a", 1.5), ("b", 97.25)):  # the alignment's history keeps wall times
+        save_checkpoint(tmp_path / name, model=model, opt=opt, step=3, stream=stream, cfg=cfg,
+                        codebook_fingerprint="cb-a", n_user_buckets=N_BUCKETS,
+                        extra_state={"align": {"history": [{"wall_s": wall_s}]}})
+    assert ((tmp_path / "a" / CKPT_NAME / "state.pt").read_bytes()
+            != (tmp_path / "b" / CKPT_NAME / "state.pt").read_bytes())
+    label = model_version(tmp_path / "a", "2022-04-28")
+    assert re.fullmatch(r"2022-04-28-[0-9a-f]{8}", label)
+    assert model_version(tmp_path / "b", "2022-04-28") == label
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    _save(tmp_path / "c", cfg, model, opt, stream)
+    assert model_version(tmp_path / "c", "2022-04-28") != label
