@@ -51,8 +51,7 @@ class RMSelection:
         batch.user = batch.user.reshape(-1)
         beams = [[int(v) for v in row if v >= 0] for row in video_ids]
         picked = rm_select(self.reward_model, batch, beams, k=video_ids.shape[1], top_m=self.top_m)
-        picked = [p + [v for v in dict.fromkeys(b) if v not in set(p)]  # the rest, beam order
-                  for p, b in zip(picked, beams, strict=True)]
+        picked = [_then_rest(p, b) for p, b in zip(picked, beams, strict=True)]
         out_v = np.full_like(video_ids, -1)
         out_s = np.zeros_like(scores)
         for r, row in enumerate(picked):
@@ -60,3 +59,9 @@ class RMSelection:
             out_v[r, :len(row)] = row
             out_s[r, :len(row)] = [logp[v] for v in row]
         return out_v, out_s
+
+
+def _then_rest(picked: list[int], beam: list[int]) -> list[int]:
+    """RM selection's picks, then the beam's other videos in beam order (each once)."""
+    chosen = set(picked)
+    return picked + [v for v in dict.fromkeys(beam) if v not in chosen]
