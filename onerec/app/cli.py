@@ -301,7 +301,9 @@ def serve(
     model_name: Annotated[str | None, typer.Option(
         help="Model folder in the repo [default: the only one].")] = None,
     rm_selection: Annotated[Path | None, typer.Option(
-        help="Reward-model folder (`onerec align`): re-rank each beam by P-Score.")] = None,
+        help="Reward-model folder (`onerec align`): re-rank each beam by P-Score, overriding "
+             "the reward model each version carries (served by default; "
+             "serve.rm_selection=false: beam order).")] = None,
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
     """Serve the exported model locally: a KServe ModelServer speaking Open Inference Protocol
