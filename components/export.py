@@ -8,9 +8,11 @@ from components import DEFAULT_IMAGE
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def export_model(config_yaml: str, root: str, run_id: str, stages_csv: str,
-                 candidate: Input[Model], codebook: Input[Artifact],
+                 candidate: Input[Model], codebook: Input[Artifact], reward_model: Input[Model],
                  repository: Output[Model]) -> bool:
-    """Returns whether a repository was written ('export' in the stage list)."""
+    """Returns whether a repository was written ('export' in the stage list). The version
+    carries the cycle's reward model (serving's RM selection) when the reward stage trained one
+    and serve.rm_selection is on."""
     from pathlib import Path
 
     import yaml
@@ -24,6 +26,7 @@ def export_model(config_yaml: str, root: str, run_id: str, stages_csv: str,
         return False
     cfg = Config.from_dict(yaml.safe_load(config_yaml))
     out = stages.run_stage("export", root, run_id, stages.export, cfg, candidate.path,
-                           codebook.path, repository.path)
-    repository.metadata.update({"files": out["files"]})
+                           codebook.path, repository.path, reward_dir=reward_model.path)
+    repository.metadata.update({"files": out["files"],
+                                "rm_selection": out["reward_model"]["carried"]})
     return True

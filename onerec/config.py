@@ -378,10 +378,17 @@ class ServeConfig:
     max_request_bytes: int = 1 << 20  # request body (REST) / message (gRPC) size
     max_json_depth: int = 32  # nesting of JSON arrays and objects
     max_json_elements: int = 100_000  # JSON values (numbers, strings, arrays, objects) a body holds
-    # RM selection (--rm_selection): the P-Score re-ranks only each beam's first M videos (0: the
-    # whole beam). 0 wins on the behaviour model with the aligned default (diversity_weight 3,
-    # kl_weight 0.3) and keeps ILD within 10%; 16 keeps more long-view recall (the whole beam
-    # pulls tail videos in) for less behaviour-model gain (docs/alignment.md "RM selection")
+    # Serve OneRec with RM selection: a model version that carries its reward model
+    # (`<version>/reward_model/`, copied by the pipeline's export) re-ranks each beam by P-Score.
+    # On by default because ECPO + RM selection is the behaviour model's winner (bench.alignment:
+    # long-view rate +0.0500 vs pretrained, +0.0133 vs ECPO alone; docs/alignment.md). Off:
+    # export copies no reward model and serving ignores one a version carries (beam order).
+    # `onerec serve --rm-selection PATH` / `--reranker` override a version's own.
+    rm_selection: bool = True
+    # RM selection re-ranks only each beam's first M videos by P-Score (0: the whole beam). 0
+    # wins on the behaviour model with the aligned default (diversity_weight 3, kl_weight 0.3)
+    # and keeps ILD within 10%; 16 keeps more long-view recall (the whole beam pulls tail videos
+    # in) for less behaviour-model gain (docs/alignment.md "RM selection")
     rm_selection_top_m: int = 0
 
     def validate(self, p: str) -> None:

@@ -769,19 +769,39 @@ def evaluate_gate(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,
 
 # -- export and publish ----------------------------------------------------------------------------
 def export(cfg: Config, model_dir: str | Path, codebook_dir: str | Path, out: str | Path, *,
-           model_name: str = "onerec") -> dict[str, Any]:
-    """The whole generation as one ONNX graph in a Triton model repository (onerec.export)."""
+           reward_dir: str | Path | None = None, model_name: str = "onerec") -> dict[str, Any]:
+    """The whole generation as one ONNX graph in a Triton model repository (onerec.export).
+
+    The version carries the cycle's reward model (`reward_dir`, what ECPO aligned with) when
+    `serve.rm_selection` is on, so serving re-ranks with RM selection, the behaviour model's
+    winner; `reward_model` in the result says whether it does and why not."""
     _require("export")
     from onerec.export import export_version
 
     space = load_space(codebook_dir)
     model = load_model(Path(model_dir) / CKPT_NAME, space.fingerprint).model
+    carried, why = _carried_reward(cfg, reward_dir)
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
-        version_dir = export_version(model, space, cfg, tmp, model_name=model_name, version=1)
+        version_dir = export_version(model, space, cfg, tmp, model_name=model_name, version=1,
+                                     reward_model=carried)
         files = sorted(str(p.relative_to(tmp)) for p in version_dir.rglob("*") if p.is_file())
     return {"repository": str(out), "model_name": model_name, "files": files,
+            "reward_model": {"carried": carried is not None, "why": why},
             "export_s": round(time.perf_counter() - t0, 3)}
+
+
+def _carried_reward(cfg: Config, reward_dir: str | Path | None) -> tuple[Path | None, str]:
+    """-> (the reward-model folder a version should carry or None, the reason)."""
+    if reward_dir is None:
+        return None, "no reward model given: served in beam order"
+    if not cfg.serve.rm_selection:
+        return None, "serve.rm_selection is off: served in beam order"
+    from onerec.reward import holds_reward_model
+
+    if not holds_reward_model(reward_dir):
+        return None, "the reward stage did not run (no reward model): served in beam order"
+    return Path(reward_dir), "RM selection with the cycle's reward model"
 
 
 def model_version(model_dir: str | Path, until: str) -> str:

@@ -121,7 +121,8 @@ def make_pipeline(cluster: bool = False) -> Callable[..., Any]:
         tasks = [v, cb, pt, rm, al, gt]
         with dsl.If(gt.outputs["Output"] == "promote", name="gate-passed"):
             ex = export_model(candidate=al.outputs["model"], codebook=cb.outputs["codebook"],
-                              stages_csv=stages_csv, **common)
+                              reward_model=rm.outputs["reward_model"], stages_csv=stages_csv,
+                              **common)
             ex.set_display_name("export")
             pb = publish(snapshot=v.outputs["snapshot"], codebook=cb.outputs["codebook"],
                          candidate=al.outputs["model"], gate_report=gt.outputs["report"],

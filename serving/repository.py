@@ -7,6 +7,8 @@ Layout (what `onerec export` writes and Triton reads):
     <repo>/<model>/<version>/manifest.json    fingerprints, version, beam width(s), I/O
     <repo>/<model>/<version>/items.npy        item index i (1-based) -> video id at i - 1
     <repo>/<model>/<version>/cold_start.json  optional: videos for users without history
+    <repo>/<model>/<version>/reward_model/    optional: the reward model RM selection re-ranks
+                                              with (its sha256s in the manifest)
 
 Design choices:
 - A version folder counts once its manifest, graph and item table are all there; the exporter
@@ -33,6 +35,7 @@ import numpy as np
 from onerec.io import atomic_write_text
 
 MANIFEST, GRAPH, ITEMS, COLD_START = "manifest.json", "model.onnx", "items.npy", "cold_start.json"
+REWARD_MODEL = "reward_model"  # the folder a version carries its reward model in
 
 
 class VersionRefused(RuntimeError):
@@ -131,16 +134,20 @@ def candidate_versions(model_dir: Path) -> list[int]:
 
 
 def folder_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """(name, size, mtime_ns) of every file in a version folder: a refused folder is retried
-    once any of them changes (a torn graph rewritten, a missing item table added, a manifest
-    fixed), and never while none does."""
+    """(name, size, mtime_ns) of every file in a version folder, those of its reward_model/
+    too: a refused folder is retried once any of them changes (a torn graph rewritten, a
+    missing item table added, a manifest fixed), and never while none does."""
+    folder = Path(folder)
+    paths = sorted(folder.iterdir())
+    if (folder / REWARD_MODEL).is_dir():
+        paths += sorted((folder / REWARD_MODEL).iterdir())
     out = []
-    for p in sorted(Path(folder).iterdir()):
+    for p in paths:
         try:
             st = p.stat()
         except OSError:  # removed while listing: it changed
             continue
-        out.append((p.name, st.st_size, st.st_mtime_ns))
+        out.append((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns))
     return tuple(out)
 
 

@@ -13,6 +13,12 @@ few hundred candidates per user are one small batched forward.
 are re-ranked, the rest follow in the generator's order. The whole beam wins on the behaviour
 model; it also pulls low-probability tail videos into the top 10, which costs long-view recall
 that a small M keeps (docs/alignment.md, "RM selection").
+
+Where the reward model comes from: by default each model version carries its own
+(`<version>/reward_model/`, the one ECPO aligned it with; `for_version`), loaded with the
+version and attached to its `Predictor`, so a hot swap changes the generator and its reranker
+in one reference assignment and no request pairs one version's beam with another's reward
+model. `--rm_selection PATH` (`RMSelection.load`) overrides it for every version.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import numpy as np
 import torch
 
 from onerec.model import Batch
-from onerec.reward import RewardModel, load_reward_model, rm_select
+from onerec.reward import RewardModel, RewardModelError, check_copy, load_reward_model, rm_select
+from serving.repository import REWARD_MODEL, Manifest, VersionRefused
 
 
 class RMSelection:
@@ -31,14 +38,20 @@ class RMSelection:
 
     wants_contexts = True
 
-    def __init__(self, reward_model: RewardModel, top_m: int | None = None) -> None:
-        self.reward_model, self.top_m = reward_model, top_m
+    def __init__(self, reward_model: RewardModel, top_m: int | None = None,
+                 source: str = "") -> None:
+        self.reward_model, self.top_m, self.source = reward_model, top_m, source
 
     @classmethod
     def load(cls, path: str | Path, codebook_fingerprint: str | None = None,
              top_m: int | None = None) -> RMSelection:
         model, _, _ = load_reward_model(path, codebook_fingerprint)
-        return cls(model, top_m)
+        return cls(model, top_m, source=str(path))
+
+    def __str__(self) -> str:
+        """What serving logs and shows in /onerec/versions."""
+        return (f"RM selection ({self.source or 'reward model'}, "
+                f"{f'top {self.top_m}' if self.top_m else 'whole beam'})")
 
     def __call__(self, user_ids: np.ndarray, video_ids: np.ndarray, scores: np.ndarray,
                  contexts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +72,32 @@ class RMSelection:
             out_v[r, :len(row)] = row
             out_s[r, :len(row)] = [logp[v] for v in row]
         return out_v, out_s
+
+
+def for_version(folder: Path, manifest: Manifest, top_m: int | None = None,
+                ) -> RMSelection | None:
+    """RM selection with the reward model a version folder carries (None: it carries none).
+
+    Raises VersionRefused naming the file when the copy is torn or swapped (its sha256 differs
+    from the manifest's), made with another codebook than the version's, or unreadable; and
+    when a `reward_model/` folder is there that the manifest does not record."""
+    folder = Path(folder)
+    entry = manifest.extra.get("reward_model")
+    if entry is None:
+        if (folder / REWARD_MODEL).exists():
+            raise VersionRefused(f"{folder / REWARD_MODEL}: not recorded in the manifest's "
+                                 f"reward_model (export the version with it)")
+        return None
+    try:
+        path = check_copy(folder, entry)
+        made_with = entry.get("codebook_fingerprint")
+        if made_with != manifest.codebook_fingerprint:
+            raise RewardModelError(f"{path / 'meta.json'}: reward model made with codebook "
+                                   f"{made_with}, the version's is "
+                                   f"{manifest.codebook_fingerprint}")
+        return RMSelection.load(path, manifest.codebook_fingerprint, top_m)
+    except RewardModelError as e:
+        raise VersionRefused(str(e)) from None
 
 
 def _then_rest(picked: list[int], beam: list[int]) -> list[int]:

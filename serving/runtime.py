@@ -11,20 +11,25 @@ its beam width, so the rest of serving calls `predictor.predict(user, short, pos
 
 Video ids <-> item indices go through a sorted copy of items.npy (vectorised searchsorted), so
 mapping a batch costs microseconds. CUDA is used when ONNX Runtime has the CUDA provider.
+
+A version that carries its reward model (`<version>/reward_model/`) loads it here too, as the
+Predictor's `reranker` (RM selection, `serving.rm_selection.for_version`): model and reranker
+are one object, so swapping the Predictor swaps both at once.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from onerec.io import sha256_file
 from serving.repository import (
     COLD_START,
     GRAPH,
+    REWARD_MODEL,
     Manifest,
     VersionRefused,
     manifest_lengths,
@@ -53,7 +58,7 @@ class Predictor:
     """A version folder loaded: `predict` runs generation, `to_indices` / `to_videos` map ids."""
 
     def __init__(self, folder: Path, manifest: Manifest, graphs: list[Graph], items: np.ndarray,
-                 cold_start: np.ndarray | None) -> None:
+                 cold_start: np.ndarray | None, reranker: Any = None) -> None:
         self.folder = Path(folder)
         self.manifest = manifest
         self.version = manifest.version
@@ -62,6 +67,7 @@ class Predictor:
         self._order = np.argsort(items, kind="stable")
         self._sorted = items[self._order]
         self.cold_start = cold_start
+        self.reranker = reranker  # the version's own (RM selection), None: beam order
         first = self.graphs[0].session
         self.lengths = {k: v for k, v in manifest_lengths(manifest).items()
                         if k in GRAPH_INPUTS[1:]}
@@ -122,14 +128,6 @@ class Predictor:
         return items[:, :beam_width].astype(np.int64), scores[:, :beam_width].astype(np.float32)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
@@ -165,11 +163,15 @@ def _graph(path: Path, width: int | None, threads: int) -> Graph:
     return Graph(sess, width, 0)
 
 
-def load_version(folder: Path, *, threads: int = 0, sessions: bool = True) -> Predictor:
+def load_version(folder: Path, *, threads: int = 0, sessions: bool = True,
+                 rm_selection: bool = True, rm_top_m: int = 0) -> Predictor:
     """Load one version folder (refusing, with the reason, anything that cannot be served).
 
     sessions=False loads only what a transformer with a remote predictor needs: manifest,
-    item table, exported lengths and beam widths (no ONNX Runtime, no graph files needed)."""
+    item table, exported lengths and beam widths (no ONNX Runtime, no graph files needed).
+    rm_selection: load the reward model the version carries as its reranker, re-ranking each
+    beam's first `rm_top_m` videos (0: all); False (serve.rm_selection off, or a reranker given
+    on the command line) leaves it unread: beam order, or the command line's."""
     folder = Path(folder)
     manifest = Manifest.read(folder)
     graph_files = manifest.extra.get("graphs")
@@ -184,7 +186,7 @@ def load_version(folder: Path, *, threads: int = 0, sessions: bool = True) -> Pr
             want = entry.get("sha256") if isinstance(entry, dict) else None
             if not path.is_file():
                 raise VersionRefused(f"{path}: missing (named by the manifest's graphs[{width}])")
-            if want and _sha256(path) != want:
+            if want and sha256_file(path) != want:
                 raise VersionRefused(f"{path}: sha256 does not match the manifest (a torn or "
                                      f"swapped graph)")
             if not str(width).isdigit():
@@ -200,4 +202,10 @@ def load_version(folder: Path, *, threads: int = 0, sessions: bool = True) -> Pr
         raise VersionRefused(f"{folder / 'items.npy'}: {len(items)} items, the manifest's "
                              f"n_items is {n_items} (a torn or swapped item table)")
     cold = read_cold_start(folder / COLD_START) if (folder / COLD_START).is_file() else None
-    return Predictor(folder, manifest, graphs, items, cold)
+    reranker = None
+    if rm_selection and (manifest.extra.get("reward_model") is not None
+                         or (folder / REWARD_MODEL).exists()):
+        from serving.rm_selection import for_version  # torch: only for versions that need it
+
+        reranker = for_version(folder, manifest, rm_top_m or None)
+    return Predictor(folder, manifest, graphs, items, cold, reranker)

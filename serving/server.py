@@ -19,7 +19,13 @@ The server answers liveness at once and loads the model in a background thread: 
 readiness (`/v2/models/<model>/ready`) turns true only once a version is loaded, as a
 Kubernetes readiness probe expects. A folder watcher (`--poll_interval`) and the repository
 extension's load call (`POST /v2/repository/models/<model>/load`, tritonclient `load_model`)
-swap in newer versions; `GET /onerec/versions` shows the active version and refusals.
+swap in newer versions; `GET /onerec/versions` shows the active version, refusals and the
+reranker serving it.
+
+Reranking: a version that carries its reward model serves OneRec with RM selection (the
+behaviour model's winner, `serve.rm_selection`, on by default); `--rm_selection PATH` or
+`--reranker module:fn` (exclusive) override every version's own; `--set serve.rm_selection=
+false` serves beam order. Each swap logs which reranker serves the new version.
 """
 
 from __future__ import annotations
@@ -67,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KuaiRand-layout data folder: build the cold-start table at start from "
                         "its last days' most engaged videos (when no --cold_start)")
     p.add_argument("--reranker", default=None,
-                   help="module:function reranking each beam (default: generator order)")
+                   help="module:function reranking each beam, overriding each version's own "
+                        "(default: the version's RM selection, else generator order)")
     p.add_argument("--rm_selection", type=Path, default=None,
                    help="reward-model folder (onerec align): re-rank each beam by P-Score "
-                        "(OneRec with RM selection)")
+                        "(OneRec with RM selection), overriding each version's own reward "
+                        "model")
     p.add_argument("--feast_timeout", type=float, default=1.0,
                    help="seconds a Feast online read may take before its users are served "
                         "without online features (the store is then probed in the background)")
@@ -125,8 +133,9 @@ def cold_start_table(args: argparse.Namespace, cfg: Config) -> Any:
 
 
 def reranker_of(args: argparse.Namespace, codebook_fp: str | None, top_m: int = 0) -> Any:
-    """--rm_selection (the reward model; it re-ranks each beam's first `top_m`, 0: all) or
-    --reranker (module:function), not both."""
+    """The command line's reranker, which overrides each version's own: --rm_selection (the
+    reward model; it re-ranks each beam's first `top_m`, 0: all) or --reranker
+    (module:function), not both; None when neither is given."""
     from serving.transformer import load_reranker
 
     if args.rm_selection is not None:
@@ -135,7 +144,13 @@ def reranker_of(args: argparse.Namespace, codebook_fp: str | None, top_m: int = 
         from serving.rm_selection import RMSelection
 
         return RMSelection.load(args.rm_selection, codebook_fp, top_m=top_m or None)
-    return load_reranker(args.reranker)
+    return load_reranker(args.reranker) if args.reranker else None
+
+
+def versions_rerank(cfg: Config, override: Any) -> bool:
+    """Whether each version's own reward model is loaded as its reranker: serve.rm_selection
+    is on and the command line gives no reranker (one that would override it anyway)."""
+    return bool(cfg.serve.rm_selection) and override is None
 
 
 def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any, BodyLimits]:
@@ -146,7 +161,7 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any, BodyLimits]:
 
     from serving import metrics
     from serving.predictor import GraphPredictor
-    from serving.transformer import OneRecTransformer
+    from serving.transformer import OneRecTransformer, describe
     from serving.versions import VersionManager
 
     cfg = Config.load(args.config, args.preset, args.overrides)
@@ -166,6 +181,9 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any, BodyLimits]:
     def on_swap(old: Any, new: Any) -> None:
         metrics.MODEL_VERSION.set(new.version)
         metrics.SWAPS.inc()
+        rerank = models[0].reranker_for(new)  # the transformer's, for this version
+        metrics.RM_SELECTION.set(int(getattr(rerank, "wants_contexts", False)))
+        log.info("model version %s re-ranks with %s", new.version, describe(rerank))
         for m in models:  # load() sets ready (the predictor's cannot re-enter the swap)
             m.load()
 
@@ -173,16 +191,17 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any, BodyLimits]:
         metrics.REFUSED.labels(version=str(version)).inc()
 
     remote = bool(args.predictor_host)  # the cluster: the graph runs on Triton
+    override = reranker_of(args, codebook_fp, cfg.serve.rm_selection_top_m)
     manager = VersionManager(model_dir, expected=Expected(args.config_fingerprint, codebook_fp),
                              threads=cfg.serve.ort_threads if args.ort_threads is None
-                             else args.ort_threads, sessions=not remote, on_swap=on_swap,
-                             on_refuse=on_refuse)
+                             else args.ort_threads, sessions=not remote,
+                             rm_selection=versions_rerank(cfg, override),
+                             rm_top_m=cfg.serve.rm_selection_top_m,
+                             on_swap=on_swap, on_refuse=on_refuse)
     graph_name = args.graph_name or (name if remote else f"{name}-graph")
     transformer = OneRecTransformer(
         name, manager, limits, feature_repo=args.feature_repo,
-        cold_start=cold_start_table(args, cfg),
-        reranker=reranker_of(args, codebook_fp, cfg.serve.rm_selection_top_m),
-        graph_name=graph_name,
+        cold_start=cold_start_table(args, cfg), reranker=override, graph_name=graph_name,
         feast_timeout_s=args.feast_timeout, feast_retry_s=args.feast_retry)
     models.append(transformer)
     if not remote:
@@ -248,8 +267,9 @@ def kserve_shims(server: Any) -> None:
 def add_routes(manager: Any, body_limits: BodyLimits | None = None,
                features: Any = None) -> None:
     """GET /onerec/versions (active version, refusals; `features`: the transformer, whose
-    Feast online store state is added), v2-style 400s for bad JSON, and the request limits
-    checked before a body is parsed (`serving.limits`)."""
+    Feast online store state and the reranker serving the active version are added),
+    v2-style 400s for bad JSON, and the request limits checked before a body is parsed
+    (`serving.limits`)."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from kserve import model_server
@@ -260,6 +280,11 @@ def add_routes(manager: Any, body_limits: BodyLimits | None = None,
         online = getattr(features, "online", None)
         if online is not None:
             out["features"] = online.status()
+        active = manager.current
+        if active is not None and hasattr(features, "reranker_for"):
+            from serving.transformer import describe
+
+            out["reranker"] = describe(features.reranker_for(active))
         return out
 
     async def bad_request(_: Any, exc: RequestValidationError) -> JSONResponse:

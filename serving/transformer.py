@@ -16,12 +16,15 @@
 
 `predict` runs the graph on the other rows: in-process on the same version snapshot (local
 mode, one ModelServer), or over v2 on a remote predictor (`--predictor_host`, the cluster:
-Triton). `postprocess` maps item indices back to video ids, lets a reranker reorder each beam
-(the hook the reward model plugs into, issue #7; `keep_order` by default), cuts to top-N and
-fills the cold-start rows.
+Triton). `postprocess` maps item indices back to video ids, lets a reranker reorder each beam,
+cuts to top-N and fills the cold-start rows. The reranker (`reranker_for`): the command line's
+(`--rm_selection PATH` or `--reranker module:fn`) when given, else the version's own (RM
+selection with the reward model it carries, the behaviour model's winner: the default), else
+the generator's beam order (`keep_order`).
 
 One request uses one `Predictor` snapshot from start to end, so a hot swap between its steps
-cannot mix one version's item table with another's graph.
+cannot mix one version's item table with another's graph, nor its beam with another version's
+reward model.
 """
 
 from __future__ import annotations
@@ -67,6 +70,15 @@ def keep_order(user_ids: np.ndarray, video_ids: np.ndarray,
                scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The default reranker: the generator's beam order."""
     return video_ids, scores
+
+
+def describe(reranker: Any) -> str:
+    """A reranker in words (the swap log line, /onerec/versions)."""
+    if reranker is None or reranker is keep_order:
+        return "beam order"
+    if type(reranker).__str__ is not object.__str__:  # RMSelection says which reward model
+        return str(reranker)
+    return f"{getattr(reranker, '__module__', '?')}:{getattr(reranker, '__qualname__', reranker)}"
 
 
 def load_reranker(spec: str | None) -> Reranker:
@@ -128,14 +140,14 @@ class OneRecTransformer(Model):
 
     def __init__(self, name: str, manager: VersionManager, limits: Limits, *,
                  feature_repo: Path | None = None, cold_start: np.ndarray | None = None,
-                 reranker: Reranker = keep_order, graph_name: str | None = None,
+                 reranker: Reranker | None = None, graph_name: str | None = None,
                  feast_timeout_s: float = 1.0, feast_retry_s: float = 2.0) -> None:
         super().__init__(name)
         self.manager = manager
         self.limits = limits
         self.feature_repo = feature_repo
         self.cold_start_override = cold_start
-        self.reranker = reranker
+        self.reranker = reranker  # the command line's; None: each version's own (or beam order)
         self.graph_name = graph_name or name  # the predictor's model name (remote mode)
         self.feast_timeout_s, self.feast_retry_s = feast_timeout_s, feast_retry_s
         self.online: OnlineFeatures | None = None
@@ -186,6 +198,11 @@ class OneRecTransformer(Model):
                 {"name": COLD_START, "datatype": "BOOL", "shape": [-1]},
                 {"name": UNKNOWN, "datatype": "INT64", "shape": [-1]},
                 {"name": FEATURES_UNAVAILABLE, "datatype": "BOOL", "shape": [-1]}]
+
+    def reranker_for(self, pred: Predictor) -> Reranker:
+        """The command line's reranker, else the version's own (RM selection), else beam
+        order: `pred` is the request's snapshot, so the reward model is its version's."""
+        return self.reranker or pred.reranker or keep_order
 
     def validate(self, payload: Any) -> Any:
         return payload  # checked in preprocess
@@ -303,10 +320,11 @@ class OneRecTransformer(Model):
         if len(warm):
             vids = p.pred.to_videos(result.items)
             sc = np.where(vids >= 0, result.scores, 0.0).astype(np.float32)
-            if getattr(self.reranker, "wants_contexts", False):  # RM selection
-                vids, sc = self.reranker(p.user_id[warm], vids, sc, contexts=p.graph)
+            rerank = self.reranker_for(p.pred)
+            if getattr(rerank, "wants_contexts", False):  # RM selection
+                vids, sc = rerank(p.user_id[warm], vids, sc, contexts=p.graph)
             else:
-                vids, sc = self.reranker(p.user_id[warm], vids, sc)
+                vids, sc = rerank(p.user_id[warm], vids, sc)
             k = min(n, vids.shape[1])
             video[warm, :k], score[warm, :k] = vids[:, :k], sc[:, :k]
         table = self.cold_start_override if self.cold_start_override is not None \

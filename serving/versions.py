@@ -19,6 +19,8 @@ Design choices:
 - A refused folder is retried only once one of its files changes (`folder_signature`: name,
   size, mtime), e.g. a torn graph finished or the missing item table copied in.
 - A folder with no manifest yet is a copy in progress: ignored, neither listed nor refused.
+- A version's reward model (RM selection, `rm_selection`) loads with it, as part of its
+  `Predictor`: a torn or foreign one refuses the version like a torn graph does.
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ class VersionManager:
     """Loads versions of <repo>/<model>, swaps the active one atomically, remembers refusals."""
 
     def __init__(self, model_dir: Path, *, expected: Expected | None = None, threads: int = 0,
-                 sessions: bool = True,
+                 sessions: bool = True, rm_selection: bool = True, rm_top_m: int = 0,
                  on_swap: Callable[[Predictor | None, Predictor], None] | None = None,
                  on_refuse: Callable[[int, str], None] | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.expected = expected or Expected()
         self.threads = threads
         self.sessions = sessions  # False: id mapping only (the graph runs on a remote predictor)
+        # load each version's own reward model as its reranker (serve.rm_selection{,_top_m})
+        self.rm_selection, self.rm_top_m = rm_selection, rm_top_m
         self.on_swap = on_swap
         self.on_refuse = on_refuse
         self.refused: dict[int, Refusal] = {}
@@ -97,7 +101,8 @@ class VersionManager:
                 raise VersionRefused(f"{folder}: incomplete version folder, missing "
                                      f"{', '.join(missing)}")
             check_manifest(Manifest.read(folder), self.expected)
-            new = load_version(folder, threads=self.threads, sessions=self.sessions)
+            new = load_version(folder, threads=self.threads, sessions=self.sessions,
+                               rm_selection=self.rm_selection, rm_top_m=self.rm_top_m)
         except Exception as e:  # VersionRefused, or anything a malformed folder raises
             reason = str(e) if isinstance(e, VersionRefused) else \
                 f"{folder}: cannot be loaded ({type(e).__name__}: {e})"

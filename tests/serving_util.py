@@ -113,6 +113,31 @@ def write_version(model_dir: Path, version: int, *, n_items: int = 50,
     return dest
 
 
+def carry_reward_model(folder: Path, *, codebook_fp: str = CODEBOOK_FP, seed: int = 0) -> Path:
+    """Give a version folder an (untrained) reward model over its item table, as `onerec export
+    --reward-model` writes it: reward_model/ and the manifest's entry; `codebook_fp` is the
+    codebook it claims (another one than the version's: a foreign reward model). -> folder."""
+    import torch
+
+    from onerec.config import Config
+    from onerec.reward import build_reward_model, copy_reward_model, save_reward_model
+
+    folder = Path(folder)
+    items = np.load(folder / "items.npy")
+    vocab = [4, 3, 2]
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.stack([torch.randint(0, k, (len(items),), generator=g) for k in vocab], 1)
+    rm = build_reward_model(Config.from_preset("tiny"), torch.cat(
+        [torch.zeros(1, len(vocab), dtype=torch.long), codes]), vocab)
+    rm.item_ids, rm.codebook_fingerprint = items, codebook_fp
+    src = save_reward_model(folder.parent / f".rm-{folder.name}", rm, Config.from_preset("tiny"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["reward_model"] = copy_reward_model(src, folder / "reward_model", codebook_fp)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(src)
+    return folder
+
+
 def expected_items(video_ids: np.ndarray, last_video: int, width: int) -> list[int]:
     """The stand-in's answer, as video ids, for a user whose newest short item is last_video."""
     order = {int(v): i + 1 for i, v in enumerate(video_ids.tolist())}

@@ -86,6 +86,12 @@ def test_cluster_pipeline_compiles_with_dag_and_gpu_settings(tmp_path):
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert set(inner) == {"export-model", "publish"}
     assert "export-model" in inner["publish"]["dependentTasks"]
+    # the exported version carries the cycle's reward model (serving's RM selection)
+    assert inner["export-model"]["inputs"]["artifacts"]["reward_model"] == {
+        "componentInputArtifact": "pipelinechannel--train-reward-model-reward_model"}
+    assert root["condition-1"]["inputs"]["artifacts"][
+        "pipelinechannel--train-reward-model-reward_model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "reward_model", "producerTask": "train-reward-model"}
     # the cluster defaults: TrainJobs (Kubeflow Trainer v2), the PVC root
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["launcher"]["defaultValue"] == "trainjob"

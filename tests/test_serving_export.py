@@ -1,5 +1,7 @@
 """Serving a real exported model (`onerec.export`): the Predictor behind serving gives the
-PyTorch generator's items, and the transformer maps them to the codebook's video ids.
+PyTorch generator's items, and the transformer maps them to the codebook's video ids; a version
+that carries its reward model serves RM-selected slates, one without (or with
+serve.rm_selection off) the beam order.
 
 Skipped until `onerec.export` (issue #6, the generation branch) is on this branch.
 """
@@ -7,6 +9,8 @@ Skipped until `onerec.export` (issue #6, the generation branch) is on this branc
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -19,11 +23,13 @@ from onerec.checkpoint import build_model
 from onerec.config import Config
 from onerec.items import ItemSpace
 from onerec.model import Batch
+from onerec.reward import rm_select
 from onerec.tokenizer.codebook import Codebook
 from serving.repository import Expected
 from serving.runtime import load_version
 from serving.schema import Limits
 from serving.versions import VersionManager
+from tests.reward.util import save_space_rm
 
 
 def reference(model, space: ItemSpace, batch: Batch, width: int):
@@ -80,9 +86,27 @@ def test_predictor_equals_the_pytorch_generator_at_each_exported_width(exported)
     assert items.shape == (3, 12)
 
 
-def test_transformer_returns_the_codebook_video_ids(exported) -> None:
+def request_of(space: ItemSpace, batch: Batch, beam_width: int, top_n: int):
+    """The v2 request of `batch`'s users, histories as video ids (padding left out)."""
     from kserve import InferInput, InferRequest
 
+    b = len(batch.user)
+    inputs = [InferInput("user_id", [b], "INT64", data=batch.user.tolist())]
+    for name, arr in (("short_history", batch.short), ("pos_history", batch.pos),
+                      ("long_history", batch.long)):
+        rows = [[int(space.item_ids[i - 1]) for i in row if i > 0] for row in arr.tolist()]
+        width = max(len(r) for r in rows)
+        inputs.append(InferInput(name, [b, width], "INT64",
+                                 data=[[-1] * (width - len(r)) + r for r in rows]))
+    return InferRequest(model_name="onerec", infer_inputs=inputs,
+                        parameters={"beam_width": beam_width, "top_n": top_n})
+
+
+def outputs(resp) -> dict[str, np.ndarray]:
+    return {o.name: np.asarray(o.data) for o in resp.outputs}
+
+
+def test_transformer_returns_the_codebook_video_ids(exported) -> None:
     from serving.transformer import OneRecTransformer
 
     model, space, cfg, folder = exported
@@ -92,18 +116,81 @@ def test_transformer_returns_the_codebook_video_ids(exported) -> None:
     t = OneRecTransformer("onerec", manager, Limits.from_config(cfg.serve))
     assert t.load()
     batch = batch_of(space, 2)
-    inputs = [InferInput("user_id", [2], "INT64", data=batch.user.tolist())]
-    for name, arr in (("short_history", batch.short), ("pos_history", batch.pos),
-                      ("long_history", batch.long)):
-        rows = [[int(space.item_ids[i - 1]) for i in row if i > 0] for row in arr.tolist()]
-        width = max(len(r) for r in rows)
-        inputs.append(InferInput(name, [2, width], "INT64",
-                                 data=[[-1] * (width - len(r)) + r for r in rows]))
-    req = InferRequest(model_name="onerec", infer_inputs=inputs,
-                       parameters={"beam_width": 8, "top_n": 5})
-    resp, _ = asyncio.run(t(req))
-    out = {o.name: np.asarray(o.data) for o in resp.outputs}
+    resp, _ = asyncio.run(t(request_of(space, batch, 8, 5)))
+    out = outputs(resp)
     ref = reference(model, space, batch, 8)
     assert out["video_ids"].tolist() == space.to_ids(ref.items[:, :5].tolist())
     assert out["cold_start"].tolist() == [False, False]
     assert out["unknown_ids"].tolist() == [0, 0]
+
+
+# -- RM selection with the version's own reward model ---------------------------------------------
+W = 16  # beam width and top_n: the whole re-ranked beam comes back
+
+
+@pytest.fixture(scope="module")
+def carried(exported, tmp_path_factory):
+    """The same model exported at beam 16 carrying a (perturbed, untrained) reward model of its
+    codebook, as the pipeline's export does; -> the version folder."""
+    from onerec.export.artifact import export_version
+
+    model, space, cfg, _ = exported
+    root = tmp_path_factory.mktemp("carried")
+    rm = save_space_rm(cfg, space, root / "rm")
+    return export_version(model, space, cfg, root / "repo", beam_widths=[W], exporter=EXPORTER,
+                          reward_model=rm)
+
+
+def served(t, req) -> tuple[list[list[int]], int]:
+    resp, _ = asyncio.run(t(req))
+    return outputs(resp)["video_ids"].tolist(), int(resp.parameters["model_version"])
+
+
+def test_a_version_with_its_reward_model_serves_rm_selected_slates(exported, carried) -> None:
+    from serving.transformer import OneRecTransformer
+
+    model, space, cfg, _ = exported
+    batch = batch_of(space, 4)
+    beam = space.to_ids(reference(model, space, batch, W).items.tolist())  # generator order
+    manager = VersionManager(carried.parent)  # serve.rm_selection's default: on
+    t = OneRecTransformer("onerec", manager, Limits.from_config(cfg.serve))
+    assert manager.refresh().version == 1 and t.load()
+    picked = rm_select(manager.current.reranker.reward_model, batch, beam, k=W)
+    got, _ = served(t, request_of(space, batch, W, W))
+    assert got == picked and got != beam  # best P-Score first: the reward model disagrees
+    assert [sorted(r) for r in got] == [sorted(r) for r in beam]  # the same candidates
+    # serve.rm_selection off: the same version serves its beam order
+    off = OneRecTransformer("onerec", VersionManager(carried.parent, rm_selection=False),
+                            Limits.from_config(cfg.serve))
+    assert off.manager.refresh().reranker is None
+    assert served(off, request_of(space, batch, W, W))[0] == beam
+
+
+def test_a_swap_changes_the_model_and_its_reward_model_together(exported, carried,
+                                                                tmp_path) -> None:
+    from serving.transformer import OneRecTransformer
+
+    model, space, cfg, _ = exported
+    repo = tmp_path / "onerec"
+    shutil.copytree(carried, repo / "1")
+    manager = VersionManager(repo)
+    t = OneRecTransformer("onerec", manager, Limits.from_config(cfg.serve))
+    assert manager.refresh().version == 1 and t.load()
+    batch = batch_of(space, 3)
+    beam = space.to_ids(reference(model, space, batch, W).items.tolist())
+    picked = rm_select(manager.current.reranker.reward_model, batch, beam, k=W)
+    req = request_of(space, batch, W, W)
+    in_flight = asyncio.run(t.preprocess(req))  # on version 1
+    # version 2: the same graph exported without a reward model (the reward stage skipped)
+    shutil.copytree(carried, tmp_path / "v2")
+    shutil.rmtree(tmp_path / "v2" / "reward_model")
+    body = json.loads((tmp_path / "v2" / "manifest.json").read_text())
+    (tmp_path / "v2" / "manifest.json").write_text(json.dumps(
+        {**body, "version": 2, "reward_model": None}))
+    (tmp_path / "v2").rename(repo / "2")
+    assert manager.refresh().version == 2 and manager.current.reranker is None
+    # the request that started on version 1 finishes with version 1's reward model
+    resp = asyncio.run(t.postprocess(asyncio.run(t.predict(in_flight))))
+    assert outputs(resp)["video_ids"].tolist() == picked and resp.parameters[
+        "model_version"] == 1
+    assert served(t, req) == (beam, 2)  # new requests: version 2, beam order

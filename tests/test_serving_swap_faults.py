@@ -6,8 +6,8 @@ then renamed into place, as a faulty exporter or a hand copy would leave it) whi
 threads send requests back to back. The bad version must be refused with its reason in
 `GET /onerec/versions`, an explicit reload must answer 503 naming it, and version 1 must go on
 answering every request: not one failure during the attempted swap. The last test publishes a
-good version after all the bad ones: it swaps in (the scan was not wedged by them) and they stay
-refused. `test_a_refused_folder_is_retried_once_fixed` is the same rule in-process.
+good version (carrying its reward model: RM selection serves it) after all the bad ones: it
+swaps in (the scan was not wedged by them) and they stay refused. `test_a_refused_folder_is_retried_once_fixed` is the same rule in-process.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ requests = pytest.importorskip("requests")
 from tests.serving_util import (  # noqa: E402
     COLD,
     Hammer,
+    carry_reward_model,
     standin_server,
     wait_for,
     write_version,
@@ -69,6 +70,9 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "malformed manifest field": (
         lambda f: edit_manifest(f, lambda d: d.update(beam_widths=["wide"])),
         "malformed manifest field"),
+    "reward model of another codebook": (
+        lambda f: carry_reward_model(f, codebook_fp="other"),
+        "reward_model/meta.json: reward model made with codebook other"),
 }
 
 
@@ -127,7 +131,7 @@ def test_a_good_version_after_the_bad_ones_swaps_in_and_they_stay_refused(server
     version = next(VERSIONS)
     with Hammer(server["http"], threads=2) as load:
         load.wait_ok(10)
-        publish(server["model_dir"], version, None, seed=5)
+        publish(server["model_dir"], version, carry_reward_model, seed=5)  # RM selection
         wait_for(lambda: status(server)["active_version"] == version, 15,
                  f"version {version} serving")
         load.wait_ok(10, after=load.outcomes[-1].t1)
@@ -136,12 +140,16 @@ def test_a_good_version_after_the_bad_ones_swaps_in_and_they_stay_refused(server
     assert served[0] == 1 and served[-1] == version and set(served) == {1, version}
     st = status(server)
     assert st["swaps"] == 2
+    rm = server["model_dir"] / str(version) / "reward_model"
+    assert st["reranker"] == f"RM selection ({rm}, whole beam)"  # the version's own
     assert {int(v) for v in st["refused"]} == set(bad)
     for v, reason in bad.items():
         assert reason in st["refused"][str(v)]["reason"]
     text = server["log"].read_text()
     for v in bad:  # refused once, not on every scan
         assert text.count(f"refused model version {v}:") == 1, v
+    assert "model version 1 re-ranks with beam order" in text  # exported without one
+    assert f"model version {version} re-ranks with RM selection ({rm}, whole beam)" in text
 
 
 def test_a_refused_folder_is_retried_once_fixed(tmp_path: Path) -> None:

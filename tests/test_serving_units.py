@@ -24,7 +24,13 @@ from serving.repository import (
 from serving.runtime import load_version
 from serving.schema import Limits, RequestError, check_parameters
 from serving.versions import VersionManager
-from tests.serving_util import CODEBOOK_FP, CONFIG_FP, expected_items, write_version
+from tests.serving_util import (
+    CODEBOOK_FP,
+    CONFIG_FP,
+    carry_reward_model,
+    expected_items,
+    write_version,
+)
 
 
 # -- limits --------------------------------------------------------------------------------------
@@ -303,3 +309,66 @@ def test_rm_selection_orders_each_beam_by_pscore_and_keeps_generator_scores(
     for r in range(2):
         first = [v for v in out_v[r].tolist() if v in videos[r, :2].tolist()]
         assert head[r].tolist() == first + videos[r, 2:].tolist()
+
+
+# -- RM selection with the reward model each version carries --------------------------------------
+def test_a_version_loads_the_reward_model_it_carries_as_its_reranker(tmp_path: Path) -> None:
+    pytest.importorskip("kserve")
+    from serving.rm_selection import RMSelection
+    from serving.transformer import OneRecTransformer, describe, keep_order
+
+    d = tmp_path / "onerec"
+    carry_reward_model(write_version(d, 1))
+    write_version(d, 2)  # exported without one (the reward stage skipped)
+    own = load_version(d / "1", rm_top_m=16)
+    assert isinstance(own.reranker, RMSelection) and own.reranker.top_m == 16
+    assert describe(own.reranker) == f"RM selection ({d / '1' / 'reward_model'}, top 16)"
+    assert load_version(d / "1", rm_selection=False).reranker is None  # serve.rm_selection off
+    assert load_version(d / "1", sessions=False).reranker is not None  # the cluster transformer
+    none = load_version(d / "2")
+    assert none.reranker is None
+    # precedence: the command line's reranker, else the version's own, else beam order
+    t = OneRecTransformer("onerec", VersionManager(d), Limits())
+    assert t.reranker_for(own) is own.reranker and t.reranker_for(none) is keep_order
+    assert describe(t.reranker_for(none)) == "beam order"
+    t.reranker = keep_order  # --reranker serving.transformer:keep_order
+    assert t.reranker_for(own) is keep_order
+
+
+def test_the_command_line_reranker_overrides_and_the_switch_disables_the_versions_own() -> None:
+    pytest.importorskip("kserve")
+    from onerec.config import Config
+    from serving.server import build_parser, reranker_of, versions_rerank
+    from serving.transformer import describe
+
+    def override(*argv: str):
+        return reranker_of(build_parser().parse_args(["--repo", "r", *argv]), None)
+
+    cfg, off = Config.from_preset("tiny"), Config.from_preset("tiny", ["serve.rm_selection=false"])
+    assert cfg.serve.rm_selection  # the default: the behaviour model's winner
+    assert override() is None and versions_rerank(cfg, None) and not versions_rerank(off, None)
+    given = override("--reranker", "serving.transformer:keep_order")
+    assert describe(given) == "beam order" and not versions_rerank(cfg, given)
+    with pytest.raises(SystemExit, match="exclusive"):
+        override("--reranker", "serving.transformer:keep_order", "--rm_selection", "rm")
+
+
+@pytest.mark.parametrize("breaks, reason", [
+    (lambda f: carry_reward_model(f, codebook_fp="other"),
+     r"2/reward_model/meta\.json: reward model made with codebook other, the version's is cb0"),
+    (lambda f: (carry_reward_model(f), (f / "reward_model" / "state.pt").write_bytes(b"torn")),
+     r"2/reward_model/state\.pt: sha256 does not match the manifest's reward_model"),
+    (lambda f: (f / "reward_model").mkdir(), r"2/reward_model: not recorded in the manifest"),
+], ids=["another codebook", "torn", "not in the manifest"])
+def test_a_foreign_or_torn_reward_model_refuses_its_version(tmp_path: Path, breaks,
+                                                            reason: str) -> None:
+    d = tmp_path / "onerec"
+    write_version(d, 1)
+    m = VersionManager(d)
+    assert m.refresh().version == 1
+    breaks(write_version(d, 2))
+    with pytest.raises(VersionRefused, match=reason + ".*; still serving version 1"):
+        m.reload()
+    assert m.current.version == 1
+    # serve.rm_selection off: the reward model is not read, the version serves in beam order
+    assert VersionManager(d, rm_selection=False).refresh().version == 2

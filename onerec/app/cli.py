@@ -301,7 +301,9 @@ def serve(
     model_name: Annotated[str | None, typer.Option(
         help="Model folder in the repo [default: the only one].")] = None,
     rm_selection: Annotated[Path | None, typer.Option(
-        help="Reward-model folder (`onerec align`): re-rank each beam by P-Score.")] = None,
+        help="Reward-model folder (`onerec align`): re-rank each beam by P-Score, overriding "
+             "the reward model each version carries (served by default; "
+             "serve.rm_selection=false: beam order).")] = None,
     config: ConfigOpt = None, preset: PresetOpt = None, set_: SetOpt = None,
 ) -> None:
     """Serve the exported model locally: a KServe ModelServer speaking Open Inference Protocol
@@ -405,9 +407,13 @@ def export_model(
     version: Annotated[int | None, typer.Option(help="Version number (default: the next free one).")] = None,
     exporter: Annotated[str, typer.Option(help="torch.onnx exporter: auto, dynamo or "
                                                "torchscript (default: serve.exporter).")] = "",
+    reward_model: Annotated[Path | None, typer.Option(
+        help="Reward-model folder (`onerec align`, same codebook) the version carries: "
+             "serving re-ranks each beam with it (RM selection).")] = None,
 ) -> None:
     """Export generation (encoder + beam search, one ONNX graph per beam width) as a model
-    version: model.onnx, items.npy, manifest.json and the Triton config.pbtxt."""
+    version: model.onnx, items.npy, manifest.json and the Triton config.pbtxt (and
+    reward_model/ with --reward-model)."""
     from onerec.checkpoint import CheckpointError
     from onerec.export import export_version, load_trained
     from onerec.tokenizer.codebook import CodebookError
@@ -422,11 +428,13 @@ def export_model(
     try:
         with console.status(f"exporting beam widths {widths} ..."):
             path = export_version(model, space, cfg, out, model_name=model_name, version=version,
-                                  beam_widths=widths, exporter=exporter or None)
+                                  beam_widths=widths, exporter=exporter or None,
+                                  reward_model=reward_model)
     except ValueError as e:
         raise fail(str(e)) from None
     console.print(f"model version {path} (beam widths {widths}, config "
-                  f"{cfg.fingerprint()}, codebook {space.fingerprint[:16]})", highlight=False)
+                  f"{cfg.fingerprint()}, codebook {space.fingerprint[:16]}"
+                  f"{', carries its reward model' if reward_model else ''})", highlight=False)
 
 
 def main() -> None:

@@ -7,7 +7,9 @@
        local GitOps repository (`<out>/pipeline/state/gitops`) instead of promoting it;
     3. serving: a Feast feature store for the run (`<out>/serving/feature_repo`: events before
        the served version's cut, SQLite online store), the KServe ModelServer on the newest
-       published version reading it (a subprocess on free ports), recommendations over HTTP
+       published version reading it (a subprocess on free ports; it re-ranks each beam with the
+       reward model the version carries, RM selection, whenever the cycle trained one: the
+       served default, `serve.rm_selection`), recommendations over HTTP
        and gRPC (tritonclient, in a client subprocess) for a known user sent by id only (the
        transformer reads the sequences from Feast online), a user given only by a history and
        an unknown user (cold start); the server is stopped on every path;
@@ -263,7 +265,9 @@ def _serve(cfg: Config, opts: DemoOptions, version: str, report: dict[str, Any],
                   f"{server.log_path})", highlight=False)
     with server:
         ready_s = server.wait_ready()
-        console.print(f"model ready after {ready_s:.1f} s", highlight=False)
+        reranker = server.reranker()
+        console.print(f"model ready after {ready_s:.1f} s; re-ranks with {reranker}",
+                      highlight=False)
         answers = query(server, requests, folder)
     console.print(f"server stopped (exit code {server.proc.returncode if server.proc else '-'})",
                   highlight=False)
@@ -292,7 +296,7 @@ def _serve(cfg: Config, opts: DemoOptions, version: str, report: dict[str, Any],
     console.print(f"known user: no history sent, answered {how} ({lengths} video ids online)",
                   highlight=False)
     return {"version": version, "repository": str(repo), "http_port": server.http_port,
-            "grpc_port": server.grpc_port, "ready_s": round(ready_s, 1),
+            "grpc_port": server.grpc_port, "ready_s": round(ready_s, 1), "reranker": reranker,
             "model_version": answers["http"][0]["model_version"] if answers["http"] else None,
             "feast": feast, "requests": requests, "rows": rows, "http_grpc_agree": agree,
             "server_exit_code": server.proc.returncode if server.proc else None,

@@ -202,6 +202,8 @@ def run(cfg: Config, opts: ABOptions, log: Any = print, console: Console | None 
         for s in servers.values():
             s.wait_ready()
         walls["servers ready"] = round(time.perf_counter() - t0, 1)
+        rerankers = {a: s.reranker() for a, s in servers.items()}
+        log("; ".join(f"{a} {versions[a]} re-ranks with {r}" for a, r in rerankers.items()))
         t1 = time.perf_counter()
         for a, users in arm_users.items():
             if len(users):
@@ -223,7 +225,8 @@ def run(cfg: Config, opts: ABOptions, log: Any = print, console: Console | None 
     for a, v in versions.items():
         f = feedback[feedback["variant"] == a]
         per_user = f.drop_duplicates("user_id")
-        summary[a] = {"version": v, "users": int(f["user_id"].nunique()), "requests": len(f),
+        summary[a] = {"version": v, "reranker": rerankers[a],
+                      "users": int(f["user_id"].nunique()), "requests": len(f),
                       "mean_reward": float(f["reward"].mean()) if len(f) else None,
                       "mean_p_click": float(per_user["p_click"].mean()) if len(f) else None,
                       "slate_size": float(per_user["impressions"].mean()) if len(f) else None,

@@ -98,6 +98,7 @@ def _serving(s: dict[str, Any] | None) -> list[str]:
     lines = ["## Serving", "",
              f"Version `{s['version']}` (`{s['repository']}`) on a KServe ModelServer: REST "
              f":{s['http_port']}, gRPC :{s['grpc_port']}; model ready after {s['ready_s']} s; "
+             f"re-ranking: {s.get('reranker') or '-'}; "
              f"server stopped with exit code {s['server_exit_code']}. HTTP and gRPC answers "
              f"{'agree' if s['http_grpc_agree'] else 'differ'}.", ""]
     f = s.get("feast")
@@ -134,11 +135,12 @@ def _ab(a: dict[str, Any] | None, base: Path | None = None) -> list[str]:
               f"user; each user's slate is what their arm's server answered for their history "
               f"before {a['until']}; clicks and long views are drawn from a behaviour model of "
               f"KuaiRand users (`onerec.app.simusers`), not from an assumed effect.", "",
-              "| arm | version | users | requests | mean reward | mean P(click) of the slates "
-              "| cold-start users | serving s |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| arm | version | re-ranking | users | requests | mean reward "
+              "| mean P(click) of the slates | cold-start users | serving s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for arm, s in a["arms"].items():
-        lines.append(f"| {arm} | `{s['version']}` | {s['users']:,} | {s['requests']:,} | "
+        lines.append(f"| {arm} | `{s['version']}` | {s.get('reranker') or '-'} | "
+                     f"{s['users']:,} | {s['requests']:,} | "
                      f"{_fmt(s['mean_reward'])} | {_fmt(s['mean_p_click'])} | "
                      f"{s.get('cold_start', '-')} | {_fmt(s.get('serve_s'), 1)} |")
     lines += ["", f"Decision: **{a['decision']}**: {a['summary']}", ""]

@@ -122,6 +122,17 @@ class Server:
         raise ServingError(f"model {self.model} not ready after {timeout_s:.0f} s; see "
                            f"{self.log_path}")
 
+    def reranker(self) -> str | None:
+        """Which reranker serves the active version, from GET /onerec/versions: "RM selection
+        (...)" when the version carries its reward model (the served default), "beam order"
+        when it carries none; None when the server cannot say."""
+        url = f"http://{self.http_url}/onerec/versions"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:  # nosec B310 # our http:// URL
+                return json.loads(r.read()).get("reranker")
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+            return None
+
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM (KServe shuts down gracefully), then SIGKILL after `timeout_s`."""
         if self.proc is None or self.proc.poll() is not None:

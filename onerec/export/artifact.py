@@ -9,6 +9,8 @@ Layout (a Triton model repository, so the same folder serves locally and on Trit
     <repo>/<model_name>/<version>/items.npy   int64 (n_items,): item index i + 1 -> video id
     <repo>/<model_name>/<version>/config.yaml the Config the model was trained with
     <repo>/<model_name>/<version>/manifest.json  identity and I/O contract (below)
+    <repo>/<model_name>/<version>/reward_model/  optional: the P-Score reward model the model
+                                              was aligned with (serving's RM selection)
 
 `<version>` is a positive integer (Triton's rule); `export_version` takes the next free one
 unless told. The version folder is built under a temporary name and renamed into place, so a
@@ -18,7 +20,9 @@ manifest.json fields (`Manifest`): format, model_name, version, created (UTC ISO
 config_fingerprint, codebook_fingerprint, beam_widths, default_beam_width, top_n (the default
 number of videos to return), graphs ({beam width: {file, width, sha256}}), inputs
 ([{name, dtype, shape}], "batch" = dynamic axis), outputs (same, for the default graph),
-constrained, n_items, n_user_buckets, items_file, exporter, opset, moe.
+constrained, n_items, n_user_buckets, items_file, exporter, opset, moe, and reward_model
+(null, or {dir, codebook_fingerprint, sha256: {file: digest}}: the version carries its reward
+model, so the one a server re-ranks with always belongs to the version it serves).
 
 Why serving can trust it: `load_manifest` checks every field is present with the right type,
 that the named files exist, that each graph's sha256 matches (a swapped or torn model.onnx is
@@ -30,7 +34,6 @@ video ids without loading the codebook.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -52,6 +55,7 @@ from onerec.export.onnx import (
 from onerec.export.triton import onnxruntime_config
 from onerec.generate import MoEMode, level_widths
 from onerec.io import atomic_dir, atomic_write_text
+from onerec.io import sha256_file as sha256
 from onerec.items import ItemSpace
 from onerec.model import OneRec
 from onerec.trie import ItemTrie
@@ -91,6 +95,7 @@ class Manifest:
     exporter: str = "dynamo"
     opset: int = OPSET
     moe: str = "sparse"  # MoE form in the graph ("dense" for TensorRT)
+    reward_model: dict[str, Any] | None = None  # the carried reward model (None: none)
     format: str = FORMAT
     path: Path | None = field(default=None, compare=False)  # the version folder (not saved)
 
@@ -119,19 +124,12 @@ def next_version(model_dir: Path) -> int:
     return max(have, default=0) + 1
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str | Path, *,
                    model_name: str = "onerec", version: int | None = None,
                    beam_widths: tuple[int, ...] | list[int] | None = None,
                    constrained: bool = True, moe: MoEMode = "sparse",
-                   exporter: str | None = None, max_batch_size: int = 64) -> Path:
+                   exporter: str | None = None, max_batch_size: int = 64,
+                   reward_model: str | Path | None = None) -> Path:
     """Export one model version into a Triton repository. Returns the version folder.
 
     beam_widths: graphs to export (default: serve.beam_width); the first is the default
@@ -139,6 +137,8 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
     version: default the next free integer; an existing version folder is replaced whole.
     exporter: auto, dynamo or torchscript; default `serve.exporter` (auto: TorchScript unless
     the encoder is causal).
+    reward_model: a reward-model folder (same codebook) the version carries in
+    `reward_model/`, so serving re-ranks each beam with it (RM selection); None: beam order.
     """
     widths = list(dict.fromkeys(beam_widths or [cfg.serve.beam_width]))
     chosen = resolve_exporter(exporter or cfg.serve.exporter, model)
@@ -159,7 +159,12 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
     identity = {"config_fingerprint": cfg.fingerprint(), "codebook_fingerprint": space.fingerprint,
                 "model_name": model_name, "version": str(version)}
     graphs: dict[str, dict[str, Any]] = {}
+    reward = None
     with atomic_dir(model_dir / str(version)) as tmp:
+        if reward_model is not None:  # first: a reward model that cannot ship fails fast
+            from onerec.reward import RM_NAME, copy_reward_model
+
+            reward = copy_reward_model(reward_model, tmp / RM_NAME, space.fingerprint)
         for w in widths:
             name = graph_file(w, widths[0])
             export_onnx(model, trie, cfg, tmp / name, beam_width=w, constrained=constrained,
@@ -177,7 +182,7 @@ def export_version(model: OneRec, space: ItemSpace, cfg: Config, repo_dir: str |
             constrained=constrained,
             n_items=len(space), n_user_buckets=model.user_emb.num_embeddings,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), exporter=chosen,
-            moe=moe)
+            moe=moe, reward_model=reward)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         make_readable(tmp)
     config = atomic_write_text(model_dir / "config.pbtxt",
@@ -230,6 +235,8 @@ def load_manifest(path: str | Path, *, config_fingerprint: str | None = None,
         if not ok:
             raise ArtifactError(f"{file}: field {name!r} has the wrong type "
                                 f"({type(raw[name]).__name__}, expected {tp.__name__})")
+    if raw.get("reward_model") is not None and not isinstance(raw["reward_model"], dict):
+        raise ArtifactError(f"{file}: field 'reward_model' must be an object or null")
     if raw["format"] != FORMAT:
         raise ArtifactError(f"{file}: field 'format' is {raw['format']!r}, expected {FORMAT!r}")
     known = {f.name for f in dataclasses.fields(Manifest)} - {"path"}
@@ -267,6 +274,13 @@ def _verify_files(m: Manifest, file: Path) -> None:
     if ids.shape != (m.n_items,):
         raise ArtifactError(f"{items}: shape {ids.shape} does not match field 'n_items' "
                             f"({m.n_items})")
+    if m.reward_model is not None:
+        from onerec.reward import RewardModelError, check_copy
+
+        try:
+            check_copy(m.path, m.reward_model)
+        except RewardModelError as e:
+            raise ArtifactError(str(e)) from None
 
 
 def load_trained(checkpoint: str | Path, codebook: str | Path,

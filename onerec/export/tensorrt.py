@@ -114,8 +114,8 @@ def tensorrt_version(version_dir: str | Path, repo_dir: str | Path, *,
     """A Triton `tensorrt_plan` model version built from an exported ONNX version folder.
 
     `<repo>/<model_name>/<version>/` gets model.plan (the engine of the default beam width)
-    beside copies of model.onnx, items.npy, config.yaml and the manifest (with an "engine"
-    entry added), so serving checks it exactly like the ONNX version; `<repo>/<model_name>/
+    beside copies of model.onnx, items.npy, config.yaml, the reward model if it carries one and
+    the manifest (with an "engine" entry added), so serving checks it exactly like the ONNX version; `<repo>/<model_name>/
     config.pbtxt` is the TensorRT config. Returns the new version folder.
     """
     from onerec.export.artifact import MANIFEST, load_manifest, make_readable, sha256
@@ -131,6 +131,8 @@ def tensorrt_version(version_dir: str | Path, repo_dir: str | Path, *,
         for name in {m.graphs[str(m.default_beam_width)]["file"], m.items_file, "config.yaml"}:
             if (m.path / name).exists():
                 shutil.copy2(m.path / name, tmp / name)
+        if m.reward_model is not None:  # RM selection travels with the version
+            shutil.copytree(m.path / m.reward_model["dir"], tmp / m.reward_model["dir"])
         raw = json.loads((m.path / MANIFEST).read_text())
         raw["graphs"] = {str(m.default_beam_width): raw["graphs"][str(m.default_beam_width)]}
         raw["beam_widths"] = [m.default_beam_width]

@@ -71,6 +71,9 @@ def test_demo_serves_the_published_version_over_http_and_grpc(demo_run):
     s = report["serving"]
     assert s["version"] == report["pipeline"]["cycles"][1]["published"]
     assert s["http_grpc_agree"] and s["server_exit_code"] == 0 and s["model_version"] == 1
+    # reward is not in STAGES, so the version carries no reward model: beam order (with the
+    # reward stage, the default, it carries one and serves RM selection: test_demo_ab)
+    assert s["reranker"] == "beam order" and "re-ranks with beam order" in output
     rows = {(r["protocol"], r["request"]): r for r in s["rows"]}
     assert set(rows) == {(p, n) for p in ("http", "grpc")
                          for n in ("known user", "history only", "unknown user")}

@@ -1,6 +1,8 @@
 """The served A/B: two real KServe servers (stand-in graphs whose answer follows from the
 history, `tests.serving_util`), users split between them, each user's slate from their own arm's
-server for the history sent, feedback and a decision."""
+server for the history sent, feedback and a decision. The canary's version carries a reward
+model, so its server re-ranks with RM selection (the served default); the stable's does not
+(beam order)."""
 
 from __future__ import annotations
 
@@ -13,16 +15,17 @@ from onerec import ab
 from onerec.app.demo_ab import ABOptions, run, user_histories
 from onerec.config import Config
 from onerec.data import kuairand
-from tests.serving_util import expected_items, write_version
+from tests.serving_util import carry_reward_model, expected_items, write_version
 
 UNTIL = "2022-05-01"
 N_ITEMS = 300
 
 
-def _version(models: Path, name: str, table: np.ndarray) -> None:
+def _version(models: Path, name: str, table: np.ndarray) -> Path:
     """An exported repository <models>/<name>/onerec/1 whose item table is `table`."""
     folder = write_version(models / name / "onerec", 1, n_items=len(table), beam_width=None)
     np.save(folder / "items.npy", table.astype(np.int64))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +36,7 @@ def served(tmp_path_factory, shipped_dir):
     tables = {"v-stable": popular[:N_ITEMS], "v-canary": popular[N_ITEMS:2 * N_ITEMS]}
     for name, table in tables.items():
         _version(root / "state" / "models", name, table)
+    carry_reward_model(root / "state" / "models" / "v-canary" / "onerec" / "1")
     cfg = Config.from_preset("tiny")
     opts = ABOptions(data_dir=Path(shipped_dir), work_dir=root / "ab", state=root / "state",
                      stable="v-stable", canary="v-canary", canary_percent=30, until=UNTIL,
@@ -45,7 +49,7 @@ def test_each_user_gets_their_own_arms_slate_for_the_history_sent(served):
     outcome, opts, tables, cfg, _ = served
     split = ab.TrafficSplitter(opts.canary_percent, salt=opts.canary)
     version = {"stable": opts.stable, "canary": opts.canary}
-    checked = 0
+    checked, reranked = 0, 0
     for arm in ("stable", "canary"):
         z = np.load(opts.work_dir / f"{arm}-slates.npz")
         sent = np.load(opts.work_dir / f"{arm}-requests.npz")
@@ -60,10 +64,17 @@ def test_each_user_gets_their_own_arms_slate_for_the_history_sent(served):
             got = [int(v) for v in vids if v >= 0]
             last = [int(v) for v in short if int(v) in known]
             # the stand-in answers the videos after the newest known short-history video
-            want = expected_items(table, last[-1], len(got)) if last else table[:len(got)]
-            assert got == list(want), (arm, u)
+            width = cfg.serve.beam_width
+            beam = list(expected_items(table, last[-1], width) if last else table[:width])
+            if arm == "stable":  # beam order: its version carries no reward model
+                assert got == beam[:len(got)], (arm, u)
+            else:  # RM selection: the beam's best P-Scores, in that order
+                assert set(got) <= set(beam) and len(got) == cfg.serve.top_n, (arm, u)
+                reranked += got != beam[:len(got)]
             checked += 1
-    assert checked > 200
+    assert checked > 200 and reranked > 10
+    assert outcome.arms["stable"]["reranker"] == "beam order"
+    assert outcome.arms["canary"]["reranker"].startswith("RM selection (")
     assert {a["version"] for a in outcome.arms.values()} == {"v-stable", "v-canary"}
     assert all(a["model_version"] == 1 and a["slate_size"] == cfg.serve.top_n
                for a in outcome.arms.values())

@@ -25,3 +25,19 @@ def test_write_saves_the_json_and_the_markdown_beside_it(tmp_path):
     assert back["out"] == "/runs/demo"  # a path is written as its text
     assert md.read_text() == to_markdown_report(report, tmp_path)
     assert "incomplete (stopped early)" in md.read_text()  # no A/B section: it did not finish
+
+
+def test_the_report_says_which_reranker_served_and_each_arms():
+    serving = {"version": "v2", "repository": "/m/v2", "http_port": 1, "grpc_port": 2,
+               "ready_s": 3.0, "reranker": "RM selection (/m/v2/onerec/1/reward_model, whole "
+                                           "beam)", "server_exit_code": 0,
+               "http_grpc_agree": True, "rows": []}
+    arm = {"version": "v1", "users": 10, "requests": 20, "mean_reward": 0.5,
+           "mean_p_click": 0.4, "reranker": "beam order"}
+    report = {"config": {"preset": "tiny", "fingerprint": "x"}, "wall_s": {"total": 1.0},
+              "serving": serving, "ab": {"decision": "wait", "before": "b", "requests": 20,
+                                         "canary_percent": 10, "until": "u", "summary": "s",
+                                         "arms": {"stable": arm}}}
+    md = to_markdown_report(report)
+    assert "re-ranking: RM selection (/m/v2/onerec/1/reward_model, whole beam)" in md
+    assert "| stable | `v1` | beam order | 10 | 20 |" in md

@@ -32,6 +32,7 @@ from onerec.items import ItemSpace
 from onerec.model import Batch
 from onerec.tokenizer.codebook import Codebook
 from onerec.trie import ItemTrie
+from tests.reward.util import save_space_rm
 
 OVERRIDES = ["model.n_decoder_layers=2", "model.n_experts=3", "model.top_k_experts=2"]
 
@@ -223,16 +224,21 @@ def assert_exported_graph_equals_pytorch(model, space: ItemSpace, cfg: Config, f
     np.testing.assert_allclose(scores, ref.scores.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_cli_export_writes_a_loadable_version(trained, tmp_path):
-    model, _, cfg, cb = trained
-    cb.save(tmp_path / "codebook")
-    ck = tmp_path / "checkpoint"  # the layout `onerec.train.save_checkpoint` writes
-    ck.mkdir()
+def write_checkpoint(model, cfg: Config, cb: Codebook, ck):
+    """`ck` in the layout `onerec.train.save_checkpoint` writes (5 user buckets); -> ck."""
+    ck.mkdir(parents=True)
     torch.save({"model": model.state_dict(), "n_user_buckets": 5,
                 "vocab_sizes": model.vocab_sizes}, ck / "state.pt")
     cfg.save(ck / "config.yaml")
     (ck / "meta.json").write_text(json.dumps({"step": 1, "codebook_fingerprint": cb.fingerprint,
                                               "config_fingerprint": cfg.fingerprint()}))
+    return ck
+
+
+def test_cli_export_writes_a_loadable_version(trained, tmp_path):
+    model, space, cfg, cb = trained
+    cb.save(tmp_path / "codebook")
+    ck = write_checkpoint(model, cfg, cb, tmp_path / "checkpoint")
     loaded, _, _ = load_trained(ck, tmp_path / "codebook")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
                                                  model.state_dict().values(), strict=True))
@@ -243,6 +249,14 @@ def test_cli_export_writes_a_loadable_version(trained, tmp_path):
     assert res.exit_code == 0, res.output
     m = load_manifest(tmp_path / "repo" / "onerec" / "1", codebook_fingerprint=cb.fingerprint)
     assert m.beam_widths == [4] and m.config_fingerprint == cfg.fingerprint()
+    assert m.reward_model is None  # beam order unless a reward model is given
+    save_space_rm(cfg, space, tmp_path / "rm")
+    res = runner.invoke(app, ["export", "--checkpoint", str(ck), "--codebook",
+                              str(tmp_path / "codebook"), "--out", str(tmp_path / "repo"),
+                              "--beam-width", "4", "--exporter", "torchscript",
+                              "--reward-model", str(tmp_path / "rm")])
+    assert res.exit_code == 0 and "carries its reward model" in " ".join(res.output.split())
+    assert load_manifest(tmp_path / "repo" / "onerec" / "2").reward_model["dir"] == "reward_model"
     res = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "nope"), "--codebook",
                               str(tmp_path / "codebook"), "--out", str(tmp_path / "repo")])
     assert res.exit_code == 2 and "incomplete" in " ".join(res.stderr.split())
@@ -268,3 +282,59 @@ def test_tensorrt_version_folder_from_an_onnx_version(version_dir, tmp_path):
     assert m.model_name == "onerec_trt" and raw["engine"]["precision"] == "fp16"
     pb = parse_config((tmp_path / "onerec_trt" / "config.pbtxt").read_text())
     assert pb.platform == "tensorrt_plan" and pb.max_batch_size == 16
+
+
+# -- the reward model a version carries (serving's RM selection) ---------------------------------
+def fake_engine(onnx_path, plan_path, inputs, **kw):
+    """Stands in for the GPU-only TensorRT build."""
+    plan_path.write_bytes(b"engine:" + onnx_path.read_bytes()[:64])
+    return plan_path
+
+
+def test_a_version_carries_its_reward_model_checked_by_sha256(trained, tmp_path):
+    model, space, cfg, _ = trained
+    rm = save_space_rm(cfg, space, tmp_path / "rm")
+    v = export_version(model, space, cfg, tmp_path / "repo", beam_widths=[4],
+                       exporter="torchscript", reward_model=rm)
+    assert sorted(p.name for p in (v / "reward_model").iterdir()) == [
+        "config.yaml", "meta.json", "state.pt"]
+    m = load_manifest(v, codebook_fingerprint=space.fingerprint)  # checks the copy's sha256
+    assert m.reward_model["dir"] == "reward_model"
+    assert m.reward_model["codebook_fingerprint"] == space.fingerprint
+    assert set(m.reward_model["sha256"]) == {"config.yaml", "meta.json", "state.pt"}
+    # TensorRT's version folder carries it too
+    t = tensorrt_version(v, tmp_path / "trt", builder=fake_engine)
+    assert load_manifest(t).reward_model == m.reward_model
+    with open(v / "reward_model" / "state.pt", "ab") as f:  # a torn or swapped reward model
+        f.write(b"\0")
+    with pytest.raises(ArtifactError, match=r"reward_model/state\.pt: sha256 does not match"):
+        load_manifest(v)
+    # a reward model of another codebook never ships: the export fails, no version appears
+    other = ItemSpace.from_codebook(make_codebook(seed=1))
+    save_space_rm(cfg, other, tmp_path / "rm-other")
+    with pytest.raises(ValueError, match="refusing codebook"):
+        export_version(model, space, cfg, tmp_path / "repo", version=2, beam_widths=[4],
+                       exporter="torchscript", reward_model=tmp_path / "rm-other")
+    assert not (tmp_path / "repo" / "onerec" / "2").exists()
+
+
+def test_export_stage_carries_the_cycles_reward_model_unless_skipped_or_switched_off(
+        trained, tmp_path):
+    from onerec import stages
+
+    model, space, cfg, cb = trained
+    cb.save(tmp_path / "codebook")
+    write_checkpoint(model, cfg, cb, tmp_path / "candidate" / "checkpoint")
+    rm = save_space_rm(cfg, space, tmp_path / "rm")
+    (tmp_path / "skipped").mkdir()  # the reward stage left out: its output folder is empty
+    args = (tmp_path / "candidate", tmp_path / "codebook")
+    out = stages.export(cfg, *args, tmp_path / "a", reward_dir=rm)
+    assert out["reward_model"]["carried"] and "reward_model/state.pt" in " ".join(out["files"])
+    assert load_manifest(tmp_path / "a" / "onerec" / "1").reward_model is not None
+    out = stages.export(cfg, *args, tmp_path / "b", reward_dir=tmp_path / "skipped")
+    assert out["reward_model"] == {"carried": False, "why": "the reward stage did not run (no "
+                                                           "reward model): served in beam order"}
+    assert load_manifest(tmp_path / "b" / "onerec" / "1").reward_model is None
+    off = Config.from_preset("tiny", [*OVERRIDES, "serve.rm_selection=false"])
+    assert stages._carried_reward(off, rm) == (None, "serve.rm_selection is off: served in "
+                                                     "beam order")

@@ -7,7 +7,7 @@ import torch
 
 from onerec.config import Config
 from onerec.model import Batch
-from onerec.reward import RewardData, RewardModel, build_reward_model
+from onerec.reward import RewardData, RewardModel, build_reward_model, save_reward_model
 
 VOCAB = [4, 4, 3]
 
@@ -32,3 +32,15 @@ def contexts(data: RewardData, n: int) -> Batch:
     r = data.reqs
     return Batch(user=torch.from_numpy(r.user[:n]), short=torch.from_numpy(r.short[:n]),
                  pos=torch.from_numpy(r.pos[:n]), long=torch.from_numpy(r.long[:n]))
+
+
+def save_space_rm(cfg: Config, space, path, seed: int = 0):
+    """An untrained reward model over an ItemSpace (its codes, video ids and codebook
+    fingerprint, as the pipeline's reward stage tags one), saved to `path`; -> path."""
+    rm = build_reward_model(cfg, space.codes, space.vocab_sizes)
+    torch.manual_seed(seed)
+    with torch.no_grad():  # seed-dependent weights, so two seeds rank differently
+        for p in rm.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    rm.item_ids, rm.codebook_fingerprint = space.item_ids, space.fingerprint
+    return save_reward_model(path, rm, cfg)
