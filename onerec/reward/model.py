@@ -70,6 +70,24 @@ class RewardModel(nn.Module):
         # not weights: the item-index -> video-id map and the codebook it belongs to
         self.item_ids: np.ndarray = np.zeros(0, dtype=np.int64)
         self.codebook_fingerprint = ""
+        self._lookup: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def item_rows(self, video_ids: np.ndarray) -> np.ndarray:
+        """Video ids -> the model's item indices (1-based; 0: a video it does not know).
+
+        Serving calls this for every request's beams, so the lookup is a sorted copy of
+        `item_ids` kept until `item_ids` is replaced (loading sets it after construction):
+        a request costs a binary search per candidate, not a pass over the catalogue."""
+        ids = self.item_ids
+        if self._lookup is None or self._lookup[0] is not ids:
+            order = np.argsort(ids, kind="stable")
+            self._lookup = (ids, ids[order], order)
+        _, keys, order = self._lookup
+        v = np.asarray(video_ids, dtype=np.int64)
+        if len(keys) == 0:
+            return np.zeros(v.shape, dtype=np.int64)
+        pos = np.searchsorted(keys, v).clip(0, len(keys) - 1)
+        return np.where(keys[pos] == v, order[pos] + 1, 0).astype(np.int64)
 
     def embed_items(self, items: torch.Tensor) -> torch.Tensor:
         """(..., N) item indices -> (..., N, d): item id + sum of semantic-ID code embeddings."""

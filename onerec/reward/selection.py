@@ -18,6 +18,7 @@ beam gains more on the behaviour model that judges alignment (serving's default)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from onerec.model import Batch
@@ -42,14 +43,16 @@ def rm_select(reward_model: RewardModel, contexts: Batch, candidate_items: list[
     if len(candidate_items) != contexts.short.shape[0]:
         raise ValueError(f"{len(candidate_items)} candidate lists for "
                          f"{contexts.short.shape[0]} contexts")
-    index = {int(v): i + 1 for i, v in enumerate(reward_model.item_ids.tolist())}
     uniq = [list(dict.fromkeys(int(v) for v in row))[:top_m] for row in candidate_items]
     width = max((len(r) for r in uniq), default=0)
     if width == 0:
         return [[] for _ in uniq]
-    items = torch.zeros(len(uniq), width, dtype=torch.long)
-    for r, row in enumerate(uniq):
-        items[r, :len(row)] = torch.tensor([index.get(v, 0) for v in row], dtype=torch.long)
+    flat = np.fromiter((v for row in uniq for v in row), dtype=np.int64)
+    rows = reward_model.item_rows(flat)
+    padded = np.zeros((len(uniq), width), dtype=np.int64)
+    mask = np.arange(width) < np.array([len(r) for r in uniq])[:, None]
+    padded[mask] = rows
+    items = torch.from_numpy(padded)
     scores = reward_model.pscore(contexts, items)
     out = []
     for r, row in enumerate(uniq):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,3 +36,15 @@ def test_rm_select_top_m_lets_only_the_beams_first_m_compete(tiny):
     assert rm_select(rm, ctx, [beam], k=8, top_m=100)[0] == whole
     with pytest.raises(ValueError, match="top_m must be"):
         rm_select(rm, ctx, [beam], k=3, top_m=0)
+
+
+def test_item_rows_maps_video_ids_to_the_models_indices_and_follows_a_new_table(tiny):
+    cfg, _ds, item_ids, codes, _shaper, _data = tiny
+    rm = make_rm(cfg, codes, item_ids)
+    index = {int(v): i + 1 for i, v in enumerate(item_ids)}
+    asked = np.array([int(item_ids[5]), 10**9, int(item_ids[0]), -1, int(item_ids[-1])])
+    assert rm.item_rows(asked).tolist() == [index.get(int(v), 0) for v in asked]
+    rm.item_ids = np.asarray(item_ids[::-1], dtype=np.int64)  # what loading does: a new table
+    assert rm.item_rows(asked[:1]).tolist() == [len(item_ids) - 5]
+    rm.item_ids = np.zeros(0, dtype=np.int64)
+    assert rm.item_rows(asked).tolist() == [0] * len(asked)
