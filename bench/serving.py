@@ -79,13 +79,15 @@ def standin_repo(root: Path, lengths: tuple[int, int, int], n_items: int) -> Pat
     return root
 
 
-def start_server(repo: Path, config: Path | None, max_beam: int, ort_threads: int | None = None
-                 ) -> tuple[subprocess.Popen, str, str, Path]:
+def start_server(repo: Path, config: Path | None, max_beam: int, ort_threads: int | None = None,
+                 overrides: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, str, Path]:
     http, grpc = free_port(), free_port()
     log = Path(tempfile.mkdtemp(prefix="onerec-bench-")) / "server.log"
     cmd = [sys.executable, "-m", "serving.server", "--repo", str(repo), "--http_port", str(http),
            "--grpc_port", str(grpc), "--poll_interval", "0", "--enable_latency_logging", "false",
            "--set", f"serve.max_beam_width={max_beam}"]
+    for o in overrides:
+        cmd += ["--set", o]
     if ort_threads is not None:
         cmd += ["--ort_threads", str(ort_threads)]
     if config is not None:
@@ -253,6 +255,53 @@ def name_list(values: list[str]) -> list[str]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+def reranker_of(http_url: str) -> str:
+    """What re-ranks the served version's beams (the server's GET /onerec/versions)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{http_url}/onerec/versions",  # nosec B310 # loopback
+                                timeout=10) as r:
+        return str(json.load(r).get("reranker", "?"))
+
+
+def rm_selection_ablation(args: argparse.Namespace, repo: Path, config: Path | None,
+                          reqs: list, console: Console) -> list[dict]:
+    """Latency of the served default (RM selection with each version's reward model) against
+    the same version in beam order (`serve.rm_selection=false`): both servers up at once, the
+    cells alternated for `--ablation-rounds` rounds so drift in the machine's load hits both,
+    the ratio of the medians of p50."""
+    servers = {}
+    try:
+        for name, over in (("served default", ()), ("beam order", ("serve.rm_selection=false",))):
+            proc, http, grpc, _ = start_server(repo, config, max(max(args.beams), 512),
+                                               args.ort_threads, over)
+            servers[name] = (proc, {"http": http, "grpc": grpc}, reranker_of(http))
+        rows = []
+        for beam in args.beams:
+            for proto in args.protocols:
+                p50 = {name: [] for name in servers}
+                for _ in range(args.ablation_rounds):
+                    for name, (_, urls, _) in servers.items():
+                        r = latency(urls[proto], proto, reqs[: args.requests + 5], beam,
+                                    min(args.top_n, beam), warmup=5)
+                        p50[name].append(r["p50"])
+                med = {name: float(np.median(v)) for name, v in p50.items()}
+                rows.append({"beam": beam, "protocol": proto, "p50": med,
+                             "rerankers": {n: s[2] for n, s in servers.items()},
+                             "ratio": med["served default"] / med["beam order"]})
+                console.print(f"beam {beam:>4} {proto:<4} p50 served default "
+                              f"{med['served default']:.2f} ms, beam order "
+                              f"{med['beam order']:.2f} ms", highlight=False)
+        return rows
+    finally:
+        for proc, _, _ in servers.values():
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True,  # nosec B603 B607
@@ -295,6 +344,12 @@ def main(argv: list[str] | None = None) -> None:
                         "(reference vs fast path vs ONNX Runtime at the same beams)")
     p.add_argument("--codebook", type=Path, default=None, help="its codebook (with --checkpoint)")
     p.add_argument("--runs", type=int, default=3, help="bench.generation runs (with --checkpoint)")
+    p.add_argument("--rm-selection-ablation", action="store_true",
+                   help="also time the served default (RM selection with the version's reward "
+                        "model) against beam order (serve.rm_selection=false), two servers, "
+                        "cells alternated; latency only")
+    p.add_argument("--ablation-rounds", type=int, default=3,
+                   help="alternated rounds per cell of --rm-selection-ablation (medians)")
     args = p.parse_args(argv)
     args.beams, args.protocols = number_list(args.beams), name_list(args.protocols)
     bad = [x for x in args.protocols if x not in ("http", "grpc")]
@@ -363,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+    if args.rm_selection_ablation and args.requests > 0:
+        results["rm_selection"] = rm_selection_ablation(args, repo, config, reqs, console)
     results["uptime_after"] = uptime()
     what = "stand-in graph (serving overhead only)" if args.standin else "exported model"
     if results["latency"]:
@@ -380,6 +437,16 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['rps']:.1f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", str(r["errors"]),
                   str(r["timeouts"]), f"{r['load1']:.2f}"] for r in results["load"]],
                 left=["protocol"])
+    if results.get("rm_selection"):
+        rm = results["rm_selection"]
+        print_table(console, f"re-ranking cost: p50 latency, median of {args.ablation_rounds} "
+                             f"alternated rounds, one user per request; served default: "
+                             f"{rm[0]['rerankers']['served default']}",
+                    ["beam", "protocol", "served default p50 (ms)", "beam order p50 (ms)",
+                     "ratio"],
+                    [[str(r["beam"]), r["protocol"], f"{r['p50']['served default']:.2f}",
+                      f"{r['p50']['beam order']:.2f}", f"{r['ratio']:.2f}"] for r in rm],
+                    left=["protocol"])
     console.print(f"started {started}; uptime before: {up_before}; after: "
                   f"{results['uptime_after']}", highlight=False)
     console.print(f"server log: {log}")

@@ -53,11 +53,11 @@ def rm_select(reward_model: RewardModel, contexts: Batch, candidate_items: list[
     mask = np.arange(width) < np.array([len(r) for r in uniq])[:, None]
     padded[mask] = rows
     items = torch.from_numpy(padded)
-    scores = reward_model.pscore(contexts, items)
+    scores = reward_model.pscore(contexts, items).float().cpu().numpy()
     out = []
-    for r, row in enumerate(uniq):
-        known = [(-float(scores[r, j]), j) for j in range(len(row)) if items[r, j] > 0]
-        unknown = [j for j in range(len(row)) if items[r, j] == 0]
-        order = [j for _, j in sorted(known)] + unknown
-        out.append([row[j] for j in order[:k]])
+    for r, row in enumerate(uniq):  # numpy per row: tensor indexing per candidate cost more
+        known = np.flatnonzero(padded[r, :len(row)] > 0)  # than the reward model itself
+        unknown = np.flatnonzero(padded[r, :len(row)] == 0)
+        order = np.concatenate([known[np.argsort(-scores[r, known], kind="stable")], unknown])
+        out.append([row[j] for j in order[:k].tolist()])
     return out
