@@ -7,6 +7,8 @@ and gRPC with tritonclient, at several beam widths; then a load test with concur
     PYTHONPATH=. python -m bench.serving --repo R --checkpoint CKPT --codebook CB  # + generation
     PYTHONPATH=. python -m bench.serving --repo R --requests 0 --duration 60 --concurrency 32 \
         --beams 32,512 --protocols http,grpc      # load only: every (protocol, beam), issue #15
+    PYTHONPATH=. python -m bench.serving --repo R --beams 32 --rm-selection-ablation
+        # + what RM selection (the served default) costs against beam order, same version
 
 The server runs in a subprocess (`python -m serving.server`, new versions not polled), on free
 ports, with the Config of the newest version folder (its config.yaml) when there is one. Each
