@@ -29,7 +29,6 @@ Model artifacts (pretrain, align) are folders with `checkpoint/` (`onerec.checkp
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -808,13 +807,15 @@ def model_version(model_dir: str | Path, until: str) -> str:
     """A version label: the cycle's day and a hash of the model's weights (not of the whole
     checkpoint, whose alignment history keeps wall times: the same weights trained on a busy
     machine and an idle one get the same label, so the A/B splits their users the same way).
-    A state file that holds no model weights (a test's stand-in) is labelled by its bytes."""
+    A state file without model weights is not a model to publish: StageError names it."""
     path = Path(model_dir) / CKPT_NAME / "state.pt"
     try:
-        weights = load_torch_state(path)["model"]
-    except Exception:  # not a torch state holding "model": label the bytes
-        return f"{until}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
-    return f"{until}-{tensors_digest(weights)[:8]}"
+        state = load_torch_state(path)
+    except Exception as e:  # torn, truncated or foreign: torch raises many kinds
+        raise StageError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise StageError(f"{path}: holds no model weights (a checkpoint's 'model' state dict)")
+    return f"{until}-{tensors_digest(state['model'])[:8]}"
 
 
 def publish(cfg: Config, snapshot_dir: str | Path, model_dir: str | Path,

@@ -190,3 +190,16 @@ def test_the_version_label_follows_the_weights_not_what_else_the_checkpoint_reco
         next(model.parameters()).add_(1e-3)
     _save(tmp_path / "c", cfg, model, opt, stream)
     assert model_version(tmp_path / "c", "2022-04-28") != label
+
+
+def test_a_version_label_needs_model_weights_and_names_the_file_without_them(tmp_path):
+    from onerec.stages import StageError, model_version
+
+    (tmp_path / "a" / CKPT_NAME).mkdir(parents=True)
+    (tmp_path / "a" / CKPT_NAME / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(StageError, match=r"a/checkpoint/state.pt: not a readable checkpoint"):
+        model_version(tmp_path / "a", "2022-04-28")
+    (tmp_path / "b" / CKPT_NAME).mkdir(parents=True)
+    torch.save({"step": 3}, tmp_path / "b" / CKPT_NAME / "state.pt")
+    with pytest.raises(StageError, match="holds no model weights"):
+        model_version(tmp_path / "b", "2022-04-28")

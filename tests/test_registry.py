@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from onerec import gitops, registry, stages
@@ -22,11 +23,18 @@ CANARY_WM = stages.day_ms("2022-04-27") - 1  # the canary one day further
 
 
 def _model(folder: Path, watermark_ms: int, payload: bytes) -> Path:
-    """A model folder as pretrain writes it (the state moves folders; weights are opaque)."""
+    """A model folder as pretrain writes it: a state file with model weights (`payload`'s
+    bytes, so each model gets its own version label) and the summary the state reads."""
     (folder / "checkpoint").mkdir(parents=True)
-    (folder / "checkpoint" / "state.pt").write_bytes(payload)
+    torch.save({"model": {"w": torch.tensor(list(payload), dtype=torch.uint8)}},
+               folder / "checkpoint" / "state.pt")
     (folder / "summary.json").write_text(json.dumps({"watermark_ms": watermark_ms}))
     return folder
+
+
+def _payload(checkpoint: Path) -> bytes:
+    """The bytes `_model` stored as a checkpoint's weights: which model a folder holds."""
+    return bytes(torch.load(checkpoint / "state.pt")["model"]["w"].tolist())
 
 
 def _cycle_inputs(tmp: Path, until: str) -> dict[str, Path]:
@@ -80,8 +88,8 @@ def test_publish_as_canary_holds_the_candidate_and_leaves_production(canary_stat
     prod, cand = registry.read_production(root), registry.read_canary(root)
     assert prod.version == stable["version"] and prod.watermark_ms == STABLE_WM
     assert cand.version == canary["version"] and cand.watermark_ms == CANARY_WM
-    assert (cand.checkpoint / "state.pt").read_bytes() == b"v2"
-    assert (prod.checkpoint / "state.pt").read_bytes() == b"v1"
+    assert _payload(cand.checkpoint) == b"v2"
+    assert _payload(prod.checkpoint) == b"v1"
     state = gitops.read_state(root / registry.GITOPS, "dev")
     assert state.stable.version == prod.version and state.canary.version == cand.version
 
@@ -105,7 +113,7 @@ def test_promote_makes_the_candidate_production_and_keeps_the_previous(canary_st
     assert res.exit_code == 0, res.output
     prod = registry.read_production(root)
     assert prod.version == canary["version"] and registry.read_canary(root) is None
-    assert (prod.checkpoint / "state.pt").read_bytes() == b"v2"
+    assert _payload(prod.checkpoint) == b"v2"
     assert registry.read_model(root, registry.PREVIOUS).version == stable["version"]
     assert _next_cycle_watermark(root, tmp_path / "snap") == CANARY_WM
 
