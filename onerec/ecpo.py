@@ -190,8 +190,7 @@ class Rewarder:
         if self.cfg.format_weight > 0:
             chosen = format_choice(legal, self.cfg.format_k, select=self.cfg.format_select,
                                    logp=lp, generator=self.gen)
-            adv = adv + self.cfg.format_weight * format_advantage(legal, self.cfg.format_k,
-                                                                  chosen=chosen)
+            adv = adv + self.cfg.format_weight * format_advantage(legal, chosen)
         return {"items": items, "legal": legal, "pscore": pscore, "reward": reward, "adv": adv,
                 "chosen": chosen}
 

@@ -68,23 +68,19 @@ def format_choice(legal: torch.Tensor, k: int, *, select: str = "random",
     return legal & (rank < k)
 
 
-def format_advantage(legal: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                     *, select: str = "random", logp: torch.Tensor | None = None,
-                     chosen: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, G) bool -> (B, G) advantage of the format reward.
+def format_advantage(legal: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """(B, G) bool legality, (B, G) bool `format_choice` -> (B, G) advantage of the format reward.
 
     The legality reward (1 legal, 0 illegal) is group-normalised; illegal samples keep their
-    (negative) advantage, the `k` legal samples `format_choice` picks (`select`: "random", the
-    paper's rule, or "topk" by `logp`) keep their (positive) one, the other legal samples get 0.
-    A row with no illegal sample has nothing to learn: all 0. `chosen`: a choice already made
-    by `format_choice` (a caller that also logs it draws once).
+    (negative) advantage, the legal samples `chosen` keep their (positive) one, the other legal
+    samples get 0. A row with no illegal sample has nothing to learn: all 0. The choice is a
+    separate step (`format_choice`: random-k, the paper's rule, or top-k by log-probability)
+    so the caller that logs which samples it rewarded draws once.
     """
     r = legal.float()
     mean = r.mean(-1, keepdim=True)
     std = r.std(-1, unbiased=False, keepdim=True)
     adv = (r - mean) / (std + 1e-6)
-    if chosen is None:
-        chosen = format_choice(legal, k, select=select, logp=logp, generator=generator)
     return torch.where(~legal | chosen, adv, torch.zeros_like(adv))
 
 

@@ -19,7 +19,7 @@ LOGP = torch.tensor([[-3.0, -1.0, -2.0, -0.1, -5.0, -0.2, -0.5, -4.0],
 
 
 def test_topk_rewards_exactly_the_k_most_probable_legal_samples():
-    adv = format_advantage(LEGAL, 2, select="topk", logp=LOGP)
+    adv = format_advantage(LEGAL, format_choice(LEGAL, 2, select="topk", logp=LOGP))
     # row 0: legal logps -3, -1, -2, -5, -0.5, -4 -> samples 6 and 1 (the illegal 3 and 5 are
     # more probable but never chosen); row 1: legal -2, -3, -0.7, -6 -> samples 4 and 1
     assert (adv > 0).nonzero().tolist() == [[0, 1], [0, 6], [1, 1], [1, 4]]
@@ -37,8 +37,9 @@ def test_topk_breaks_ties_by_sample_index_and_ignores_the_generator():
 
 
 def test_illegal_samples_keep_the_same_negative_advantage_under_both_rules():
-    top = format_advantage(LEGAL, 2, select="topk", logp=LOGP)
-    rnd = format_advantage(LEGAL, 2, torch.Generator().manual_seed(0), select="random")
+    top = format_advantage(LEGAL, format_choice(LEGAL, 2, select="topk", logp=LOGP))
+    rnd = format_advantage(LEGAL, format_choice(LEGAL, 2, select="random",
+                                                  generator=torch.Generator().manual_seed(0)))
     assert (top[~LEGAL] < 0).all()
     torch.testing.assert_close(top[~LEGAL], rnd[~LEGAL])
     # the positive advantage is the same value; only who gets it differs
@@ -69,8 +70,9 @@ def test_random_k_is_independent_of_logp_and_uniform_over_the_legal_samples():
 def test_k_at_least_the_legal_count_rewards_every_legal_sample_under_both_rules():
     for k in (6, 8):
         for select in ("topk", "random"):
-            adv = format_advantage(LEGAL[:1], k, torch.Generator().manual_seed(1),
-                                   select=select, logp=LOGP[:1])
+            chosen = format_choice(LEGAL[:1], k, select=select, logp=LOGP[:1],
+                                   generator=torch.Generator().manual_seed(1))
+            adv = format_advantage(LEGAL[:1], chosen)
             assert ((adv[0] > 0) == LEGAL[0]).all() and (adv[0][~LEGAL[0]] < 0).all()
 
 

@@ -11,7 +11,13 @@ from onerec.config import Config
 from onerec.ecpo import Rewarder
 from onerec.model import Batch
 from onerec.reward import build_reward_model
-from onerec.rewards import IndustrialRules, format_advantage, preference_reward, redundancy
+from onerec.rewards import (
+    IndustrialRules,
+    format_advantage,
+    format_choice,
+    preference_reward,
+    redundancy,
+)
 from onerec.trie import ItemTrie
 from tests.reward.util import VOCAB, random_codes
 
@@ -36,11 +42,13 @@ def test_preference_reward_is_the_pscore_of_each_sample_and_zero_for_no_video():
 def test_format_advantage_rewards_k_random_legal_samples_and_punishes_illegal():
     legal = torch.tensor([[True, True, True, False, True, False],
                           [True, True, True, True, True, True]])
-    adv = format_advantage(legal, k=2, generator=torch.Generator().manual_seed(0))
+    adv = format_advantage(legal, format_choice(legal, 2,
+                                                 generator=torch.Generator().manual_seed(0)))
     assert (adv[0][~legal[0]] < 0).all()
     assert int((adv[0] > 0).sum()) == 2 and (adv[0][legal[0]] >= 0).all()
     assert (adv[1] == 0).all()  # nothing illegal: nothing to learn
-    picks = {tuple((format_advantage(legal[:1], 2, torch.Generator().manual_seed(s))[0] > 0)
+    picks = {tuple((format_advantage(legal[:1], format_choice(
+        legal[:1], 2, generator=torch.Generator().manual_seed(s)))[0] > 0)
                    .nonzero().flatten().tolist()) for s in range(20)}
     assert len(picks) > 1  # the chosen legal samples vary (random k, not the same ones)
 
