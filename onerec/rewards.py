@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from onerec.config import AlignConfig
+from onerec.config import FORMAT_SELECTS, AlignConfig
 from onerec.evaluate import DAY_MS
 from onerec.model import Batch
 from onerec.reward import RewardModel
@@ -62,7 +62,8 @@ def format_choice(legal: torch.Tensor, k: int, *, select: str = "random",
         # ascending key, first = chosen: the most probable first; a stable sort keeps index order
         key = -logp.detach().double()
     else:
-        raise ValueError(f"format select must be 'random' or 'topk', got {select!r}")
+        raise ValueError(f"align.format_select: must be one of {', '.join(FORMAT_SELECTS)}, "
+                         f"got {select!r}")
     key = key.masked_fill(~legal, float("inf"))  # illegal last
     rank = torch.argsort(key, dim=-1, stable=True).argsort(-1)  # 0 = first chosen
     return legal & (rank < k)

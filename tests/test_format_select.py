@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.align_curves import parse_overrides, sparse_rows, summary
-from onerec.config import Config, ConfigError
+from onerec.config import FORMAT_SELECTS, Config, ConfigError
 from onerec.ecpo import format_legality
 from onerec.rewards import format_advantage, format_choice
 
@@ -79,7 +79,7 @@ def test_k_at_least_the_legal_count_rewards_every_legal_sample_under_both_rules(
 def test_topk_without_logp_and_an_unknown_rule_are_errors():
     with pytest.raises(ValueError, match="logp"):
         format_choice(LEGAL, 2, select="topk")
-    with pytest.raises(ValueError, match="'random' or 'topk'"):
+    with pytest.raises(ValueError, match=f"align.format_select: must be one of {', '.join(FORMAT_SELECTS)}"):
         format_choice(LEGAL, 2, select="best")
 
 
