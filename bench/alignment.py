@@ -21,7 +21,10 @@
    P-Score, which is still reported but is not the judge (alignment optimised it: circular);
 5. why RM selection moves recall and the judge: per beam position band, the mean P-Score, the
    judge's P(long view), the real long views found, and where RM selection's picks come from;
-   "RM selection top M" re-ranks only the beam's first M (the rest never compete);
+   "RM selection top M" re-ranks only the beam's first M (the rest never compete); "RM
+   selection cap C" holds each first-level semantic ID to C picks of the 10
+   (`serve.rm_selection_code_cap`); the row the Config serves is named and checked against
+   the issue's bound (beats the pretrained model, p < 0.05, ILD within 10%, legality 1.0);
 6. `--diversity-weights`: ECPO at each `align.diversity_weight`, the judge's long-view rate
    against ILD, each against the pretrained model;
 7. stability over the alignment rounds: gradient norm, sampled legality first -> last, KL to
@@ -72,6 +75,17 @@ def pretrained(args: argparse.Namespace, cfg: Any) -> tuple[Path, Path]:
     return out / "train" / "checkpoint", out / "codebook"
 
 
+def served_selection(cfg: Any, beam: int) -> tuple[str, int | None, int | None] | None:
+    """How the Config's `serve.*` re-ranks an aligned beam: (the row suffix, top_m, code_cap),
+    None for beam order (serve.rm_selection off)."""
+    if not cfg.serve.rm_selection:
+        return None
+    top = min(cfg.serve.rm_selection_top_m, beam) or None
+    cap = cfg.serve.rm_selection_code_cap or None
+    return (" + RM selection" + (f" top {top}" if top else "") + (f" cap {cap}" if cap else ""),
+            top, cap)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="pretrained checkpoint folder")
@@ -85,10 +99,16 @@ def main(argv: list[str] | None = None) -> dict:
                     help="align.sync_every: rounds the sampler (pi_old) lags the trainer; with "
                          "1 (on-policy) early clipping never binds and ECPO equals GRPO")
     ap.add_argument("--test-users", type=int, default=1000, help="held-out users evaluated")
+    ap.add_argument("--users-from", type=int, default=0,
+                    help="skip the first N held-out users (sorted by id): choose settings on "
+                         "users the reported rows never see, e.g. --users-from 1000")
     ap.add_argument("--beam", type=int, default=32, help="beam width (RM selection's N)")
     ap.add_argument("--rm-top-m", default="16",
                     help="comma-separated M: the restricted RM selection re-ranks only the "
                          "beam's first M (one row per M; the first also splits the diagnosis)")
+    ap.add_argument("--rm-code-cap", default="2,3,4",
+                    help="comma-separated C: RM selection over the whole beam with at most C "
+                         "picks per first-level semantic ID (one row per C)")
     ap.add_argument("--reward-model", default=None,
                     help="a reward-model folder to reuse instead of training one")
     ap.add_argument("--diversity-weights", default="",
@@ -196,9 +216,11 @@ def prepare(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path,
     cb = Codebook.load(cb_dir)
     space = ItemSpace.from_codebook(cb)
     policy, ck_cfg, n_buckets = load_model(ckpt, cb.fingerprint)
-    # the generator keeps its own settings; the reward model and alignment take the bench's
+    # the generator keeps its own settings; the reward model, alignment and serving (which
+    # row is the served default) take the bench's
     cfg = Config.from_dict({**ck_cfg.to_dict(), "reward": bench_cfg.to_dict()["reward"],
-                            "align": bench_cfg.to_dict()["align"]})
+                            "align": bench_cfg.to_dict()["align"],
+                            "serve": bench_cfg.to_dict()["serve"]})
     ds = kuairand.load(args.data_dir)
     history = kuairand.read_history(args.data_dir)
     cut = split_cut_ms(ds.events, cfg.data.test_days)
@@ -300,7 +322,9 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     lv = test_ev[test_ev["long_view"] == 1].sort_values(["user_id", "time_ms"], kind="stable")
     lv = lv.drop_duplicates(["user_id", "video_id"])
     targets = {int(u): [int(v) for v in g] for u, g in lv.groupby("user_id")["video_id"]}
-    users = sorted(u for u in targets if u in state)[:args.test_users]
+    users = sorted(u for u in targets if u in state)[args.users_from:][:args.test_users]
+    if not users:
+        raise SystemExit(f"--users-from {args.users_from}: no held-out users left")
     user_arr = np.asarray(users, np.int64)
     ctx = contexts_from_histories([state[u][0] for u in users], cfg.data, users=users,
                                   n_user_buckets=n_buckets, pos=[state[u][1] for u in users],
@@ -350,6 +374,8 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     evals: dict[str, dict[str, Any]] = {}
     tops = [min(int(m), args.beam) for m in args.rm_top_m.split(",")]
     top_m = tops[0]
+    caps = [int(c) for c in args.rm_code_cap.split(",") if c.strip()]
+    served_sel = served_selection(cfg, args.beam)
     for name, model in [("pretrained", policy), *((k, r[0]) for k, r in runs.items())]:
         recs = recommend(model, space, ctx, beam_width=args.beam, top_n=args.beam)
         free = recommend(model, space, ctx, beam_width=args.beam, top_n=args.beam,
@@ -361,6 +387,13 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
         for m in tops:
             evals[f"{name} + RM selection top {m}"] = metrics(
                 rm_select(rm, ctx, recs.items, 10, top_m=m), free.legality)
+        for c in caps:
+            evals[f"{name} + RM selection cap {c}"] = metrics(
+                rm_select(rm, ctx, recs.items, 10, code_cap=c), free.legality)
+        if served_sel is not None and f"{name}{served_sel[0]}" not in evals:
+            evals[f"{name}{served_sel[0]}"] = metrics(
+                rm_select(rm, ctx, recs.items, 10, top_m=served_sel[1], code_cap=served_sel[2]),
+                free.legality)
     eval_s = time.perf_counter() - t1
 
     base = evals["pretrained"]
@@ -405,6 +438,18 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
               f"{w['recall@10_long_view']:.4f} vs {base['recall@10_long_view']:.4f})")
     else:
         print("no configuration keeps ILD within 10% of the pretrained model's with legality 1.0")
+    served = "ECPO" + (served_sel[0] if served_sel is not None else "")
+    s_ev = evals[served]
+    s_ok = (s_ev["vs_pretrained"]["long_view"]["diff"] > 0
+            and s_ev["vs_pretrained"]["long_view"]["p"] < 0.05
+            and s_ev["ild@10"] >= 0.9 * base["ild@10"] and s_ev["legality_free"] == 1.0)
+    print(f"served by the Config's defaults (serve.rm_selection {cfg.serve.rm_selection}, "
+          f"rm_selection_top_m {cfg.serve.rm_selection_top_m}, rm_selection_code_cap "
+          f"{cfg.serve.rm_selection_code_cap}): {served} ({vs(s_ev, 'long_view')}, ILD "
+          f"{s_ev['ild@10'] / base['ild@10'] - 1:+.1%} vs pretrained, legality "
+          f"{s_ev['legality_free']:.4f}): {'meets' if s_ok else 'MISSES'} the bound (beats the "
+          f"pretrained model at p < 0.05, ILD within 10%, legality 1.0); "
+          f"{'the winner' if served == winner else f'the winner is {winner}'}")
 
     # -- why RM selection moves recall: what it picks from where in the beam --------------------
     bands = [(0, 10), (10, top_m), (top_m, args.beam)]
@@ -435,7 +480,8 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     if sweep:
         for w in sweep:
             model_name = "ECPO" if w == default_w else f"ECPO, diversity {w:g}"
-            for sel in ("", " + RM selection", *(f" + RM selection top {m}" for m in tops)):
+            for sel in ("", " + RM selection", *(f" + RM selection top {m}" for m in tops),
+                        *(f" + RM selection cap {c}" for c in caps)):
                 tradeoff[f"{w:g}{sel}"] = evals[model_name + sel]
         print_table(console, "ECPO at several align.diversity_weight values: behaviour-model "
                     f"reward against intra-list diversity (pretrained ILD {base['ild@10']:.4f})",
@@ -473,6 +519,7 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     return {"reward_model": rm_metrics, "judge_check": check, "table": scalar,
             "tradeoff": {w: {k: v for k, v in e.items() if k not in ("click", "long_view")}
                          for w, e in tradeoff.items()}, "winner": winner,
+            "served": {"row": served, "meets_bound": s_ok},
             "rm_selection_bands": diag_rows,
             "history": {k: r.history for k, (_, r) in runs.items()}}
 

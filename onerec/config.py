@@ -390,6 +390,10 @@ class ServeConfig:
     # and keeps ILD within 10%; 16 keeps more long-view recall (the whole beam pulls tail videos
     # in) for less behaviour-model gain (docs/alignment.md "RM selection")
     rm_selection_top_m: int = 0
+    # RM selection's per-slate diversity rule: at most C picks share a first-level semantic ID
+    # (0: no cap); the passed-over fill the slate when the beam has too few clusters.
+    # See the note on rm_selection for the measurement that chose it.
+    rm_selection_code_cap: int = 0
 
     def validate(self, p: str) -> None:
         for name in ("beam_width", "max_beam_width", "top_n", "max_top_n", "max_request_seq_len",
@@ -397,6 +401,8 @@ class ServeConfig:
             _check(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
         _check(self.rm_selection_top_m >= 0, f"{p}.rm_selection_top_m",
                "must be >= 0 (0: the whole beam)")
+        _check(self.rm_selection_code_cap >= 0, f"{p}.rm_selection_code_cap",
+               "must be >= 0 (0: no cap)")
         _check(self.max_request_bytes < 2**31, f"{p}.max_request_bytes",
                "must be < 2 GiB (gRPC's message size is a 32-bit integer)")
         _check(self.max_json_depth >= 5, f"{p}.max_json_depth",

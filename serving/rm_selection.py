@@ -10,9 +10,12 @@ likely the generator found it. The reward model runs on CPU in the transformer p
 few hundred candidates per user are one small batched forward.
 
 `top_m` (`serve.rm_selection_top_m`, 0 -> None: the whole beam): only each beam's first M videos
-are re-ranked, the rest follow in the generator's order. The whole beam wins on the behaviour
-model; it also pulls low-probability tail videos into the top 10, which costs long-view recall
-that a small M keeps (docs/alignment.md, "RM selection").
+are re-ranked, the rest follow in the generator's order. The whole beam gains most on the
+behaviour model; it also pulls low-probability tail videos into the top 10, which costs
+long-view recall that a small M keeps (docs/alignment.md, "RM selection"). `code_cap`
+(`serve.rm_selection_code_cap`, 0 -> None): at most C picks per first-level semantic ID, the
+per-slate diversity rule that keeps the whole beam's gain without piling one cluster into the
+slate (`onerec.reward.selection`).
 
 Where the reward model comes from: by default each model version carries its own
 (`<version>/reward_model/`, the one ECPO aligned it with; `for_version`), loaded with the
@@ -39,19 +42,21 @@ class RMSelection:
     wants_contexts = True
 
     def __init__(self, reward_model: RewardModel, top_m: int | None = None,
-                 source: str = "") -> None:
+                 source: str = "", code_cap: int | None = None) -> None:
         self.reward_model, self.top_m, self.source = reward_model, top_m, source
+        self.code_cap = code_cap
 
     @classmethod
     def load(cls, path: str | Path, codebook_fingerprint: str | None = None,
-             top_m: int | None = None) -> RMSelection:
+             top_m: int | None = None, code_cap: int | None = None) -> RMSelection:
         model, _, _ = load_reward_model(path, codebook_fingerprint)
-        return cls(model, top_m, source=str(path))
+        return cls(model, top_m, source=str(path), code_cap=code_cap)
 
     def __str__(self) -> str:
         """What serving logs and shows in /onerec/versions."""
+        cap = f", at most {self.code_cap} per first-level code" if self.code_cap else ""
         return (f"RM selection ({self.source or 'reward model'}, "
-                f"{f'top {self.top_m}' if self.top_m else 'whole beam'})")
+                f"{f'top {self.top_m}' if self.top_m else 'whole beam'}{cap})")
 
     def __call__(self, user_ids: np.ndarray, video_ids: np.ndarray, scores: np.ndarray,
                  contexts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +68,8 @@ class RMSelection:
                         for n in ("user", "short", "pos", "long")))
         batch.user = batch.user.reshape(-1)
         beams = [[int(v) for v in row if v >= 0] for row in video_ids]
-        picked = rm_select(self.reward_model, batch, beams, k=video_ids.shape[1], top_m=self.top_m)
+        picked = rm_select(self.reward_model, batch, beams, k=video_ids.shape[1], top_m=self.top_m,
+                           code_cap=self.code_cap)
         picked = [_then_rest(p, b) for p, b in zip(picked, beams, strict=True)]
         out_v = np.full_like(video_ids, -1)
         out_s = np.zeros_like(scores)
@@ -75,7 +81,7 @@ class RMSelection:
 
 
 def for_version(folder: Path, manifest: Manifest, top_m: int | None = None,
-                ) -> RMSelection | None:
+                code_cap: int | None = None) -> RMSelection | None:
     """RM selection with the reward model a version folder carries (None: it carries none).
 
     Raises VersionRefused naming the file when the copy is torn or swapped (its sha256 differs
@@ -95,7 +101,7 @@ def for_version(folder: Path, manifest: Manifest, top_m: int | None = None,
             raise RewardModelError(f"{path / 'meta.json'}: reward model made with codebook "
                                    f"{made_with}, the version's is "
                                    f"{manifest.codebook_fingerprint}")
-        return RMSelection.load(path, manifest.codebook_fingerprint, top_m)
+        return RMSelection.load(path, manifest.codebook_fingerprint, top_m, code_cap)
     except RewardModelError as e:
         raise VersionRefused(str(e)) from None
 

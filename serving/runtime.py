@@ -164,13 +164,14 @@ def _graph(path: Path, width: int | None, threads: int) -> Graph:
 
 
 def load_version(folder: Path, *, threads: int = 0, sessions: bool = True,
-                 rm_selection: bool = True, rm_top_m: int = 0) -> Predictor:
+                 rm_selection: bool = True, rm_top_m: int = 0, rm_code_cap: int = 0) -> Predictor:
     """Load one version folder (refusing, with the reason, anything that cannot be served).
 
     sessions=False loads only what a transformer with a remote predictor needs: manifest,
     item table, exported lengths and beam widths (no ONNX Runtime, no graph files needed).
     rm_selection: load the reward model the version carries as its reranker, re-ranking each
-    beam's first `rm_top_m` videos (0: all); False (serve.rm_selection off, or a reranker given
+    beam's first `rm_top_m` videos (0: all) with at most `rm_code_cap` picks per first-level
+    semantic ID (0: no cap); False (serve.rm_selection off, or a reranker given
     on the command line) leaves it unread: beam order, or the command line's."""
     folder = Path(folder)
     manifest = Manifest.read(folder)
@@ -207,5 +208,5 @@ def load_version(folder: Path, *, threads: int = 0, sessions: bool = True,
                          or (folder / REWARD_MODEL).exists()):
         from serving.rm_selection import for_version  # torch: only for versions that need it
 
-        reranker = for_version(folder, manifest, rm_top_m or None)
+        reranker = for_version(folder, manifest, rm_top_m or None, rm_code_cap or None)
     return Predictor(folder, manifest, graphs, items, cold, reranker)

@@ -132,9 +132,11 @@ def cold_start_table(args: argparse.Namespace, cfg: Config) -> Any:
     return np.asarray(ids, dtype=np.int64)
 
 
-def reranker_of(args: argparse.Namespace, codebook_fp: str | None, top_m: int = 0) -> Any:
+def reranker_of(args: argparse.Namespace, codebook_fp: str | None, top_m: int = 0,
+                code_cap: int = 0) -> Any:
     """The command line's reranker, which overrides each version's own: --rm_selection (the
-    reward model; it re-ranks each beam's first `top_m`, 0: all) or --reranker
+    reward model; it re-ranks each beam's first `top_m`, 0: all, with at most `code_cap` picks
+    per first-level semantic ID, 0: no cap) or --reranker
     (module:function), not both; None when neither is given."""
     from serving.transformer import load_reranker
 
@@ -143,7 +145,8 @@ def reranker_of(args: argparse.Namespace, codebook_fp: str | None, top_m: int = 
             raise SystemExit("--rm_selection and --reranker are exclusive: pass one")
         from serving.rm_selection import RMSelection
 
-        return RMSelection.load(args.rm_selection, codebook_fp, top_m=top_m or None)
+        return RMSelection.load(args.rm_selection, codebook_fp, top_m=top_m or None,
+                                code_cap=code_cap or None)
     return load_reranker(args.reranker) if args.reranker else None
 
 
@@ -191,12 +194,14 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any], Any, BodyLimits]:
         metrics.REFUSED.labels(version=str(version)).inc()
 
     remote = bool(args.predictor_host)  # the cluster: the graph runs on Triton
-    override = reranker_of(args, codebook_fp, cfg.serve.rm_selection_top_m)
+    override = reranker_of(args, codebook_fp, cfg.serve.rm_selection_top_m,
+                           cfg.serve.rm_selection_code_cap)
     manager = VersionManager(model_dir, expected=Expected(args.config_fingerprint, codebook_fp),
                              threads=cfg.serve.ort_threads if args.ort_threads is None
                              else args.ort_threads, sessions=not remote,
                              rm_selection=versions_rerank(cfg, override),
                              rm_top_m=cfg.serve.rm_selection_top_m,
+                             rm_code_cap=cfg.serve.rm_selection_code_cap,
                              on_swap=on_swap, on_refuse=on_refuse)
     graph_name = args.graph_name or (name if remote else f"{name}-graph")
     transformer = OneRecTransformer(

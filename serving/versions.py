@@ -62,14 +62,16 @@ class VersionManager:
 
     def __init__(self, model_dir: Path, *, expected: Expected | None = None, threads: int = 0,
                  sessions: bool = True, rm_selection: bool = True, rm_top_m: int = 0,
+                 rm_code_cap: int = 0,
                  on_swap: Callable[[Predictor | None, Predictor], None] | None = None,
                  on_refuse: Callable[[int, str], None] | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.expected = expected or Expected()
         self.threads = threads
         self.sessions = sessions  # False: id mapping only (the graph runs on a remote predictor)
-        # load each version's own reward model as its reranker (serve.rm_selection{,_top_m})
-        self.rm_selection, self.rm_top_m = rm_selection, rm_top_m
+        # load each version's own reward model as its reranker (serve.rm_selection{,_top_m,
+        # _code_cap})
+        self.rm_selection, self.rm_top_m, self.rm_code_cap = rm_selection, rm_top_m, rm_code_cap
         self.on_swap = on_swap
         self.on_refuse = on_refuse
         self.refused: dict[int, Refusal] = {}
@@ -102,7 +104,8 @@ class VersionManager:
                                      f"{', '.join(missing)}")
             check_manifest(Manifest.read(folder), self.expected)
             new = load_version(folder, threads=self.threads, sessions=self.sessions,
-                               rm_selection=self.rm_selection, rm_top_m=self.rm_top_m)
+                               rm_selection=self.rm_selection, rm_top_m=self.rm_top_m,
+                               rm_code_cap=self.rm_code_cap)
         except Exception as e:  # VersionRefused, or anything a malformed folder raises
             reason = str(e) if isinstance(e, VersionRefused) else \
                 f"{folder}: cannot be loaded ({type(e).__name__}: {e})"

@@ -22,3 +22,18 @@ def test_paired_test_finds_a_small_shift_the_users_share_and_not_noise():
 def test_diversity_weights_parse_a_comma_list():
     assert diversity_weights("0, 0.1,1") == [0.0, 0.1, 1.0]
     assert diversity_weights("") == []
+
+
+def test_served_selection_names_the_row_the_configs_serve_settings_pick():
+    from bench.alignment import served_selection
+    from onerec.config import Config
+
+    cfg = Config.from_preset("tiny")
+    cfg.serve.rm_selection_top_m, cfg.serve.rm_selection_code_cap = 0, 0
+    assert served_selection(cfg, 32) == (" + RM selection", None, None)
+    cfg.serve.rm_selection_code_cap = 4
+    assert served_selection(cfg, 32) == (" + RM selection cap 4", None, 4)
+    cfg.serve.rm_selection_top_m = 64  # larger than the beam: the whole beam competes
+    assert served_selection(cfg, 32) == (" + RM selection top 32 cap 4", 32, 4)
+    cfg.serve.rm_selection = False
+    assert served_selection(cfg, 32) is None

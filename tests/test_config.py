@@ -49,6 +49,7 @@ def test_overrides_do_not_leak_into_presets():
     ("train.lr=-1", "train.lr"),
     ("serve.ort_threads=-1", "serve.ort_threads"),
     ("serve.rm_selection_top_m=-1", "serve.rm_selection_top_m"),
+    ("serve.rm_selection_code_cap=-1", "serve.rm_selection_code_cap"),
     ("serve.rm_selection=maybe", "serve.rm_selection"),
     ("validation.watch_ratio_quantiles=[1.5]", "validation.watch_ratio_quantiles"),
     ("align.group_size=1", "align.group_size"),

@@ -309,6 +309,21 @@ def test_rm_selection_orders_each_beam_by_pscore_and_keeps_generator_scores(
     for r in range(2):
         first = [v for v in out_v[r].tolist() if v in videos[r, :2].tolist()]
         assert head[r].tolist() == first + videos[r, 2:].tolist()
+    # serve.rm_selection_code_cap: at most C picks per first-level code, then the passed-over
+    whole = np.tile(np.arange(100, 112), (2, 1))  # all 12 videos: 4 first-level codes
+    zeros = np.zeros(whole.shape, np.float32)
+    free = select(np.array([7, 8]), whole, zeros, contexts=ctx)[0]
+    capped = RMSelection(select.reward_model, code_cap=1)(np.array([7, 8]), whole, zeros,
+                                                         contexts=ctx)[0]
+    first = {v: int(codes[v - 99, 0]) for v in range(100, 112)}
+    for r in range(2):
+        expect, passed, held = [], [], set()
+        for v in free[r].tolist():  # walk the P-Score order, one pick per code
+            (passed if first[v] in held else expect).append(v)
+            held.add(first[v])
+        assert len(expect) == 4 and capped[r].tolist() == expect + passed
+    assert any(len({first[v] for v in free[r, :4].tolist()}) < 4 for r in range(2))  # it bit
+    assert "at most 1 per first-level code" in str(RMSelection(select.reward_model, code_cap=1))
 
 
 # -- RM selection with the reward model each version carries --------------------------------------
@@ -322,6 +337,7 @@ def test_a_version_loads_the_reward_model_it_carries_as_its_reranker(tmp_path: P
     write_version(d, 2)  # exported without one (the reward stage skipped)
     own = load_version(d / "1", rm_top_m=16)
     assert isinstance(own.reranker, RMSelection) and own.reranker.top_m == 16
+    assert load_version(d / "1", rm_code_cap=3).reranker.code_cap == 3
     assert describe(own.reranker) == f"RM selection ({d / '1' / 'reward_model'}, top 16)"
     assert load_version(d / "1", rm_selection=False).reranker is None  # serve.rm_selection off
     assert load_version(d / "1", sessions=False).reranker is not None  # the cluster transformer
