@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rm-top-m", default="16",
                     help="comma-separated M: the restricted RM selection re-ranks only the "
                          "beam's first M (one row per M; the first also splits the diagnosis)")
-    ap.add_argument("--rm-code-cap", default="2,3,4",
+    ap.add_argument("--rm-code-cap", default="4,6,8",
                     help="comma-separated C: RM selection over the whole beam with at most C "
                          "picks per first-level semantic ID (one row per C)")
     ap.add_argument("--reward-model", default=None,
@@ -450,6 +450,11 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
           f"{s_ev['legality_free']:.4f}): {'meets' if s_ok else 'MISSES'} the bound (beats the "
           f"pretrained model at p < 0.05, ILD within 10%, legality 1.0); "
           f"{'the winner' if served == winner else f'the winner is {winner}'}")
+    if winner is not None and served != winner:
+        d = paired_vs(s_ev["long_view"], evals[winner]["long_view"])
+        print(f"served against the winner, long-view rate per user: {d['diff']:+.4f} "
+              f"[{d['low']:+.4f}, {d['high']:+.4f}] (p {d['p']:.2g}); ILD "
+              f"{s_ev['ild@10']:.4f} against {evals[winner]['ild@10']:.4f}")
 
     # -- why RM selection moves recall: what it picks from where in the beam --------------------
     bands = [(0, 10), (10, top_m), (top_m, args.beam)]

@@ -25,6 +25,7 @@ pytest.importorskip("kserve")
 pytest.importorskip("tritonclient.http")
 requests = pytest.importorskip("requests")
 
+from onerec.config import ServeConfig  # noqa: E402
 from tests.serving_util import (  # noqa: E402
     COLD,
     Hammer,
@@ -141,7 +142,10 @@ def test_a_good_version_after_the_bad_ones_swaps_in_and_they_stay_refused(server
     st = status(server)
     assert st["swaps"] == 2
     rm = server["model_dir"] / str(version) / "reward_model"
-    assert st["reranker"] == f"RM selection ({rm}, whole beam)"  # the version's own
+    # the version's own, with the Config's default cap (serve.rm_selection_code_cap)
+    own = f"RM selection ({rm}, whole beam, at most {ServeConfig().rm_selection_code_cap} per " \
+        "first-level code)"
+    assert st["reranker"] == own
     assert {int(v) for v in st["refused"]} == set(bad)
     for v, reason in bad.items():
         assert reason in st["refused"][str(v)]["reason"]
@@ -149,7 +153,7 @@ def test_a_good_version_after_the_bad_ones_swaps_in_and_they_stay_refused(server
     for v in bad:  # refused once, not on every scan
         assert text.count(f"refused model version {v}:") == 1, v
     assert "model version 1 re-ranks with beam order" in text  # exported without one
-    assert f"model version {version} re-ranks with RM selection ({rm}, whole beam)" in text
+    assert f"model version {version} re-ranks with {own}" in text
 
 
 def test_a_refused_folder_is_retried_once_fixed(tmp_path: Path) -> None:
