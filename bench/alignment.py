@@ -449,7 +449,8 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
           f"{s_ev['ild@10'] / base['ild@10'] - 1:+.1%} vs pretrained, legality "
           f"{s_ev['legality_free']:.4f}): {'meets' if s_ok else 'MISSES'} the bound (beats the "
           f"pretrained model at p < 0.05, ILD within 10%, legality 1.0); "
-          f"{'the winner' if served == winner else f'the winner is {winner}'}")
+          + ("the winner" if served == winner else f"the winner is {winner}" if winner
+             else "no row meets the bound"))
     if winner is not None and served != winner:
         d = paired_vs(s_ev["long_view"], evals[winner]["long_view"])
         print(f"served against the winner, long-view rate per user: {d['diff']:+.4f} "

@@ -37,3 +37,28 @@ def test_served_selection_names_the_row_the_configs_serve_settings_pick():
     assert served_selection(cfg, 32) == (" + RM selection top 32 cap 4", 32, 4)
     cfg.serve.rm_selection = False
     assert served_selection(cfg, 32) is None
+
+
+@pytest.mark.slow  # a whole (tiny) bench.alignment on the shipped KuaiRand sample, ~1 min
+def test_bench_alignment_names_and_judges_the_served_row(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from onerec.config import ServeConfig
+
+    subprocess.run([sys.executable, "-m", "bench.alignment", "--quick", "--no-grpo",
+                    "--test-users", "100", "--align-steps", "5", "--rm-minutes", "0.3",
+                    "--pretrain-minutes", "0.3", "--threads", "2", "--out", str(tmp_path / "run"),
+                    "--json", str(tmp_path / "r.json")], check=True, timeout=600)
+    out = json.loads((tmp_path / "r.json").read_text())
+    served = f"ECPO + RM selection cap {ServeConfig().rm_selection_code_cap}"
+    assert out["served"]["row"] == served
+    table = out["table"]
+    assert {f"ECPO + RM selection cap {c}" for c in (4, 6, 8)} <= set(table)
+    row = table[served]
+    ok = (row["vs_pretrained"]["long_view"]["diff"] > 0
+          and row["vs_pretrained"]["long_view"]["p"] < 0.05
+          and row["ild@10"] >= 0.9 * table["pretrained"]["ild@10"]
+          and row["legality_free"] == 1.0)
+    assert out["served"]["meets_bound"] == ok  # the verdict is the bound, recomputed
