@@ -427,8 +427,11 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
                   f"{evals[n]['coverage@10']:.4f}", f"{evals[n]['legality_free']:.4f}",
                   f"{evals[n]['pscore@10']:.4f}"] for n in main_rows], left=["configuration"])
 
-    ok = [n for n in main_rows if evals[n]["ild@10"] >= 0.9 * base["ild@10"]
-          and evals[n]["legality_free"] == 1.0 and n != "pretrained"]
+    def diverse_and_legal(e: dict[str, Any]) -> bool:
+        """Issue #18's bound on a slate: ILD within 10% of the pretrained model's, legality 1."""
+        return e["ild@10"] >= 0.9 * base["ild@10"] and e["legality_free"] == 1.0
+
+    ok = [n for n in main_rows if diverse_and_legal(evals[n]) and n != "pretrained"]
     winner = max(ok, key=lambda n: evals[n]["long_view_rate"]["mean"]) if ok else None
     if winner is not None:
         w = evals[winner]
@@ -441,8 +444,7 @@ def run(args: argparse.Namespace, bench_cfg: Any, ckpt: Path, cb_dir: Path) -> d
     served = "ECPO" + (served_sel[0] if served_sel is not None else "")
     s_ev = evals[served]
     s_ok = (s_ev["vs_pretrained"]["long_view"]["diff"] > 0
-            and s_ev["vs_pretrained"]["long_view"]["p"] < 0.05
-            and s_ev["ild@10"] >= 0.9 * base["ild@10"] and s_ev["legality_free"] == 1.0)
+            and s_ev["vs_pretrained"]["long_view"]["p"] < 0.05 and diverse_and_legal(s_ev))
     print(f"served by the Config's defaults (serve.rm_selection {cfg.serve.rm_selection}, "
           f"rm_selection_top_m {cfg.serve.rm_selection_top_m}, rm_selection_code_cap "
           f"{cfg.serve.rm_selection_code_cap}): {served} ({vs(s_ev, 'long_view')}, ILD "
