@@ -107,8 +107,8 @@ def run_cycles(cfg: Config, data_dir: Path, out: Path, opts: CycleOptions, *,
 
 @contextlib.contextmanager
 def redirected(path: Path | None) -> Iterator[None]:
-    """stdout and stderr into `path` (appended) while kfp.local (or Feast) runs; a no-op for
-    None.
+    """stdout and stderr into `path` (appended, a line at a time) while kfp.local (or Feast)
+    runs; a no-op for None.
 
     kfp.local leaves a root-logger handler on the stdout it saw, the file: it is removed when
     the file closes, else every later warning (GE routes them through logging) prints a
@@ -119,7 +119,11 @@ def redirected(path: Path | None) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     before = list(root.handlers)
-    with path.open("a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    # line-buffered: `Follow` tails the file while a step runs, and a block buffer held a
+    # step's progress lines back until 8 KB had gathered (the demo's pretrain bar sat at
+    # step 50 of 464 for two minutes, then jumped to done)
+    with path.open("a", buffering=1) as f, contextlib.redirect_stdout(f), \
+            contextlib.redirect_stderr(f):
         try:
             yield
         finally:

@@ -37,6 +37,16 @@ def test_redirected_appends_output_to_the_file_and_removes_the_handlers_left_on_
     assert root.handlers == before
 
 
+def test_redirected_writes_each_line_while_the_step_still_runs(tmp_path):
+    """`onerec.progress.Follow` tails the file during a kfp.local step: a line the step's output
+    carries (kfp.local prints it to the redirected stdout, without a flush) must be in the file
+    before the step ends, not when 8 KB have gathered."""
+    log = tmp_path / "kfp.log"
+    with redirected(log):
+        print("    progress pretrain step=100/464 loss=3.0938")  # no flush, as kfp.local's
+        assert log.read_text() == "    progress pretrain step=100/464 loss=3.0938\n"
+
+
 def test_redirected_to_none_leaves_the_output_alone(capsys):
     with redirected(None):
         print("shown")
