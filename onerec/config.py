@@ -147,6 +147,11 @@ class ModelConfig:
     # an item is its codes alone (as TIGER), so no parameter grows with the catalogue (at 10 M
     # items and d 128 the id table alone is 5 GB, past what one ONNX file may hold)
     item_id_embedding: bool = True
+    # training only: each item's own vector is dropped from the contexts for a step with this
+    # probability (whole; the kept ones rescaled by 1 / (1 - p)), so a history is also read
+    # through the semantic-ID codes similar items share, the only thing a transition no user
+    # made before has to go on (0: off; needs item_id_embedding)
+    item_id_dropout: float = 0.0
     # weight of the auxiliary next-item loss: a full softmax over every item, scored from the
     # encoder's user state against the (tied) item embeddings, as SASRec trains (0: off)
     item_loss_weight: float = 0.0
@@ -204,6 +209,9 @@ class ModelConfig:
                f"must be <= n_experts={self.n_experts}")
         _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)")
         _check(0.0 <= self.context_dropout < 1.0, f"{p}.context_dropout", "must be in [0, 1)")
+        _check(0.0 <= self.item_id_dropout < 1.0, f"{p}.item_id_dropout", "must be in [0, 1)")
+        _check(self.item_id_dropout == 0 or self.item_id_embedding, f"{p}.item_id_dropout",
+               "needs model.item_id_embedding (there is no item vector to drop)")
         _check(self.encoder_dropout is None or 0.0 <= self.encoder_dropout < 1.0,
                f"{p}.encoder_dropout", "must be in [0, 1) or null")
         _check(self.balance_loss_weight >= 0, f"{p}.balance_loss_weight", "must be >= 0")

@@ -346,6 +346,18 @@ class OneRec(nn.Module):
         codes = self.code_emb(self.item_codes.long() + self.code_offsets).sum(-2)
         return codes if self.item_emb is None else self.item_emb.weight + codes
 
+    def context_table(self) -> torch.Tensor:
+        """`item_table()` for one training step's contexts. With `model.item_id_dropout` p,
+        each item's own vector is dropped for the step (whole, the kept ones rescaled by
+        1 / (1 - p)), so its history slots read as its semantic-ID codes alone; inference and
+        the item head's output table keep every vector."""
+        p = self.cfg.item_id_dropout
+        if p <= 0 or self.item_emb is None:
+            return self.item_table()
+        codes = self.code_emb(self.item_codes.long() + self.code_offsets).sum(-2)
+        keep = (torch.rand(codes.shape[0], 1, device=codes.device) >= p).to(codes.dtype)
+        return codes + self.item_emb.weight * keep / (1.0 - p)
+
     def embed_items(self, items: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """(..., N) item indices -> (..., N, d): item id + sum of semantic-ID code embeddings.
 
@@ -368,7 +380,7 @@ class OneRec(nn.Module):
         dev = batch.short.device
         # training batches hold far more history slots than the catalogue has items; inference
         # (one user, exported graphs) embeds only the slots it has
-        table = self.item_table() if self.training else None
+        table = self.context_table() if self.training else None
         user = (self.user_emb(batch.user) + self.segment_emb.weight[0]).unsqueeze(1)
         s = batch.short.shape[1]
         short_items = batch.short

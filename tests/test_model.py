@@ -131,6 +131,35 @@ def test_context_dropout_must_be_a_probability():
         Config.from_preset("tiny", ["model.context_dropout=1.0"])
 
 
+def test_item_id_dropout_reads_dropped_items_as_their_codes_in_training_only():
+    model = tiny_model()
+    model.cfg.item_id_dropout = 0.5
+    codes = model.code_emb(model.item_codes.long() + model.code_offsets).sum(-2)
+    torch.manual_seed(0)
+    table = model.context_table()
+    dropped = torch.isclose(table, codes, atol=1e-7).all(-1)
+    kept = torch.isclose(table, codes + 2.0 * model.item_emb.weight, atol=1e-6).all(-1)
+    assert (dropped ^ kept).all()  # each item whole: codes alone, or codes + id / (1 - p)
+    assert dropped[1:].any() and kept[1:].any()
+    batch = random_batch(model, b=4)
+    model.eval()
+    ref, _ = model.encode(batch)
+    model.cfg.item_id_dropout = 0.0
+    torch.testing.assert_close(model.encode(batch)[0], ref)  # inference keeps every vector
+    torch.testing.assert_close(model.context_table(), model.item_table())  # off: unchanged
+
+
+@pytest.mark.parametrize("override", ["model.item_id_dropout=1.0",
+                                      "model.item_id_dropout=-0.1"])
+def test_item_id_dropout_must_be_a_probability(override):
+    from onerec.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.item_id_dropout"):
+        Config.from_preset("tiny", [override])
+    with pytest.raises(ConfigError, match=r"needs model\.item_id_embedding"):
+        Config.from_preset("tiny", ["model.item_id_dropout=0.3", "model.item_id_embedding=false"])
+
+
 def test_encoder_dropout_regularises_the_encoder_only():
     torch.manual_seed(0)
     base = Config.from_preset("tiny", ["model.dropout=0", "model.encoder_dropout=0.5"]).model
