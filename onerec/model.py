@@ -343,8 +343,12 @@ class OneRec(nn.Module):
     # -- encoder ------------------------------------------------------------------------------
     def item_table(self) -> torch.Tensor:
         """(n_items + 1, d) every item's input embedding: item id + sum of its code embeddings."""
-        codes = self.code_emb(self.item_codes.long() + self.code_offsets).sum(-2)
+        codes = self.code_table()
         return codes if self.item_emb is None else self.item_emb.weight + codes
+
+    def code_table(self) -> torch.Tensor:
+        """(n_items + 1, d) the sum of every item's semantic-ID code embeddings."""
+        return self.code_emb(self.item_codes.long() + self.code_offsets).sum(-2)
 
     def context_table(self) -> torch.Tensor:
         """`item_table()` for one training step's contexts. With `model.item_id_dropout` p,
@@ -354,7 +358,7 @@ class OneRec(nn.Module):
         p = self.cfg.item_id_dropout
         if p <= 0 or self.item_emb is None:
             return self.item_table()
-        codes = self.code_emb(self.item_codes.long() + self.code_offsets).sum(-2)
+        codes = self.code_table()
         keep = (torch.rand(codes.shape[0], 1, device=codes.device) >= p).to(codes.dtype)
         return codes + self.item_emb.weight * keep / (1.0 - p)
 
